@@ -1,0 +1,143 @@
+"""Exit criteria: how ready a sample is to leave at each exit, and per-exit calibration.
+
+A criterion maps probabilities (N, K, C) to scores (N, K), higher = more ready to exit. The score
+at exit k uses exits 1..k only, so the same function serves tables and real early exit (which
+calls it on the exits computed so far and reads the last column).
+
+- ``max_prob``: the maximum softmax probability (Huang et al., MSDNet, ICLR 2018).
+- ``entropy``: negative entropy of the prediction (Teerapittayanon et al., BranchyNet, ICPR 2016).
+- ``margin``: top-1 minus top-2 probability (Park et al., "Big/little deep neural network", 2015).
+- ``patience``: how many consecutive exits, ending at k, agree on the prediction (Zhou et al.,
+  "BERT Loses Patience", NeurIPS 2020), with the max-prob as a tie-breaker in [0, 1).
+- ``random``: a seeded uniform score, the control every criterion should beat.
+
+Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) is fitted
+per exit on validation logits; ECE uses equal-width confidence bins.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Criterion = Callable[[np.ndarray], np.ndarray]
+
+
+def _check(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ValueError(f"probabilities must have shape (N, K, C), got {probs.shape}")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError("probabilities contain NaN or inf: check the model's logits")
+    return probs
+
+
+def max_prob(probs: np.ndarray) -> np.ndarray:
+    return _check(probs).max(axis=2)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    p = _check(probs).astype(np.float64)
+    return np.sum(p * np.log(np.clip(p, 1e-12, None)), axis=2)  # = -H, higher is more certain
+
+
+def margin(probs: np.ndarray) -> np.ndarray:
+    top2 = np.partition(_check(probs), -2, axis=2)[..., -2:]
+    return top2[..., 1] - top2[..., 0]
+
+
+def patience(probs: np.ndarray) -> np.ndarray:
+    probs = _check(probs)
+    pred = probs.argmax(axis=2)
+    run = np.ones(pred.shape, dtype=np.float64)
+    for k in range(1, pred.shape[1]):
+        run[:, k] = np.where(pred[:, k] == pred[:, k - 1], run[:, k - 1] + 1, 1)
+    # max-prob below 1 breaks ties between samples with the same run length
+    return run + np.minimum(probs.max(axis=2), 1 - 1e-7)
+
+
+def random_score(probs: np.ndarray, seed: int = 0) -> np.ndarray:
+    probs = _check(probs)
+    return np.random.default_rng(seed).random(probs.shape[:2])
+
+
+CRITERIA: dict[str, Criterion] = {
+    "max_prob": max_prob,
+    "entropy": entropy,
+    "margin": margin,
+    "patience": patience,
+    "random": random_score,
+}
+
+
+def available() -> list[str]:
+    return list(CRITERIA)
+
+
+def get(criterion: str | Criterion) -> Criterion:
+    """A criterion by name (or a callable, passed through)."""
+    if callable(criterion):
+        return criterion
+    try:
+        return CRITERIA[criterion]
+    except KeyError:
+        raise ValueError(f"unknown exit criterion {criterion!r}: choose one of {', '.join(CRITERIA)}") from None
+
+
+def scores(table, criterion: str | Criterion = "max_prob", temperature=None) -> np.ndarray:
+    """Criterion scores (N, K) of an ExitTable, memoised on the table for named criteria."""
+    fn = get(criterion)
+    compute = lambda: np.asarray(fn(table.probabilities(temperature)), dtype=np.float64)  # noqa: E731
+    if isinstance(criterion, str):
+        t_key = None if temperature is None else tuple(np.broadcast_to(temperature, (table.num_exits,)).tolist())
+        return table.memo(("scores", criterion, t_key), compute)
+    return compute()
+
+
+# ----------------------------------------------------------------------------- calibration
+
+def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
+    z = logits / t
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(table, bounds=(0.05, 20.0), iters: int = 60) -> np.ndarray:
+    """Per-exit temperature minimising validation NLL (golden-section search on log T), shape (K,)."""
+    logits, labels = table.logits.astype(np.float64), table.labels
+    lo0, hi0 = np.log(bounds[0]), np.log(bounds[1])
+    ratio = (np.sqrt(5) - 1) / 2
+    temps = np.empty(table.num_exits)
+    for k in range(table.num_exits):
+        f = lambda log_t: _nll(logits[:, k], labels, float(np.exp(log_t)))  # noqa: E731
+        lo, hi = lo0, hi0
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        fa, fb = f(a), f(b)
+        for _ in range(iters):
+            if fa < fb:
+                hi, b, fb = b, a, fa
+                a = hi - ratio * (hi - lo)
+                fa = f(a)
+            else:
+                lo, a, fa = a, b, fb
+                b = lo + ratio * (hi - lo)
+                fb = f(b)
+        temps[k] = float(np.exp((lo + hi) / 2))
+    return temps
+
+
+def expected_calibration_error(table, temperature=None, n_bins: int = 15) -> np.ndarray:
+    """ECE of every exit (K,): the bin-weighted |accuracy - confidence| over equal-width bins."""
+    probs = table.probabilities(temperature)
+    conf = probs.max(axis=2)
+    correct = probs.argmax(axis=2) == table.labels[:, None]
+    bins = np.clip((conf * n_bins).astype(int), 0, n_bins - 1)
+    ece = np.zeros(table.num_exits)
+    for k in range(table.num_exits):
+        count = np.bincount(bins[:, k], minlength=n_bins)
+        acc_sum = np.bincount(bins[:, k], weights=correct[:, k], minlength=n_bins)
+        conf_sum = np.bincount(bins[:, k], weights=conf[:, k], minlength=n_bins)
+        ece[k] = np.abs(acc_sum - conf_sum).sum() / len(conf)
+    return ece

@@ -1,0 +1,213 @@
+"""Datasets: Fashion-MNIST (embedded default), scikit-learn digits (tiny), CIFAR and ImageFolder.
+
+Fashion-MNIST: Xiao, Rasul and Vollgraf, "Fashion-MNIST: a Novel Image Dataset for Benchmarking
+Machine Learning Algorithms", arXiv:1708.07747 (MIT licence). The 10,000-image test split ships in
+``data/fashion-mnist``; the training split is looked up in the places listed by
+:func:`fashion_mnist_sources`.
+
+Splits: ``train`` is 55,000 of the 60,000 training images, ``val`` the other 5,000 (a fixed
+held-out set, the same indices on every machine: thresholds are fitted there), ``test`` the
+official 10,000-image test split (results are reported there).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+SPLITS = ("train", "val", "test")
+VAL_SIZE = 5000
+VAL_SEED = 20231001  # fixed: the val indices must never change, or shipped tables go stale
+
+REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "fashion-mnist"
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) as a numpy array; ValueError if it is not one."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise ValueError(f"{path}: cannot read IDX file ({err})") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: truncated IDX file ({data.size} bytes of {int(np.prod(dims))})")
+    return data.reshape(tuple(dims)).copy()
+
+
+def val_indices(n_train: int = 60000) -> np.ndarray:
+    """The fixed 5,000 training indices held out for calibration (sorted)."""
+    rng = np.random.Generator(np.random.PCG64(VAL_SEED))
+    return np.sort(rng.permutation(n_train)[:VAL_SIZE])
+
+
+def fashion_mnist_sources(root: str | os.PathLike | None = None) -> list[Path]:
+    """Directories searched for the IDX files, in order."""
+    places = []
+    if root is not None:
+        places.append(Path(root))
+    if os.environ.get("DYNEXIT_DATA"):
+        env = Path(os.environ["DYNEXIT_DATA"])
+        places += [env, env / "fashion-mnist"]
+    places += [REPO_DATA_DIR, DEBIAN_DIR]
+    return places
+
+
+def _find_raw(part: str, root) -> tuple[np.ndarray, np.ndarray]:
+    image_name, label_name = _FILES[part]
+    tried = []
+    for place in fashion_mnist_sources(root):
+        images, labels = place / image_name, place / label_name
+        if images.exists() and labels.exists():
+            x, y = read_idx(images), read_idx(labels).astype(np.int64)
+            if x.shape[1:] != (28, 28) or len(x) != len(y):
+                raise ValueError(f"{images}: expected (N, 28, 28) images matching {len(y)} labels, got {x.shape}")
+            return x, y
+        tried.append(str(place))
+    downloaded = _try_torchvision(part, root)
+    if downloaded is not None:
+        return downloaded
+    tried.append("torchvision download (offline or failed)")
+    raise FileNotFoundError(
+        f"Fashion-MNIST {part} split not found. Tried: {'; '.join(tried)}. "
+        f"Get it with `apt-get install dataset-fashion-mnist`, or put {image_name} and {label_name} "
+        "in a directory and pass it as root= or set DYNEXIT_DATA."
+    )
+
+
+def _try_torchvision(part: str, root) -> tuple[np.ndarray, np.ndarray] | None:
+    """Last resort for online users: torchvision's downloader into ~/.cache/dynexit."""
+    try:
+        from torchvision.datasets import FashionMNIST
+        target = Path(root) if root else Path.home() / ".cache" / "dynexit"
+        ds = FashionMNIST(str(target), train=(part == "train"), download=True)
+        return ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.int64)
+    except Exception:  # offline, no torchvision, blocked: the caller lists it as tried
+        return None
+
+
+def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` for split train / val / test."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if split == "test":
+        return _find_raw("test", root)
+    x, y = _find_raw("train", root)
+    held_out = np.zeros(len(y), dtype=bool)
+    held_out[val_indices(len(y))] = True
+    keep = held_out if split == "val" else ~held_out
+    return x[keep], y[keep]
+
+
+def split_indices(split: str, n_train: int = 60000) -> np.ndarray:
+    """Positions of a split's samples in its source file (train/val index the 60k training file)."""
+    if split == "test":
+        return np.arange(10000)
+    held_out = np.zeros(n_train, dtype=bool)
+    held_out[val_indices(n_train)] = True
+    return np.flatnonzero(held_out if split == "val" else ~held_out)
+
+
+def load_digits_split(split: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as a tiny dataset: ``(images float32 (N, 8, 8) in [0, 1], labels)``.
+
+    1,797 images split 60 / 20 / 20 into train / val / test with a seeded stratified shuffle.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    idx = np.arange(len(y))
+    train, rest = train_test_split(idx, test_size=0.4, stratify=y, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=seed)
+    chosen = {"train": train, "val": val, "test": test}[split]
+    return x[chosen], y[chosen]
+
+
+# ----------------------------------------------------------------------------- torch datasets
+
+def fashion_mnist_dataset(split: str, augment: bool = False, root=None):
+    """A torch Dataset of ``(float image (1, 28, 28) in [0, 1], label)``.
+
+    ``augment`` adds the light training transforms (random crop with 2-pixel padding, horizontal
+    flip). Models normalise inside, so no normalisation happens here.
+    """
+    import torch
+    from torch.utils.data import TensorDataset
+
+    images, labels = load_fashion_mnist(split, root)
+    x = torch.from_numpy(images).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    if not augment:
+        return TensorDataset(x.float().div_(255.0), y)
+    return _AugmentedImages(x, y)
+
+
+class _AugmentedImages:
+    """uint8 images kept compact in memory; random crop + flip applied per item."""
+
+    def __init__(self, images, labels, padding: int = 2):
+        self.images, self.labels, self.padding = images, labels, padding
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        import torch
+        from torchvision.transforms import v2
+
+        if not hasattr(self, "_transform"):
+            self._transform = v2.Compose([
+                v2.RandomCrop(self.images.shape[-1], padding=self.padding),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+            ])
+        return self._transform(self.images[i]), self.labels[i]
+
+
+def torchvision_dataset(name: str, root: str, train: bool, image_size: int | None = None, download: bool = False):
+    """CIFAR-10/100 or an ImageFolder tree through torchvision, as float [0, 1] tensors.
+
+    ``name`` is ``cifar10``, ``cifar100`` or ``imagefolder`` (``root`` is then the class-per-folder
+    directory). ``download=True`` needs network access.
+    """
+    from torchvision import datasets
+    from torchvision.transforms import v2
+    import torch
+
+    steps = [v2.ToImage()]
+    if image_size is not None:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    transform = v2.Compose(steps)
+    if name == "cifar10":
+        return datasets.CIFAR10(root, train=train, transform=transform, download=download)
+    if name == "cifar100":
+        return datasets.CIFAR100(root, train=train, transform=transform, download=download)
+    if name == "imagefolder":
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"ImageFolder root {root} is not a directory of class folders")
+        return datasets.ImageFolder(root, transform=transform)
+    raise ValueError(f"unknown dataset {name!r}: choose fashion-mnist, cifar10, cifar100 or imagefolder")

@@ -1,0 +1,224 @@
+"""ExitTable: the logits of every exit of a multi-exit model on one data split.
+
+Everything a budget slider touches is numpy over this table: a model runs once per (model, split)
+to build it; fitting thresholds and assigning exits afterwards never runs the model again.
+Arrays are stored read-only, so derived quantities (probabilities, criterion scores) are memoised
+per table object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_REQUIRED_KEYS = ("logits", "labels", "costs", "exit_names", "index", "meta")
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = logits - logits.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class ExitTable:
+    """Logits of K exits for N samples, their labels, and the cumulative cost of each exit.
+
+    Parameters
+    ----------
+    logits : array (N, K, C)
+    labels : int array (N,), values in [0, C)
+    costs : array (K,), cumulative MFLOPs per image to produce exit k on the early-exit path;
+        positive and non-decreasing.
+    exit_names : K strings, default ``exit1 .. exitK``
+    index : int array (N,), positions of the samples in their dataset split, default ``arange(N)``
+    meta : JSON-serialisable dict (model, dataset, split, input size, how costs were counted)
+    """
+
+    def __init__(self, logits, labels, costs, exit_names=None, index=None, meta=None):
+        logits = np.asarray(logits)
+        if logits.ndim != 3:
+            raise ValueError(f"logits must have shape (N, K, C), got {logits.shape}")
+        n, k, c = logits.shape
+        if n == 0 or k == 0 or c < 2:
+            raise ValueError(f"logits shape {logits.shape}: need N >= 1 samples, K >= 1 exits, C >= 2 classes")
+        if not np.issubdtype(logits.dtype, np.number):
+            raise ValueError(f"logits must be numeric, got dtype {logits.dtype}")
+        logits = logits.astype(np.float32, copy=False)
+        bad = ~np.isfinite(logits)
+        if bad.any():
+            where = np.argwhere(bad)[0]
+            raise ValueError(f"logits contain {int(bad.sum())} NaN or inf values "
+                             f"(first at sample {where[0]}, exit {where[1]}); the model diverged or the input was bad")
+
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},) to match logits, got {labels.shape}")
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            if not np.all(np.mod(labels, 1) == 0):
+                raise ValueError("labels must be integers")
+        labels = labels.astype(np.int64)
+        if labels.min() < 0 or labels.max() >= c:
+            raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got range [{labels.min()}, {labels.max()}]")
+
+        costs = np.asarray(costs, dtype=np.float64)
+        if costs.shape != (k,):
+            raise ValueError(f"costs must have shape ({k},), one per exit, got {costs.shape}")
+        if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
+            raise ValueError(f"costs must be positive and finite, got {costs.tolist()}")
+        if np.any(np.diff(costs) < 0):
+            raise ValueError(f"costs must be cumulative (non-decreasing along the exits), got {costs.tolist()}")
+
+        if exit_names is None:
+            exit_names = [f"exit{i + 1}" for i in range(k)]
+        exit_names = [str(s) for s in np.asarray(exit_names).tolist()]
+        if len(exit_names) != k:
+            raise ValueError(f"exit_names must have {k} entries, got {len(exit_names)}")
+
+        index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
+        if index.shape != (n,):
+            raise ValueError(f"index must have shape ({n},), got {index.shape}")
+        index = index.astype(np.int64)
+
+        meta = {} if meta is None else dict(meta)
+        try:
+            json.dumps(meta)
+        except TypeError as err:
+            raise ValueError(f"meta must be JSON-serialisable: {err}") from err
+
+        for arr in (logits, labels, costs, index):
+            arr.setflags(write=False)
+        self.logits, self.labels, self.costs, self.index = logits, labels, costs, index
+        self.exit_names = tuple(exit_names)
+        self.meta = meta
+        self._memo: dict = {}
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_samples(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def num_exits(self) -> int:
+        return self.logits.shape[1]
+
+    @property
+    def num_classes(self) -> int:
+        return self.logits.shape[2]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __repr__(self) -> str:
+        name = self.meta.get("model", "?")
+        return (f"ExitTable(model={name!r}, split={self.meta.get('split', '?')!r}, N={self.num_samples}, "
+                f"K={self.num_exits}, C={self.num_classes}, costs={np.round(self.costs, 3).tolist()})")
+
+    # ------------------------------------------------------------------ derived views
+    def memo(self, key, compute):
+        """Cache ``compute()`` under ``key`` on this table (its arrays are read-only)."""
+        if key not in self._memo:
+            value = compute()
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
+            self._memo[key] = value
+        return self._memo[key]
+
+    @property
+    def fingerprint(self) -> str:
+        """A content hash, stable across processes (caches key on it)."""
+        def compute():
+            h = hashlib.blake2b(digest_size=16)
+            for arr in (self.logits, self.labels, self.costs):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            return h.hexdigest()
+        return self.memo("fingerprint", compute)
+
+    def probabilities(self, temperature=None) -> np.ndarray:
+        """Softmax probabilities (N, K, C); ``temperature`` is a scalar or one value per exit."""
+        if temperature is None:
+            return self.memo(("probs", None), lambda: softmax(self.logits.astype(np.float64)).astype(np.float32))
+        t = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (self.num_exits,))
+        if np.any(t <= 0) or not np.all(np.isfinite(t)):
+            raise ValueError(f"temperatures must be positive and finite, got {t.tolist()}")
+        key = ("probs", tuple(t.tolist()))
+        return self.memo(key, lambda: softmax(self.logits / t[None, :, None]).astype(np.float32))
+
+    @property
+    def predictions(self) -> np.ndarray:
+        """Predicted class at every exit (N, K)."""
+        return self.memo("pred", lambda: self.logits.argmax(axis=2))
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Correctness matrix (N, K): is exit k's prediction right."""
+        return self.memo("correct", lambda: self.predictions == self.labels[:, None])
+
+    def exit_accuracy(self) -> np.ndarray:
+        """Accuracy of every exit on its own (the "anytime" view), shape (K,)."""
+        return self.correct.mean(axis=0)
+
+    def subset(self, rows) -> "ExitTable":
+        """A new table of the selected samples (boolean mask or integer positions)."""
+        rows = np.asarray(rows)
+        return ExitTable(self.logits[rows], self.labels[rows], self.costs, self.exit_names,
+                         self.index[rows], self.meta)
+
+    def select_exits(self, exits) -> "ExitTable":
+        """A new table with only some exits (in increasing order), costs kept cumulative."""
+        exits = sorted(int(e) for e in exits)
+        return ExitTable(self.logits[:, exits], self.labels, self.costs[exits],
+                         [self.exit_names[e] for e in exits], self.index, self.meta)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a compressed ``.npz`` (no pickled objects); returns the path written."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = dict(self.meta, format="dynexit.ExitTable", format_version=FORMAT_VERSION)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, logits=self.logits, labels=self.labels, costs=self.costs,
+                            exit_names=np.array(self.exit_names, dtype=np.str_), index=self.index,
+                            meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)  # never leave a half-written table behind
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ExitTable":
+        """Read a table written by :meth:`save`; ValueError for a missing, corrupt or foreign file."""
+        path = Path(path)
+        if not path.exists():
+            raise ValueError(f"{path}: no such file")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                missing = [k for k in _REQUIRED_KEYS if k not in npz.files]
+                if missing:
+                    raise ValueError(f"{path}: not a dynexit ExitTable (missing arrays: {', '.join(missing)})")
+                arrays = {k: npz[k] for k in _REQUIRED_KEYS}
+        except ValueError as err:
+            if str(path) in str(err):
+                raise
+            raise ValueError(f"{path}: not a readable ExitTable .npz ({err})") from err
+        except (OSError, zipfile.BadZipFile, EOFError) as err:
+            raise ValueError(f"{path}: not a readable ExitTable .npz ({err})") from err
+        try:
+            meta = json.loads(str(arrays["meta"]))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: corrupt meta field ({err})") from err
+        if not isinstance(meta, dict) or meta.pop("format", None) != "dynexit.ExitTable":
+            raise ValueError(f"{path}: not a dynexit ExitTable (meta has no dynexit format tag)")
+        version = meta.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: ExitTable format version {version}, this dynexit reads {FORMAT_VERSION}")
+        try:
+            return cls(arrays["logits"], arrays["labels"], arrays["costs"], arrays["exit_names"],
+                       arrays["index"], meta)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
