@@ -1,0 +1,88 @@
+"""Attention capture: layers that can hand their attention weights to a recorder.
+
+A layer mixing in :class:`CapturesAttention` calls ``self.record_attention(weights, grid)`` with
+weights ``(B, heads, queries, keys)``; while a recorder is attached (see
+``MultiExitModel.capture_attention``) the detached weights are appended to it, otherwise nothing
+is kept (no cost on the normal path).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class AttentionMap:
+    """One attention matrix captured during a forward pass.
+
+    ``weights`` (B, heads, queries, keys), rows sum to 1. ``grid`` is the (h, w) of the spatial
+    axis, and ``grid_axis`` says which axis it is: ``"keys"`` for x2z (latent tokens query a
+    pooled feature map) and ``"queries"`` for z2x (every pixel queries the latent).
+    """
+
+    name: str
+    kind: str
+    stage: int
+    weights: torch.Tensor
+    grid: tuple[int, int] | None
+    grid_axis: str | None
+
+    def spatial(self, reduce: str = "mean") -> torch.Tensor:
+        """Attention over the grid as (B, h, w): averaged over heads and the non-spatial axis."""
+        if self.grid is None:
+            raise ValueError(f"attention {self.name!r} has no spatial grid")
+        w = self.weights.mean(dim=1)  # (B, Q, K)
+        w = w.mean(dim=1) if self.grid_axis == "keys" else (w.mean(dim=2) if reduce == "mean" else w.max(dim=2).values)
+        return w.reshape(w.shape[0], *self.grid)
+
+
+@dataclass
+class AttentionRecorder:
+    """Collects :class:`AttentionMap` objects in execution order."""
+
+    maps: list[AttentionMap] = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.maps)
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.maps[key]
+        for m in self.maps:
+            if m.name == key:
+                return m
+        raise KeyError(f"no attention named {key!r}; captured: {', '.join(self.names()) or 'none'}")
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.maps]
+
+    def clear(self):
+        self.maps.clear()
+
+
+class CapturesAttention:
+    """Mixin for modules whose attention weights can be captured."""
+
+    attn_name: str = "attention"
+    attn_kind: str = "attention"
+    attn_stage: int = 0
+    attn_grid_axis: str | None = None
+    _attn_recorder: AttentionRecorder | None = None
+
+    def set_attention_info(self, name: str, kind: str, stage: int, grid_axis: str | None):
+        self.attn_name, self.attn_kind, self.attn_stage, self.attn_grid_axis = name, kind, stage, grid_axis
+
+    @property
+    def capturing(self) -> bool:
+        return self._attn_recorder is not None
+
+    def record_attention(self, weights: torch.Tensor, grid=None):
+        if self._attn_recorder is not None:
+            self._attn_recorder.maps.append(AttentionMap(
+                self.attn_name, self.attn_kind, self.attn_stage, weights.detach(),
+                None if grid is None else (int(grid[0]), int(grid[1])), self.attn_grid_axis))

@@ -1,0 +1,128 @@
+"""What every threshold solver shares: the exit rule, the evaluation result, budget checks.
+
+Exit rule: a sample leaves at the first exit k whose score >= T_k; the last threshold is -inf, so
+every sample leaves somewhere. Budgets are average MFLOPs per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+
+from dynexit import criteria
+
+
+def assign_exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Exit index (N,) of every sample: the first k with ``scores[:, k] >= thresholds[k]``."""
+    scores = np.asarray(scores)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if scores.ndim != 2 or thresholds.shape != (scores.shape[1],):
+        raise ValueError(f"scores (N, K) and thresholds (K,) disagree: {scores.shape} vs {thresholds.shape}")
+    passes = scores >= thresholds
+    passes[:, -1] = True  # the last exit accepts everyone, whatever its threshold says
+    return passes.argmax(axis=1)
+
+
+def all_at_last(num_exits: int) -> np.ndarray:
+    thresholds = np.full(num_exits, np.inf)
+    thresholds[-1] = -np.inf
+    return thresholds
+
+
+@dataclass
+class ExitResult:
+    """Where each sample left and what it cost."""
+
+    exits: np.ndarray        # (N,) exit index of each sample
+    correct: np.ndarray      # (N,) bool, right at the exit it took
+    thresholds: np.ndarray   # (K,)
+    costs: np.ndarray        # (K,) cumulative MFLOPs per exit
+    histogram: np.ndarray = field(init=False)          # (K,) samples leaving at each exit
+    histogram_correct: np.ndarray = field(init=False)  # (K,) of which right
+
+    def __post_init__(self):
+        k = len(self.costs)
+        self.histogram = np.bincount(self.exits, minlength=k)
+        self.histogram_correct = np.bincount(self.exits, weights=self.correct, minlength=k).astype(np.int64)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def mean_cost(self) -> float:
+        return float(self.costs[self.exits].mean())
+
+    @property
+    def speedup(self) -> float:
+        """Full cost (last exit) over the mean cost spent."""
+        return float(self.costs[-1] / self.mean_cost)
+
+    @property
+    def histogram_wrong(self) -> np.ndarray:
+        return self.histogram - self.histogram_correct
+
+    def summary(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "mean_cost": self.mean_cost,
+            "speedup": self.speedup,
+            "thresholds": [float(t) for t in self.thresholds],
+            "histogram": self.histogram.tolist(),
+            "histogram_correct": self.histogram_correct.tolist(),
+        }
+
+
+def evaluate_thresholds(table, scores: np.ndarray, thresholds: np.ndarray) -> ExitResult:
+    exits = assign_exits(scores, thresholds)
+    correct = table.correct[np.arange(table.num_samples), exits]
+    return ExitResult(exits, correct, np.asarray(thresholds, dtype=np.float64), table.costs)
+
+
+def check_budget(budget, costs: np.ndarray) -> float:
+    """A budget in MFLOPs that this model can spend; ValueError naming the valid range otherwise."""
+    if budget is None:
+        raise ValueError("budget is required: an average cost in MFLOPs per image")
+    try:
+        budget = float(budget)
+    except (TypeError, ValueError):
+        raise ValueError(f"budget must be a number of MFLOPs per image, got {budget!r}") from None
+    if not np.isfinite(budget):
+        raise ValueError(f"budget must be finite, got {budget}")
+    if budget < costs[0] * (1 - 1e-9):
+        raise ValueError(f"budget {budget:.4g} MFLOPs is below the cheapest exit ({costs[0]:.4g} MFLOPs): "
+                         f"no policy can spend less; choose a budget in [{costs[0]:.4g}, {costs[-1]:.4g}]")
+    return budget
+
+
+class BaseSolver(BaseEstimator):
+    """scikit-learn style: ``__init__`` stores, ``fit(val_table)`` learns ``thresholds_``, returns self."""
+
+    def scores(self, table) -> np.ndarray:
+        """Exit scores (N, K) this solver thresholds; the fitted criterion of the solver."""
+        return criteria.scores(table, self.criterion)
+
+    def _check_fitted(self):
+        if not hasattr(self, "thresholds_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(val_table) first")
+
+    def _store(self, table, thresholds: np.ndarray, scores: np.ndarray | None = None):
+        """Set the learned attributes from the chosen thresholds on the fitting table."""
+        scores = self.scores(table) if scores is None else scores
+        result = evaluate_thresholds(table, scores, thresholds)
+        self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
+        self.costs_ = table.costs.copy()
+        self.expected_cost_ = result.mean_cost
+        self.expected_accuracy_ = result.accuracy
+        self.n_exits_ = table.num_exits
+        return self
+
+    def evaluate(self, table) -> ExitResult:
+        """Apply the fitted thresholds to a table (usually the test split)."""
+        self._check_fitted()
+        if table.num_exits != self.n_exits_:
+            raise ValueError(f"solver fitted for {self.n_exits_} exits, table has {table.num_exits}")
+        return evaluate_thresholds(table, self.scores(table), self.thresholds_)
