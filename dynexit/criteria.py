@@ -58,8 +58,9 @@ def patience(probs: np.ndarray) -> np.ndarray:
 
 
 def random_score(probs: np.ndarray, seed: int = 0) -> np.ndarray:
-    probs = _check(probs)
-    return np.random.default_rng(seed).random(probs.shape[:2])
+    n, k = _check(probs).shape[:2]
+    # one stream per exit, so the score of exit k does not depend on how many exits were computed
+    return np.stack([np.random.default_rng([seed, j]).random(n) for j in range(k)], axis=1)
 
 
 CRITERIA: dict[str, Criterion] = {

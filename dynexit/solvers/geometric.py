@@ -78,9 +78,10 @@ class GeometricSolver(BaseSolver):
             return evaluate_thresholds(table, scores, thresholds).mean_cost, thresholds
 
         # q = e^-40 puts every sample at exit 1 (share rounds to 1), so the grid always starts feasible
+        limit = budget * (1 + 1e-12)  # a mean of equal costs can round one ulp above them
         grid = np.linspace(-40.0, 40.0, 81)
         costs = [cost(g)[0] for g in grid]
-        feasible = [i for i, c in enumerate(costs) if c <= budget]
+        feasible = [i for i, c in enumerate(costs) if c <= limit]
         lo = grid[max(feasible)]
         hi = grid[max(feasible) + 1] if max(feasible) + 1 < len(grid) else lo
         best_log_q = lo
@@ -88,7 +89,7 @@ class GeometricSolver(BaseSolver):
             if hi - lo < 1e-6:
                 break
             mid = (lo + hi) / 2
-            if cost(mid)[0] <= budget:
+            if cost(mid)[0] <= limit:
                 lo = best_log_q = mid
             else:
                 hi = mid

@@ -1,0 +1,5 @@
+import sys
+
+from dynexit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""The ``dynexit`` command line: solve, curve, demo (and the model commands when present).
+
+Every bad argument or file ends in one clear line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def _load_table(path):
+    from dynexit.table import ExitTable
+
+    try:
+        return ExitTable.load(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _pair(args):
+    val, test = _load_table(args.val), _load_table(args.test)
+    if val.num_exits != test.num_exits or not np.allclose(val.costs, test.costs):
+        raise UsageError(f"{args.val} and {args.test} are not tables of the same model "
+                         f"(exits {val.num_exits} vs {test.num_exits}, costs differ)")
+    return val, test
+
+
+def _fmt(values, digits=4):
+    return "[" + ", ".join(f"{v:.{digits}g}" for v in values) + "]"
+
+
+def cmd_solve(args) -> int:
+    from dynexit import metrics, solvers
+
+    val, test = _pair(args)
+    try:
+        solver = solvers.make(args.solver, args.budget, args.criterion).fit(val)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    result = solver.evaluate(test)
+    oracle = metrics.oracle(test)
+    print(f"model        {test.meta.get('model', '?')}  ({test.num_samples} test samples, {test.num_exits} exits)")
+    print(f"solver       {args.solver}  criterion {args.criterion if 'criterion' in solver.get_params() else 'learned'}"
+          f"  budget {args.budget:.4g} MFLOPs")
+    print(f"thresholds   {_fmt(solver.thresholds_)}")
+    print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} MFLOPs")
+    print(f"test         accuracy {result.accuracy:.4f}  mean cost {result.mean_cost:.4g} MFLOPs  "
+          f"speedup {result.speedup:.2f}x  (final exit {test.exit_accuracy()[-1]:.4f} at {test.costs[-1]:.4g})")
+    print(f"oracle       accuracy {oracle.accuracy:.4f}  mean cost {oracle.mean_cost:.4g} MFLOPs")
+    print("exit histogram (test):")
+    for name, cost, count, right in zip(test.exit_names, test.costs, result.histogram, result.histogram_correct):
+        print(f"  {name:>12s}  {cost:10.4g} MFLOPs  {count:6d} samples  {right:6d} right")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, budget=args.budget), indent=2))
+    return 0
+
+
+def cmd_curve(args) -> int:
+    from dynexit import metrics
+
+    val, test = _pair(args)
+    if args.points < 2:
+        raise UsageError("--points must be at least 2")
+    budgets = metrics.budget_grid(val, args.points)
+    try:
+        curve = metrics.budget_curve(val, test, args.solver, budgets, args.criterion)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print_curve(curve, test)
+    try:
+        metrics.write_curve(curve, args.csv, args.json)
+    except OSError as err:
+        raise UsageError(f"cannot write output: {err}") from None
+    return 0
+
+
+def print_curve(curve, test):
+    from dynexit import metrics
+
+    top = metrics.oracle_curve(test, curve.test_cost)
+    print(f"{'budget':>10s} {'val cost':>10s} {'val acc':>8s} {'test cost':>10s} {'test acc':>8s} {'oracle':>8s} {'speedup':>8s}")
+    for row, o in zip(curve.to_rows(), top):
+        print(f"{row['budget']:10.4g} {row['val_cost']:10.4g} {row['val_accuracy']:8.4f} {row['test_cost']:10.4g} "
+              f"{row['test_accuracy']:8.4f} {o:8.4f} {test.costs[-1] / row['test_cost']:7.2f}x")
+    print("per-exit (anytime): " + ", ".join(f"{n} {a:.4f} @ {c:.4g}" for n, a, c in
+                                             zip(test.exit_names, test.exit_accuracy(), test.costs)))
+
+
+def cmd_demo(args) -> int:
+    """Train the toy multi-exit network on digits, save its tables, print the budget curve."""
+    from dynexit import metrics, solvers
+    from dynexit.testing import digits_tables
+
+    out = Path(args.out)
+    print(f"training a small multi-exit MLP on scikit-learn digits (seed {args.seed}) ...", flush=True)
+    val, test = digits_tables(args.seed)
+    val.save(out / "digits_val.npz")
+    test.save(out / "digits_test.npz")
+    print(f"tables written to {out}/digits_{{val,test}}.npz  (try: dynexit solve {out}/digits_val.npz "
+          f"{out}/digits_test.npz --budget {float(np.mean(val.costs[:2])):.4g})")
+    curve = metrics.budget_curve(val, test, solvers.DEFAULT, metrics.budget_grid(val, 10))
+    print(f"budget curve, solver {solvers.DEFAULT} fitted on val, evaluated on test (MFLOPs per image):")
+    print_curve(curve, test)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dynexit import criteria, solvers
+
+    parser = _Parser(prog="dynexit", description="Explore early-exit image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def table_pair(p):
+        p.add_argument("val", help="validation ExitTable (.npz): thresholds are fitted here")
+        p.add_argument("test", help="test ExitTable (.npz): results are reported here")
+        p.add_argument("--solver", default=solvers.DEFAULT, choices=solvers.available())
+        p.add_argument("--criterion", default="max_prob", choices=criteria.available())
+
+    p = sub.add_parser("solve", help="fit thresholds for a budget and evaluate them")
+    table_pair(p)
+    p.add_argument("--budget", type=float, required=True, help="average MFLOPs per image")
+    p.add_argument("--json", help="write the result as JSON here")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("curve", help="accuracy vs budget over a sweep of budgets")
+    table_pair(p)
+    p.add_argument("--points", type=int, default=20, help="budgets between the first and last exit's cost")
+    p.add_argument("--csv", help="write the curve as CSV here")
+    p.add_argument("--json", help="write the curve as JSON here")
+    p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("demo", help="train a toy multi-exit net on digits (seconds) and print its budget curve")
+    p.add_argument("--out", default=".cache/demo", help="where the demo tables are written")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    try:  # the model commands (train, table, bench), when the models package is installed
+        from dynexit.cli_models import add_subcommands
+    except ImportError:
+        pass
+    else:
+        add_subcommands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except UsageError as err:
+        print(f"dynexit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

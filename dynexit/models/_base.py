@@ -1,0 +1,161 @@
+"""The MultiExitModel contract shared by every model family.
+
+A multi-exit model is a ``torch.nn.Module`` whose computation is split into ``num_exits`` stages.
+Stage k continues from the state left by stage k-1 and produces the logits of exit k:
+
+    state = model.init_state(x)                       # checks and normalises the images
+    for k in range(model.num_exits):
+        state, logits_k = model.forward_stage(k, state)
+
+``state`` is a dict whose values are tensors with the batch on dim 0 (or ``None``, or lists /
+tuples of such tensors), so a generic engine (:func:`dynexit.inference.early_exit`) can keep only
+the rows of the samples that have not exited yet and continue with them. ``forward(x)`` is the same
+loop and returns every exit's logits, shallow to deep.
+
+Images are float tensors in [0, 1], shape (B, in_chans, H, W); normalisation lives inside the
+model (``mean`` / ``std`` buffers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dynexit.layers.attention_capture import AttentionRecorder, CapturesAttention
+
+State = dict[str, Any]
+
+
+class MultiExitModel(nn.Module):
+    """Base class of all multi-exit models (see the module docstring for the contract).
+
+    Subclasses set ``exit_names`` and implement :meth:`forward_stage`; they may override
+    :meth:`init_state` (call ``super()`` first, it validates and normalises) and
+    ``default_loss_weights`` (one weight per exit for training).
+    """
+
+    exit_names: tuple[str, ...] = ()
+    default_loss_weights: tuple[float, ...] | None = None
+
+    def __init__(self, num_classes: int, in_chans: int, input_size: int | tuple[int, int],
+                 mean=(0.5,), std=(0.5,)):
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if mean.numel() == 1:
+            mean, std = mean.expand(self.in_chans).clone(), std.expand(self.in_chans).clone()
+        if mean.numel() != self.in_chans or std.numel() != self.in_chans:
+            raise ValueError(f"mean/std need {self.in_chans} values (one per channel), got {mean.numel()}/{std.numel()}")
+        # derived from the config, so not part of the saved weights
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+        self.arch_name: str | None = None  # set by create_model
+        self.arch_kwargs: dict = {}
+        self._costs_cache: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def num_exits(self) -> int:
+        return len(self.exit_names)
+
+    def loss_weights(self) -> list[float]:
+        w = self.default_loss_weights or (1.0,) * self.num_exits
+        return [float(v) for v in w]
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise a ValueError naming the problem when ``x`` is not a batch this model accepts."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{self._label()} expects a torch.Tensor of images, got {type(x).__name__}")
+        h, w = self.input_size
+        want = f"(B, {self.in_chans}, {h}, {w})"
+        if x.ndim != 4:
+            raise ValueError(f"{self._label()} expects a 4-d batch of images {want}, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            hint = ("convert to grayscale (e.g. x.mean(1, keepdim=True))" if self.in_chans == 1
+                    else "repeat the gray channel (x.expand(-1, 3, -1, -1))" if x.shape[1] == 1 else "convert the images")
+            raise ValueError(f"{self._label()} expects {self.in_chans}-channel images {want}, got {x.shape[1]} "
+                             f"channels (shape {tuple(x.shape)}): {hint}")
+        if tuple(x.shape[2:]) != (h, w):
+            raise ValueError(f"{self._label()} expects images of size {h}x{w} {want}, got "
+                             f"{x.shape[2]}x{x.shape[3]}: resize them first (e.g. torch.nn.functional.interpolate)")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"{self._label()} expects float images in [0, 1], got dtype {x.dtype}: divide uint8 by 255")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def init_state(self, x: torch.Tensor) -> State:
+        """Validate and normalise a batch; the state every stage 0 starts from."""
+        self.check_input(x)
+        return {"x": self.normalize(x)}
+
+    def forward_stage(self, k: int, state: State) -> tuple[State, torch.Tensor]:
+        """Run stage k on ``state``; returns the new state and the logits of exit k (B, C)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        state = self.init_state(x)
+        outs = []
+        for k in range(self.num_exits):
+            state, logits = self.forward_stage(k, state)
+            outs.append(logits)
+        return outs
+
+    # ------------------------------------------------------------------ costs
+    def exit_costs(self, refresh: bool = False) -> np.ndarray:
+        """Cumulative MFLOPs (multiply-adds) per exit for one image, counted on the staged path."""
+        if self._costs_cache is None or refresh:
+            from dynexit.flops import staged_flops
+            self._costs_cache = staged_flops(self)
+        return self._costs_cache.copy()
+
+    # ------------------------------------------------------------------ attention
+    def attention_layers(self) -> dict[str, CapturesAttention]:
+        return {name: m for name, m in self.named_modules() if isinstance(m, CapturesAttention)}
+
+    @contextlib.contextmanager
+    def capture_attention(self):
+        """Record the attention weights of every capturable layer during the forward passes inside.
+
+        >>> with model.capture_attention() as rec:
+        ...     model(x)
+        >>> rec["x2z3"].weights.shape   # (B, heads, queries, keys); rec["x2z3"].grid == (7, 7)
+        """
+        rec = AttentionRecorder()
+        layers = list(self.attention_layers().values())
+        for m in layers:
+            m._attn_recorder = rec
+        try:
+            yield rec
+        finally:
+            for m in layers:
+                m._attn_recorder = None
+
+    # ------------------------------------------------------------------ helpers
+    def _label(self) -> str:
+        return self.arch_name or type(self).__name__
+
+    def config(self) -> dict:
+        """Architecture name and constructor kwargs, enough to rebuild this model."""
+        return {"arch": self.arch_name, "kwargs": dict(self.arch_kwargs)}
+
+    def extra_repr(self) -> str:
+        return f"exits={list(self.exit_names)}, in_chans={self.in_chans}, input_size={self.input_size}"
+
+
+def select_state(state, keep: torch.Tensor):
+    """Keep the rows ``keep`` (bool mask or index tensor) of every tensor in a state."""
+    if isinstance(state, torch.Tensor):
+        return state[keep]
+    if isinstance(state, dict):
+        return {k: select_state(v, keep) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(select_state(v, keep) for v in state)
+    return state  # None, ints, strings: not per-sample

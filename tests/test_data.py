@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynexit import data
+
+HAS_TRAIN = (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_embedded_test_split():
+    x, y = data.load_fashion_mnist("test")
+    assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
+    assert y.shape == (10000,) and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [1000] * 10
+    assert (data.REPO_DATA_DIR / "LICENSE").exists()
+
+
+def test_val_indices_are_fixed():
+    idx = data.val_indices()
+    assert len(idx) == 5000 and len(np.unique(idx)) == 5000 and np.all(np.diff(idx) > 0)
+    np.testing.assert_array_equal(idx, data.val_indices())
+    # pinned: changing these would silently invalidate every shipped table
+    assert idx[:5].tolist() == data.val_indices()[:5].tolist()
+    assert int(idx.sum()) == int(data.split_indices("val").sum())
+
+
+@pytest.mark.skipif(not HAS_TRAIN, reason="needs `apt-get install dataset-fashion-mnist` (.ci/run installs it)")
+def test_train_val_split():
+    xt, yt = data.load_fashion_mnist("train")
+    xv, yv = data.load_fashion_mnist("val")
+    assert len(yt) == 55000 and len(yv) == 5000
+    assert len(np.intersect1d(data.split_indices("train"), data.split_indices("val"))) == 0
+
+
+def test_missing_data_lists_every_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing2")
+    monkeypatch.setattr(data, "_try_torchvision", lambda part, root: None)
+    monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path / "env"))
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_fashion_mnist("test", root=tmp_path / "explicit")
+    text = str(err.value)
+    for place in ("explicit", "env", "nothing", "nothing2", "torchvision", "apt-get install dataset-fashion-mnist"):
+        assert place in text
+    with pytest.raises(ValueError, match="unknown split"):
+        data.load_fashion_mnist("training")
+
+
+def test_explicit_dir_and_bad_idx(tmp_path):
+    import shutil
+    for name in data._FILES["test"]:
+        shutil.copy(data.REPO_DATA_DIR / name, tmp_path / name)
+    x, _ = data.load_fashion_mnist("test", root=tmp_path)
+    assert x.shape == (10000, 28, 28)
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"\x00\x00\x09\x01junk")
+    with pytest.raises(ValueError, match="bad.gz"):
+        data.read_idx(bad)
+
+
+def test_torch_datasets_and_digits():
+    ds = data.fashion_mnist_dataset("test")
+    img, label = ds[0]
+    assert img.shape == (1, 28, 28) and 0 <= float(img.min()) and float(img.max()) <= 1
+    aug = data._AugmentedImages(ds.tensors[0][:4].mul(255).byte(), ds.tensors[1][:4])
+    a, _ = aug[0]
+    assert a.shape == (1, 28, 28) and a.dtype.is_floating_point
+    x, y = data.load_digits_split("val")
+    assert x.shape[1:] == (8, 8) and len(x) == len(y) and x.max() <= 1
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    ds = data.torchvision_dataset("imagefolder", str(tmp_path), train=True, image_size=8)
+    img, label = ds[3]
+    assert img.shape == (3, 8, 8) and label == 1 and float(img.max()) <= 1
+    with pytest.raises(FileNotFoundError):
+        data.torchvision_dataset("imagefolder", str(tmp_path / "none"), train=True)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data.torchvision_dataset("svhn", str(tmp_path), train=True)
