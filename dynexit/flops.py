@@ -18,11 +18,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 @contextlib.contextmanager
 def _eval_no_grad(model):
+    # FlopCounterMode's module tracker needs autograd enabled (it hooks tensors that require grad),
+    # so only the mode is switched; no backward is ever run, so only forward FLOPs are counted.
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         model.train(was)
 

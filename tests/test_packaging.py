@@ -14,9 +14,10 @@ def test_environment_yml_lists_the_same_packages():
     wanted = _names(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         wanted |= _names(extra)
-    env_lines = [line.strip()[2:] for line in (ROOT / "environment.yml").read_text().splitlines()
-                 if line.strip().startswith("- ") and not line.strip().startswith("- -e")]
-    pip_pkgs = _names(line for line in env_lines if not line.startswith(("python", "pip")) and line != "pip:")
+    text = (ROOT / "environment.yml").read_text()
+    pip_section = text.split("- pip:", 1)[1].splitlines()
+    pip_pkgs = _names(line.strip()[2:] for line in pip_section
+                      if line.strip().startswith("- ") and not line.strip().startswith("- -e"))
     assert wanted == pip_pkgs
 
 
