@@ -100,6 +100,23 @@ def print_curve(curve, test):
                                              zip(test.exit_names, test.exit_accuracy(), test.costs)))
 
 
+def cmd_calibrate(args) -> int:
+    """Per-exit temperature fitted on val; ECE of every exit on test before and after."""
+    from dynexit import criteria
+
+    val, test = _pair(args)
+    temps = criteria.fit_temperature(val)
+    before = criteria.expected_calibration_error(test)
+    after = criteria.expected_calibration_error(test, temps)
+    print(f"{'exit':>12s} {'temperature':>12s} {'ECE before':>11s} {'ECE after':>10s}   (test, 15 bins)")
+    for name, t, b, a in zip(test.exit_names, temps, before, after):
+        print(f"{name:>12s} {t:12.3f} {b:11.4f} {a:10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"temperature": temps.tolist(), "ece_before": before.tolist(),
+                                               "ece_after": after.tolist()}, indent=2))
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Train the toy multi-exit network on digits, save its tables, print the budget curve."""
     from dynexit import metrics, solvers
@@ -142,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="write the curve as CSV here")
     p.add_argument("--json", help="write the curve as JSON here")
     p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("calibrate", help="per-exit temperature scaling on val, ECE on test")
+    p.add_argument("val", help="validation ExitTable (.npz): temperatures are fitted here")
+    p.add_argument("test", help="test ExitTable (.npz): ECE is reported here")
+    p.add_argument("--json", help="write temperatures and ECE as JSON here")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="train a toy multi-exit net on digits (seconds) and print its budget curve")
     p.add_argument("--out", default=".cache/demo", help="where the demo tables are written")

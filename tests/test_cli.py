@@ -43,3 +43,10 @@ def test_errors_are_one_line_exit_2(table_files, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_calibrate(table_files, capsys, tmp_path):
+    assert main(["calibrate", *table_files, "--json", str(tmp_path / "t.json")]) == 0
+    assert "ECE before" in capsys.readouterr().out
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert len(result["temperature"]) == 4 and all(t > 0 for t in result["temperature"])
