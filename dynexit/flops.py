@@ -23,7 +23,8 @@ def _eval_no_grad(model):
     was = model.training
     model.eval()
     try:
-        yield
+        with torch.enable_grad():
+            yield
     finally:
         model.train(was)
 

@@ -2,11 +2,14 @@
 
 Supported timm families: ResNet (``resnet*``, incl. ``resnet*d`` deep stems), RegNet
 (``regnetx_*``, ``regnety_*``) and MobileNetV3 (``mobilenetv3_*``). ``small_input=True`` adapts the
-stem to tiny images (28x28, 32x32): stride-1 first convolution and no max-pool.
+stem to tiny images (28x28, 32x32): first convolution of stride ``stem_stride`` (default 1), no max-pool.
 
 Presets (our names, built from timm models):
 - ``resnet18_quarter``: timm ResNet-18 at a quarter of the width (16-32-64-128 channels) with the
   3-layer 3x3 "deep" stem (8-8-16 channels); ~30 MFLOPs at 28x28 with ``small_input``.
+- ``resnet18_half``: half width (32-64-128-256), deep stem 16-16-32; ~32 MFLOPs at 28x28 with
+  ``small_input`` and ``stem_stride=2`` (the Fashion-MNIST backbone).
+- ``resnet10_quarter``: timm ResNet-10-T at a quarter width (tests and demos).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import timm
 PRESETS: dict[str, tuple[str, dict]] = {
     "resnet18_quarter": ("resnet18", dict(channels=(16, 32, 64, 128), stem_type="deep", stem_width=8)),
     "resnet10_quarter": ("resnet10t", dict(channels=(16, 32, 64, 128), stem_width=8)),
+    "resnet18_half": ("resnet18", dict(channels=(32, 64, 128, 256), stem_type="deep", stem_width=16)),
 }
 
 
@@ -75,12 +79,12 @@ class StagedBackbone(nn.Module):
         return self.forward_head(x)
 
 
-def _stride1(conv: nn.Conv2d):
-    conv.stride = (1, 1)
+def _set_stride(conv: nn.Conv2d, stride: int):
+    conv.stride = (stride, stride)
 
 
 def build_backbone(name: str, in_chans: int = 3, num_classes: int = 1000, pretrained: bool = False,
-                   small_input: bool = False, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                   small_input: bool = False, stem_stride: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                    **timm_kwargs) -> StagedBackbone:
     """A timm model by name (or a preset of this module) as a :class:`StagedBackbone`."""
     if name in PRESETS:
@@ -108,9 +112,9 @@ def build_backbone(name: str, in_chans: int = 3, num_classes: int = 1000, pretra
         if small_input:
             first = m.conv1[0] if isinstance(m.conv1, nn.Sequential) else None
             if first is not None:
-                _stride1(first)
-            else:  # replace the 7x7 stride-2 conv by a 3x3 stride-1 conv of the same width
-                m.conv1 = nn.Conv2d(in_chans, m.conv1.out_channels, 3, 1, 1, bias=False)
+                _set_stride(first, stem_stride)
+            else:  # replace the 7x7 stride-2 conv by a 3x3 conv of the same width
+                m.conv1 = nn.Conv2d(in_chans, m.conv1.out_channels, 3, stem_stride, 1, bias=False)
             m.maxpool = nn.Identity()
         stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
         stages = [m.layer1, m.layer2, m.layer3, m.layer4]
@@ -118,14 +122,14 @@ def build_backbone(name: str, in_chans: int = 3, num_classes: int = 1000, pretra
         head, classifier = _ResNetHead(m.global_pool), m.fc
     elif isinstance(m, RegNet):
         if small_input:
-            _stride1(m.stem.conv)
+            _set_stride(m.stem.conv, stem_stride)
         stem = m.stem
         stages = [m.s1, m.s2, m.s3, m.s4]
         stem_chs = info[0]["num_chs"]
         head, classifier = _RegNetHead(m.final_conv, m.head.global_pool), m.head.fc
     elif isinstance(m, MobileNetV3):
         if small_input:
-            _stride1(m.conv_stem)
+            _set_stride(m.conv_stem, stem_stride)
         stem = nn.Sequential(m.conv_stem, m.bn1)
         ends = [int(f["module"].split(".")[1]) for f in info[1:5]]
         starts = [0] + [e + 1 for e in ends[:-1]]

@@ -33,7 +33,7 @@ from dynexit.layers.token_mixer import LatentTransition
 from dynexit.models import register_model
 from dynexit.models._backbones import build_backbone, stage_shapes
 from dynexit.models._base import MultiExitModel
-from dynexit.models.multiexit_cnn import FMNIST_MEAN, FMNIST_STD
+from dynexit.models.multiexit_cnn import FMNIST_BACKBONE, FMNIST_MEAN, FMNIST_STD
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -45,23 +45,23 @@ class DynamicPerceiver(MultiExitModel):
 
     Parameters
     ----------
-    backbone : timm ResNet / RegNet / MobileNetV3 name, or a preset such as ``resnet18_quarter``
+    backbone : timm ResNet / RegNet / MobileNetV3 name, or a preset such as ``resnet18_half``
     num_latents : latent tokens at stage 1 (halved at every stage; must be divisible by 8)
     sa_depths, sa_heads : self-attention blocks and heads of the latent at each of the 4 stages
     sa_mlp_ratio : MLP width of the latent blocks
     pool_size : x2z key grid (the feature map is average-pooled to at most pool_size x pool_size)
     with_x2z, with_z2x, with_dwc, with_last_ca, with_isc : the paper's ablation switches
-    small_input : stride-1 stem without max-pool (default: input_size < 64)
+    small_input : stem without max-pool, first conv of stride ``stem_stride`` (default: input_size < 64)
     """
 
     exit_names = ("latent_stage3", "latent_stage4", "cnn_head", "fusion")
     default_loss_weights = (0.5, 0.5, 1.0, 1.0)
 
-    def __init__(self, backbone: str = "resnet18_quarter", num_classes: int = 10, in_chans: int = 1,
+    def __init__(self, backbone: str = "resnet18_half", num_classes: int = 10, in_chans: int = 1,
                  input_size: int = 28, num_latents: int = 32, sa_depths=(2, 2, 6, 2), sa_heads=(1, 2, 4, 8),
                  sa_mlp_ratio: float = 4.0, pool_size: int = 7, with_x2z: bool = True, with_z2x: bool = True,
                  with_dwc: bool = True, with_last_ca: bool = True, with_isc: bool = True,
-                 small_input: bool | None = None, pretrained: bool = False, drop_rate: float = 0.0,
+                 small_input: bool | None = None, stem_stride: int = 1, pretrained: bool = False, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, mean=None, std=None):
         if mean is None:
             mean, std = (FMNIST_MEAN, FMNIST_STD) if in_chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
@@ -71,7 +71,7 @@ class DynamicPerceiver(MultiExitModel):
         if len(sa_depths) != 4 or len(sa_heads) != 4:
             raise ValueError("sa_depths and sa_heads need one value per stage (4)")
         small_input = (self.input_size[0] < 64) if small_input is None else small_input
-        self.cnn = build_backbone(backbone, in_chans, num_classes, pretrained=pretrained, small_input=small_input,
+        self.cnn = build_backbone(backbone, in_chans, num_classes, pretrained=pretrained, small_input=small_input, stem_stride=stem_stride,
                                   drop_rate=drop_rate, drop_path_rate=drop_path_rate)
         shapes = stage_shapes(self.cnn, in_chans, self.input_size)
         # latent width at stage k = channels of the CNN feature map entering stage k
@@ -182,14 +182,14 @@ class DynamicPerceiver(MultiExitModel):
 
 @register_model
 def dynperceiver(**kwargs) -> DynamicPerceiver:
-    """Dynamic Perceiver on any supported timm backbone (``backbone=``; default the Fashion-MNIST config)."""
-    return DynamicPerceiver(**kwargs)
+    """Dynamic Perceiver on any supported timm backbone (``backbone=``; default the Fashion-MNIST backbone)."""
+    return DynamicPerceiver(**(kwargs if "backbone" in kwargs else {**FMNIST_BACKBONE, **kwargs}))
 
 
 @register_model
 def dynperceiver_fmnist(**kwargs) -> DynamicPerceiver:
-    """28x28 grayscale: quarter-width ResNet-18 (3x3 stride-1 stem), 32 latent tokens, SA depths 2-2-6-2."""
-    cfg = dict(backbone="resnet18_quarter", num_classes=10, in_chans=1, input_size=28, num_latents=32,
+    """28x28 grayscale: half-width ResNet-18 (see multiexit_cnn.FMNIST_BACKBONE), 32 latent tokens, SA 2-2-6-2."""
+    cfg = dict(FMNIST_BACKBONE, num_classes=10, in_chans=1, input_size=28, num_latents=32,
                sa_depths=(2, 2, 6, 2), sa_heads=(1, 2, 4, 8))
     return DynamicPerceiver(**{**cfg, **kwargs})
 

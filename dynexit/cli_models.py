@@ -1,0 +1,182 @@
+"""The model subcommands of the ``dynexit`` CLI: ``train``, ``table`` and ``bench``.
+
+``dynexit.cli`` calls :func:`add_subcommands`; ``python -m dynexit.cli_models ...`` runs them alone
+(``torchrun --nproc_per_node N -m dynexit.cli_models train ...`` for DDP). Bad arguments or files
+print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+class _Fail(Exception):
+    pass
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _guard(cmd: str, fn):
+    """Run a handler; user errors become one stderr line and exit status 2."""
+    def run(args) -> int:
+        try:
+            return int(fn(args) or 0)
+        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, _Fail) as err:
+            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"dynexit {cmd}: error: {msg}", file=sys.stderr)
+            return 2
+    return run
+
+
+# ----------------------------------------------------------------------------- handlers
+
+def cmd_train(args) -> int:
+    from dynexit.models import is_model
+    from dynexit.train import config_from_args, train
+
+    if not is_model(args.model):
+        raise ValueError(f"unknown model {args.model!r}; see `python -c 'import dynexit.models as m; print(m.list_models())'`")
+    args.out_dir = args.out
+    args.augment = not args.no_augment
+    args.progress = not args.no_progress
+    args.num_workers = args.workers
+    if args.model_kwargs is None:
+        args.model_kwargs = {}
+    cfg = config_from_args(args)
+    result = train(cfg)
+    if result["rank"] == 0:
+        acc = result["val_accuracy"]
+        print(json.dumps({"checkpoint": result["checkpoint"], "val_accuracy": acc,
+                          "exit_names": result["exit_names"], "seconds_per_epoch": result["seconds_per_epoch"]}))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from dynexit.tables_build import build_table
+
+    table = build_table(args.model, split=args.split, batch_size=args.batch_size, device=args.device,
+                        limit=args.limit, data_root=args.data_root, progress=not args.quiet)
+    path = table.save(args.out)
+    acc = table.exit_accuracy()
+    print(f"wrote {path}: {table.num_samples} samples, exits {list(table.exit_names)}, "
+          f"costs {[round(c, 3) for c in table.costs.tolist()]} MFLOPs, accuracy {[round(a, 4) for a in acc.tolist()]}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from dynexit.bench import format_result, run_bench
+
+    if args.budget is None and args.thresholds is None:
+        raise ValueError("give --budget B (average MFLOPs per image) or --thresholds T1,T2,...")
+    batch_sizes = tuple(int(b) for b in args.batch_sizes)
+    result = run_bench(args.model, budget=args.budget, solver=args.solver, thresholds=args.thresholds,
+                       criterion=args.criterion, val_table=args.val_table, limit=args.limit,
+                       batch_sizes=batch_sizes, batch1_limit=args.batch1_limit, repeats=args.repeats,
+                       threads=args.threads, data_root=args.data_root, json_path=args.json)
+    print(format_result(result))
+    if args.json:
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parsers
+
+def add_subcommands(subparsers) -> None:
+    """Register ``train``, ``table`` and ``bench`` on an argparse subparsers object."""
+    p = subparsers.add_parser("train", help="train a multi-exit model (DDP under torchrun)",
+                              description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch.")
+    p.add_argument("--model", required=True, help="registered model name, e.g. dynperceiver_fmnist")
+    p.add_argument("--model-kwargs", type=_json_dict, default=None, help='JSON kwargs for the model, e.g. \'{"drop_rate": 0.1}\'')
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or cifar100")
+    p.add_argument("--data-root", default=None, help="directory with the dataset files")
+    p.add_argument("--out", default="runs/train", help="output directory (checkpoint, resume state, log)")
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--min-lr", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--loss-weights", type=_floats, default=None, help="one weight per exit, comma-separated")
+    p.add_argument("--distill-alpha", type=float, default=None, help="self-distillation weight (0 disables)")
+    p.add_argument("--distill-temperature", type=float, default=None)
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (0 disables)")
+    p.add_argument("--clip-grad", type=float, default=None)
+    p.add_argument("--no-augment", action="store_true", help="disable random crop + flip")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--train-subset", type=_positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--val-subset", type=_positive_int, default=None, help="use only the first N validation images")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.safetensors")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_guard("train", cmd_train))
+
+    p = subparsers.add_parser("table", help="run a model over a split and write its ExitTable",
+                              description="Write the ExitTable (.npz) of a model on the fashion-mnist val or test split.")
+    p.add_argument("--model", required=True, help="registered model name or checkpoint (.safetensors)")
+    p.add_argument("--split", choices=("val", "test"), required=True)
+    p.add_argument("--out", required=True, help="output .npz path")
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images of the split")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_guard("table", cmd_table))
+
+    p = subparsers.add_parser("bench", help="time the full model against real early exit (CPU)",
+                              description="Fit thresholds on val for a budget, then time full vs early-exit "
+                                          "inference on the test images at batch 256 and 1.")
+    p.add_argument("--model", required=True, help="registered model name or checkpoint (.safetensors)")
+    p.add_argument("--budget", type=float, default=None, help="average MFLOPs per image")
+    p.add_argument("--solver", default=None, help="threshold solver (default: dynexit.solvers.DEFAULT)")
+    p.add_argument("--criterion", default="max_prob", help="exit criterion for solvers that take one")
+    p.add_argument("--thresholds", type=_floats, default=None, help="explicit thresholds instead of a solver")
+    p.add_argument("--val-table", default=None, help="precomputed val ExitTable (.npz) of the same model")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
+    p.add_argument("--batch-sizes", type=_floats, default=[256, 1], help="default 256,1")
+    p.add_argument("--batch1-limit", type=_positive_int, default=300, help="images timed at batch 1")
+    p.add_argument("--repeats", type=_positive_int, default=3)
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.set_defaults(func=_guard("bench", cmd_bench))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="dynexit-models")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Tiny configs of every model family, shared by the model tests (fast on 2 CPU cores)."""
+
+import torch
+
+from dynexit.models import create_model
+
+TINY = {
+    "dynperceiver": ("dynperceiver_tiny", {}),
+    "multiexit_cnn": ("multiexit_cnn", dict(backbone="resnet10_quarter", exit_after=(1, 2, 3))),
+    "static_cnn": ("static_cnn", dict(backbone="resnet10_quarter")),
+    "multiexit_cnn_two": ("multiexit_cnn", dict(backbone="resnet10_quarter", exit_after=(2,))),
+    "dynperceiver_rgb32": ("dynperceiver", dict(backbone="resnet10_quarter", in_chans=3, input_size=32, num_classes=5,
+                                                num_latents=16, sa_depths=(1, 1, 1, 1), sa_heads=(1, 1, 1, 2),
+                                                with_isc=False, with_dwc=False)),
+}
+
+
+def tiny(key, seed=0):
+    torch.manual_seed(seed)
+    name, kwargs = TINY[key]
+    return create_model(name, **kwargs)
+
+
+def images(model, n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, model.in_chans, *model.input_size, generator=g)
