@@ -2,4 +2,12 @@
 from dynexit.table import ExitTable
 
 __version__ = "0.1.0"
-__all__ = ["ExitTable"]
+__all__ = ["ExitTable", "early_exit"]
+
+
+def __getattr__(name):
+    # torch is imported only when early exit is asked for: the numpy core loads without it
+    if name == "early_exit":
+        from dynexit.inference import early_exit
+        return early_exit
+    raise AttributeError(f"module 'dynexit' has no attribute {name!r}")

@@ -32,3 +32,11 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "\nmake test\n" in ci
     assert "dataset-fashion-mnist" in ci and "chromium" in ci
+
+
+def test_early_exit_exported_lazily():
+    import subprocess
+    import sys
+    code = ("import sys, dynexit; assert 'torch' not in sys.modules; "
+            "from dynexit.inference import early_exit; assert dynexit.early_exit is early_exit")
+    subprocess.run([sys.executable, "-c", code], check=True)
