@@ -59,8 +59,9 @@ class GeometricSolver(BaseSolver):
         if (self.q is None) == (self.budget is None):
             raise ValueError("GeometricSolver needs exactly one of q= or budget=")
         scores = self.scores(table)
-        order = table.memo(("geometric_order", self.criterion), lambda: np.argsort(-scores, axis=0, kind="stable")) \
-            if isinstance(self.criterion, str) else np.argsort(-scores, axis=0, kind="stable")
+        sort = lambda: np.argsort(-scores, axis=0, kind="stable")  # noqa: E731
+        # named criteria give the same scores every time, so their order is cached on the table
+        order = table.memo(("geometric_order", self.criterion), sort) if isinstance(self.criterion, str) else sort()
         if self.q is not None:
             self.q_ = float(self.q)
             return self._store(table, geometric_thresholds(scores, self.q_, order), scores)
