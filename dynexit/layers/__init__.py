@@ -1,11 +1,11 @@
 """Reusable layers for the model families (one idea per file)."""
-from dynexit.layers.attention_capture import AttentionMap, AttentionRecorder, CapturesAttention
+from dynexit.layers.attention_capture import AttentionMap, AttentionRecorder, CapturesAttention, attention_rollout
 from dynexit.layers.cross_attention import CrossAttention
 from dynexit.layers.exit_heads import ConvExitHead, LatentExitHead, LogitsEmbedding
 from dynexit.layers.latent_blocks import LatentSelfAttention
 from dynexit.layers.token_mixer import LatentTransition, TokenMixer
 
 __all__ = [
-    "AttentionMap", "AttentionRecorder", "CapturesAttention", "CrossAttention", "ConvExitHead",
+    "AttentionMap", "AttentionRecorder", "CapturesAttention", "attention_rollout", "CrossAttention", "ConvExitHead",
     "LatentExitHead", "LogitsEmbedding", "LatentSelfAttention", "LatentTransition", "TokenMixer",
 ]

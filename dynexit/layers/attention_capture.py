@@ -19,7 +19,9 @@ class AttentionMap:
 
     ``weights`` (B, heads, queries, keys), rows sum to 1. ``grid`` is the (h, w) of the spatial
     axis, and ``grid_axis`` says which axis it is: ``"keys"`` for x2z (latent tokens query a
-    pooled feature map) and ``"queries"`` for z2x (every pixel queries the latent).
+    pooled feature map) and ``"queries"`` for z2x (every pixel queries the latent); ``"both"`` for
+    ViT self-attention, whose queries and keys are ``num_prefix_tokens`` class / distillation
+    tokens followed by the patch tokens of the grid.
     """
 
     name: str
@@ -28,12 +30,22 @@ class AttentionMap:
     weights: torch.Tensor
     grid: tuple[int, int] | None
     grid_axis: str | None
+    num_prefix_tokens: int = 0
 
     def spatial(self, reduce: str = "mean") -> torch.Tensor:
-        """Attention over the grid as (B, h, w): averaged over heads and the non-spatial axis."""
+        """Attention over the grid as (B, h, w), averaged over heads.
+
+        x2z: averaged over the latent queries; z2x: averaged (or max) over the latent keys;
+        ViT self-attention: the class token's attention to the patches (its row, prefix keys
+        dropped), or the mean patch row when the model has no class token.
+        """
         if self.grid is None:
             raise ValueError(f"attention {self.name!r} has no spatial grid")
         w = self.weights.mean(dim=1)  # (B, Q, K)
+        if self.grid_axis == "both":
+            p = self.num_prefix_tokens
+            w = w[:, 0, p:] if p else w.mean(dim=1)
+            return w.reshape(w.shape[0], *self.grid)
         w = w.mean(dim=1) if self.grid_axis == "keys" else (w.mean(dim=2) if reduce == "mean" else w.max(dim=2).values)
         return w.reshape(w.shape[0], *self.grid)
 
@@ -74,8 +86,12 @@ class CapturesAttention:
     attn_grid_axis: str | None = None
     _attn_recorder: AttentionRecorder | None = None
 
-    def set_attention_info(self, name: str, kind: str, stage: int, grid_axis: str | None):
+    attn_num_prefix_tokens: int = 0
+
+    def set_attention_info(self, name: str, kind: str, stage: int, grid_axis: str | None,
+                           num_prefix_tokens: int = 0):
         self.attn_name, self.attn_kind, self.attn_stage, self.attn_grid_axis = name, kind, stage, grid_axis
+        self.attn_num_prefix_tokens = int(num_prefix_tokens)
 
     @property
     def capturing(self) -> bool:
@@ -85,4 +101,34 @@ class CapturesAttention:
         if self._attn_recorder is not None:
             self._attn_recorder.maps.append(AttentionMap(
                 self.attn_name, self.attn_kind, self.attn_stage, weights.detach(),
-                None if grid is None else (int(grid[0]), int(grid[1])), self.attn_grid_axis))
+                None if grid is None else (int(grid[0]), int(grid[1])), self.attn_grid_axis,
+                self.attn_num_prefix_tokens))
+
+
+def attention_rollout(maps: list[AttentionMap], residual: float = 0.5) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema, ACL 2020) through consecutive ViT self-attention maps.
+
+    Each layer's head-averaged attention is mixed with the identity (the residual path),
+    renormalised, and the layers are multiplied in order. Returns (B, h, w): how much the class
+    token (or, without one, the average patch) at the last layer draws on each input patch.
+    """
+    if not maps:
+        raise ValueError("attention_rollout needs at least one self-attention map")
+    first = maps[0]
+    if first.grid_axis != "both" or first.grid is None:
+        raise ValueError(f"attention_rollout needs ViT self-attention maps (grid_axis 'both'), got {first.name!r}")
+    shape = first.weights.shape
+    for m in maps[1:]:
+        if m.weights.shape != shape or m.grid != first.grid:
+            raise ValueError(f"attention_rollout: {m.name!r} has shape {tuple(m.weights.shape)}, "
+                             f"{first.name!r} has {tuple(shape)}; roll out one token grid at a time")
+    n = shape[-1]
+    eye = torch.eye(n, dtype=first.weights.dtype, device=first.weights.device)
+    joint = eye.expand(shape[0], n, n)
+    for m in maps:
+        a = residual * m.weights.mean(dim=1) + (1.0 - residual) * eye
+        a = a / a.sum(dim=-1, keepdim=True)
+        joint = a @ joint
+    p = first.num_prefix_tokens
+    row = joint[:, 0, p:] if p else joint.mean(dim=1)
+    return row.reshape(row.shape[0], *first.grid)

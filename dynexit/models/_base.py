@@ -108,6 +108,21 @@ class MultiExitModel(nn.Module):
             outs.append(logits)
         return outs
 
+    # ------------------------------------------------------------------ parts, for exit training
+    def exit_branch(self, k: int) -> nn.Module:
+        """The modules that belong to exit k alone (its branch / classifier).
+
+        Families that support classifier-wise or layer-wise training (see
+        :mod:`dynexit.exit_training`) override this and :meth:`backbone_stage`.
+        """
+        raise NotImplementedError(f"{self._label()} does not expose its exit branches; "
+                                  "train it end to end with dynexit.train")
+
+    def backbone_stage(self, k: int) -> nn.Module | None:
+        """The shared (backbone) modules that stage k runs before exit k's branch, or None."""
+        raise NotImplementedError(f"{self._label()} does not expose its backbone stages; "
+                                  "train it end to end with dynexit.train")
+
     # ------------------------------------------------------------------ costs
     def exit_costs(self, refresh: bool = False) -> np.ndarray:
         """Cumulative MFLOPs (multiply-adds) per exit for one image, counted on the staged path."""
