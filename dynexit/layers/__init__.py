@@ -4,8 +4,10 @@ from dynexit.layers.cross_attention import CrossAttention
 from dynexit.layers.exit_heads import ConvExitHead, LatentExitHead, LogitsEmbedding
 from dynexit.layers.latent_blocks import LatentSelfAttention
 from dynexit.layers.token_mixer import LatentTransition, TokenMixer
+from dynexit.layers.vit_attention import CapturingAttention, make_attention_capturable
 
 __all__ = [
     "AttentionMap", "AttentionRecorder", "CapturesAttention", "attention_rollout", "CrossAttention", "ConvExitHead",
     "LatentExitHead", "LogitsEmbedding", "LatentSelfAttention", "LatentTransition", "TokenMixer",
+    "CapturingAttention", "make_attention_capturable",
 ]
