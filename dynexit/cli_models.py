@@ -106,6 +106,30 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_zoo(args) -> int:
+    from dynexit import zoo
+
+    if args.action == "list":
+        for name in zoo.list():
+            e = zoo.ENTRIES[name]
+            state = "shipped" if zoo.available(name) else "missing (reproduce it)"
+            print(f"{name:24s} {state:22s} {e.summary}")
+        return 0
+    if not args.name:
+        raise _Fail(f"`dynexit zoo {args.action}` needs a model name: one of {', '.join(zoo.list())}")
+    if args.action == "info":
+        print(json.dumps(zoo.info(args.name), indent=2))
+        return 0
+    out = zoo.reproduce(args.name, device=args.device, work_dir=args.work_dir, skip_train=args.skip_train,
+                        progress=not args.no_progress, bench=not args.no_bench)
+    print(f"wrote {out['weights']} and its val/test tables")
+    print(f"test accuracy per exit: {', '.join(f'{a:.4f}' for a in out['test_accuracy'])}")
+    if "bench" in out:
+        from dynexit.bench import format_result
+        print(format_result(out["bench"]))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parsers
 
 def add_subcommands(subparsers) -> None:
@@ -169,6 +193,18 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--data-root", default=None)
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.set_defaults(func=_guard("bench", cmd_bench))
+
+    p = subparsers.add_parser("zoo", help="the pretrained Fashion-MNIST zoo: list, info, reproduce",
+                              description="List the zoo, show one model, or rebuild its weights, tables and "
+                                          "bench result from scratch with the recipe it was trained with.")
+    p.add_argument("action", choices=("list", "info", "reproduce"))
+    p.add_argument("name", nargs="?", default=None, help="zoo model name (see `dynexit zoo list`)")
+    p.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda")
+    p.add_argument("--work-dir", default="runs/zoo", help="where training runs and resumes (default runs/zoo)")
+    p.add_argument("--skip-train", action="store_true", help="export the finished checkpoint in the work dir")
+    p.add_argument("--no-bench", action="store_true", help="skip the CPU speed benchmark")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_guard("zoo", cmd_zoo))
 
 
 def main(argv=None) -> int:

@@ -176,15 +176,25 @@ class ExitTable:
                          [self.exit_names[e] for e in exits], self.index, self.meta)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a compressed ``.npz`` (no pickled objects); returns the path written."""
+    def save(self, path: str | os.PathLike, logits_dtype: str = "float32") -> Path:
+        """Write a compressed ``.npz`` (no pickled objects); returns the path written.
+
+        ``logits_dtype="float16"`` halves the file (the shipped zoo tables use it); logits are
+        read back as float32 either way.
+        """
+        if logits_dtype not in ("float32", "float16"):
+            raise ValueError(f"logits_dtype must be 'float32' or 'float16', got {logits_dtype!r}")
+        if logits_dtype == "float16" and np.abs(self.logits).max() > np.finfo(np.float16).max:
+            raise ValueError("logits exceed the float16 range (65504); save them as float32")
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, format="dynexit.ExitTable", format_version=FORMAT_VERSION)
+        if logits_dtype == "float16":
+            meta["logits_storage"] = "float16"  # tells readers the logits are rounded to float16
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, logits=self.logits, labels=self.labels, costs=self.costs,
+        np.savez_compressed(tmp, logits=self.logits.astype(logits_dtype), labels=self.labels, costs=self.costs,
                             exit_names=np.array(self.exit_names, dtype=np.str_), index=self.index,
                             meta=np.array(json.dumps(meta)))
         os.replace(tmp, path)  # never leave a half-written table behind

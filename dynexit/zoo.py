@@ -1,0 +1,259 @@
+"""The pretrained zoo: multi-exit models trained on Fashion-MNIST, shipped in ``data/zoo``.
+
+Every entry ships four files, all rebuilt by ``dynexit zoo reproduce NAME`` (the recipe below,
+seed included):
+
+- ``NAME.safetensors`` + ``NAME.json``: the weights (float16 storage) and their sidecar;
+- ``NAME.val.npz`` / ``NAME.test.npz``: the ExitTables of those weights on the 5,000 held-out
+  training images (thresholds are fitted here) and on the 10,000 test images (results);
+- ``NAME.bench.json``: ``dynexit bench`` (measured CPU speed of real early exit) at the budget
+  where the model matches its final-exit accuracy on val.
+
+>>> from dynexit import zoo
+>>> zoo.list()
+>>> model = zoo.load_model("dynperceiver_fmnist")      # eval mode, float [0, 1] input (B, 1, 28, 28)
+>>> table = zoo.load_table("dynperceiver_fmnist", "test")
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = ("val", "test")
+
+
+def zoo_dir() -> Path:
+    """``$DYNEXIT_ZOO`` or the repository's ``data/zoo``."""
+    env = os.environ.get("DYNEXIT_ZOO")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data" / "zoo"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: what it is and exactly how it was trained."""
+
+    name: str
+    arch: str
+    summary: str
+    recipe: dict = field(default_factory=dict)  # dynexit.train.TrainConfig fields
+    pipeline: str = "end-to-end"  # how reproduce() builds it (see _PIPELINES)
+
+    def reproduce_command(self) -> str:
+        return f"dynexit zoo reproduce {self.name}"
+
+
+# One recipe for the three CNNs so the comparison (Dyn-Perceiver paper, Fig. 1) is like for like.
+_CNN_RECIPE = {"epochs": 30, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
+               "distill_alpha": 0.5, "ema_decay": 0.9998, "augment": True, "seed": 0}
+
+ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
+    ZooEntry("dynperceiver_fmnist", "dynperceiver_fmnist",
+             "Dynamic Perceiver on a half-width ResNet-18: 4 exits in the latent classification branch",
+             {"model": "dynperceiver_fmnist", **_CNN_RECIPE}),
+    ZooEntry("multiexit_cnn_fmnist", "multiexit_cnn_fmnist",
+             "Conventional multi-exit CNN: classifiers on the same backbone's stage outputs",
+             {"model": "multiexit_cnn_fmnist", **_CNN_RECIPE}),
+    ZooEntry("static_cnn_fmnist", "static_cnn_fmnist",
+             "Static reference: the same backbone with its single final classifier",
+             {"model": "static_cnn_fmnist", **_CNN_RECIPE}),
+]}
+
+
+def list() -> builtins.list[str]:  # noqa: A001 - the zoo's public API is zoo.list()
+    """Names of the zoo models, in the order above."""
+    return builtins.list(ENTRIES)
+
+
+def _entry(name: str) -> ZooEntry:
+    if name not in ENTRIES:
+        raise ValueError(f"unknown zoo model {name!r}; the zoo has: {', '.join(ENTRIES)}")
+    return ENTRIES[name]
+
+
+def weights_path(name: str) -> Path:
+    return zoo_dir() / f"{_entry(name).name}.safetensors"
+
+
+def table_path(name: str, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return zoo_dir() / f"{_entry(name).name}.{split}.npz"
+
+
+def bench_path(name: str) -> Path:
+    return zoo_dir() / f"{_entry(name).name}.bench.json"
+
+
+def _missing(path: Path, name: str, what: str) -> ValueError:
+    return ValueError(f"{path}: missing file ({what} of zoo model {name!r}); rebuild it with "
+                      f"`{_entry(name).reproduce_command()}` (or restore data/zoo from git)")
+
+
+def _damaged(path: Path, name: str, err: Exception) -> ValueError:
+    return ValueError(f"{path}: damaged zoo file ({err}); rebuild it with `{_entry(name).reproduce_command()}` "
+                      "(or restore it with `git checkout -- data/zoo`)")
+
+
+def available(name: str) -> bool:
+    """True when the weights and both tables of ``name`` are on disk."""
+    return weights_path(name).exists() and all(table_path(name, s).exists() for s in SPLITS)
+
+
+def load_model(name: str, device: str = "cpu"):
+    """The trained model in eval mode; input float images in [0, 1], shape (B, 1, 28, 28)."""
+    from dynexit.checkpoint import load_checkpoint
+
+    path = weights_path(name)
+    if not path.exists():
+        raise _missing(path, name, "weights")
+    try:
+        return load_checkpoint(path, map_location=device)
+    except ValueError as err:
+        raise _damaged(path, name, err) from None
+
+
+def load_table(name: str, split: str = "test"):
+    """The shipped ExitTable of ``name`` on ``split`` ("val" or "test")."""
+    from dynexit.table import ExitTable
+
+    path = table_path(name, split)
+    if not path.exists():
+        raise _missing(path, name, f"{split} table")
+    try:
+        return ExitTable.load(path)
+    except ValueError as err:
+        raise _damaged(path, name, err) from None
+
+
+def load_bench(name: str) -> dict | None:
+    """The shipped ``dynexit bench`` result of ``name``, or None when there is none."""
+    path = bench_path(name)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _damaged(path, name, err) from None
+
+
+def info(name: str) -> dict:
+    """What the zoo knows about ``name``: summary, recipe, files, costs and accuracies."""
+    from dynexit.checkpoint import read_sidecar
+
+    e = _entry(name)
+    out = {"name": e.name, "arch": e.arch, "summary": e.summary, "recipe": dict(e.recipe),
+           "pipeline": e.pipeline, "reproduce": e.reproduce_command(), "available": available(name),
+           "files": {"weights": str(weights_path(name)), **{s: str(table_path(name, s)) for s in SPLITS},
+                     "bench": str(bench_path(name))}}
+    if weights_path(name).exists():
+        try:
+            side = read_sidecar(weights_path(name))
+        except ValueError as err:
+            raise _damaged(weights_path(name), name, err) from None
+        out.update(exit_names=side.get("exit_names"), costs_mflops=side.get("costs_mflops"),
+                   val_accuracy=side.get("val_accuracy"), train=side.get("train"), trained_on=side.get("trained_on"))
+    if table_path(name, "test").exists():
+        out["test_accuracy"] = load_table(name, "test").exit_accuracy().tolist()
+    return out
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+def match_final_budget(val_table, tolerance: float = 0.001, solver: str | None = None) -> float:
+    """Smallest budget (MFLOPs) at which the solver, fitted on val, keeps the final exit's val accuracy.
+
+    Searched on the val table only (never test): the grid of :func:`dynexit.metrics.budget_grid`.
+    """
+    from dynexit import metrics, solvers
+
+    target = float(val_table.exit_accuracy()[-1]) - tolerance
+    for budget in metrics.budget_grid(val_table, 40):
+        s = solvers.make(solver or solvers.DEFAULT, float(budget)).fit(val_table)
+        if s.expected_accuracy_ >= target:
+            return float(budget)
+    return float(val_table.costs[-1])
+
+
+def export_weights(checkpoint: Path, dest: Path, recipe: dict, extra: dict | None = None) -> Path:
+    """Copy a trained checkpoint into the zoo with float16 storage (tables are built from this copy).
+
+    The training history (per-epoch losses, val accuracies and seconds) travels with it.
+    """
+    from dynexit.checkpoint import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(checkpoint)
+    meta = model.checkpoint_meta
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    history = meta.get("history") or []
+    summary = {"epochs": len(history), "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+               "trained_recipe": meta.get("recipe")}
+    return save_checkpoint(model, dest, val_accuracy=meta.get("val_accuracy"), recipe=recipe,
+                           extra={"weights_storage": "float16", "history": history, "train": summary,
+                                  **(extra or {})}, state_dict=half)
+
+
+def _device_label(device: str) -> str:
+    import platform
+
+    import torch
+
+    from dynexit.train import pick_device
+
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(dev)})"
+    return f"{dev.type} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _train_end_to_end(entry: ZooEntry, work: Path, device: str, progress: bool) -> tuple[Path, dict]:
+    from dynexit.train import TrainConfig, train
+
+    cfg = TrainConfig(**{**entry.recipe, "out_dir": str(work), "device": device, "progress": progress,
+                         "resume": (work / "resume.safetensors").exists()})
+    result = train(cfg)
+    # a resumed run that had already finished trains nothing and returns no new checkpoint
+    ckpt = Path(result["checkpoint"]) if result.get("checkpoint") else work / "checkpoint.safetensors"
+    return ckpt, {"device": _device_label(device)}
+
+
+_PIPELINES = {"end-to-end": _train_end_to_end}
+
+
+def reproduce(name: str, device: str = "auto", work_dir: str | os.PathLike = "runs/zoo", skip_train: bool = False,
+              progress: bool = True, bench: bool = True) -> dict:
+    """Rebuild the weights, both tables and the bench result of ``name`` from scratch.
+
+    Training resumes from ``work_dir/NAME`` when it was interrupted; ``skip_train`` reuses the
+    finished checkpoint there (e.g. trained on a GPU machine) and only exports, tables and benches.
+    """
+    from dynexit.bench import run_bench
+    from dynexit.tables_build import build_table
+
+    entry = _entry(name)
+    work = Path(work_dir) / name
+    if skip_train:
+        ckpt = work / "checkpoint.safetensors"
+        if not ckpt.exists():
+            raise ValueError(f"{ckpt}: no finished training to export; run without --skip-train")
+        train_info = {}
+    else:
+        ckpt, train_info = _PIPELINES[entry.pipeline](entry, work, device, progress)
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    weights = export_weights(ckpt, weights_path(name), entry.recipe, {"trained_on": train_info} if train_info else None)
+    tables = {}
+    for split in SPLITS:
+        t = build_table(str(weights), split, progress=progress)
+        t.save(table_path(name, split), logits_dtype="float16")
+        tables[split] = t
+    out = {"weights": str(weights), "val_accuracy": tables["val"].exit_accuracy().tolist(),
+           "test_accuracy": tables["test"].exit_accuracy().tolist(), "costs": tables["test"].costs.tolist()}
+    if bench and tables["val"].num_exits > 1:
+        budget = match_final_budget(tables["val"])
+        out["bench"] = run_bench(str(weights), budget=budget, val_table=tables["val"], json_path=str(bench_path(name)))
+    return out

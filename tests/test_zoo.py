@@ -1,0 +1,105 @@
+"""The zoo: the reproduce pipeline on a tiny entry, clear errors, and the shipped files themselves."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dynexit import solvers, zoo
+from dynexit.metrics import budget_grid
+from dynexit.table import ExitTable
+from dynexit.tables_build import build_table
+
+from conftest import random_table
+
+TINY_RECIPE = {"model": "multiexit_cnn", "model_kwargs": {"backbone": "resnet10_quarter", "exit_after": [1, 2, 3]},
+               "epochs": 1, "batch_size": 64, "train_subset": 256, "val_subset": 128, "seed": 0}
+
+
+@pytest.fixture
+def tiny_zoo(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path / "zoo"))
+    entry = zoo.ZooEntry("tiny_cnn_fmnist", "multiexit_cnn", "test entry", TINY_RECIPE)
+    monkeypatch.setitem(zoo.ENTRIES, entry.name, entry)
+    return entry
+
+
+def test_reproduce_builds_weights_tables_that_the_weights_reproduce(tiny_zoo, tmp_path, monkeypatch):
+    # only a slice of each split: the pipeline is what is under test, not the numbers
+    import dynexit.tables_build as tb
+    real = tb.load_split_images
+    monkeypatch.setattr(tb, "load_split_images",
+                        lambda split, dataset="fashion-mnist", data_root=None, limit=None:
+                        tuple(t[:min(300, limit or 300)] for t in real(split)))
+    out = zoo.reproduce("tiny_cnn_fmnist", device="cpu", work_dir=tmp_path / "runs", progress=False, bench=False)
+    assert zoo.available("tiny_cnn_fmnist")
+    info = zoo.info("tiny_cnn_fmnist")
+    assert info["train"]["epochs"] == 1 and info["train"]["trained_recipe"]["train_subset"] == 256
+    assert info["recipe"] == TINY_RECIPE
+    side = json.loads(zoo.weights_path("tiny_cnn_fmnist").with_suffix(".json").read_text())
+    assert side["weights_storage"] == "float16"
+    model = zoo.load_model("tiny_cnn_fmnist")
+    assert not model.training
+    test = zoo.load_table("tiny_cnn_fmnist", "test")
+    assert test.meta["logits_storage"] == "float16"
+    assert out["test_accuracy"] == pytest.approx(test.exit_accuracy().tolist())
+    again = build_table(model, "test", limit=64)
+    np.testing.assert_array_equal(again.predictions, test.subset(np.arange(64)).predictions)
+    np.testing.assert_allclose(again.logits, test.logits[:64], atol=0.02, rtol=2e-3)
+    # reproduce again with skip_train: same weights, same tables
+    zoo.reproduce("tiny_cnn_fmnist", work_dir=tmp_path / "runs", skip_train=True, progress=False, bench=False)
+    np.testing.assert_array_equal(zoo.load_table("tiny_cnn_fmnist", "test").logits, test.logits)
+
+
+def test_missing_and_damaged_files_name_the_file_and_the_command(tiny_zoo):
+    with pytest.raises(ValueError, match=r"tiny_cnn_fmnist\.safetensors.*dynexit zoo reproduce tiny_cnn_fmnist"):
+        zoo.load_model("tiny_cnn_fmnist")
+    with pytest.raises(ValueError, match=r"tiny_cnn_fmnist\.test\.npz.*dynexit zoo reproduce tiny_cnn_fmnist"):
+        zoo.load_table("tiny_cnn_fmnist", "test")
+    path = zoo.table_path("tiny_cnn_fmnist", "val")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a table")
+    with pytest.raises(ValueError, match=r"damaged zoo file.*dynexit zoo reproduce tiny_cnn_fmnist"):
+        zoo.load_table("tiny_cnn_fmnist", "val")
+    with pytest.raises(ValueError, match="unknown zoo model 'nope'"):
+        zoo.info("nope")
+    with pytest.raises(ValueError, match="split must be one of"):
+        zoo.load_table("tiny_cnn_fmnist", "train")
+
+
+def test_match_final_budget_is_the_first_grid_budget_that_keeps_final_accuracy_on_val():
+    val = random_table(n=600, k=4, c=5, seed=3)
+    budget = zoo.match_final_budget(val, tolerance=0.001)
+    target = val.exit_accuracy()[-1] - 0.001
+    grid = budget_grid(val, 40)
+    assert budget in grid
+    assert solvers.make(solvers.DEFAULT, budget).fit(val).expected_accuracy_ >= target
+    earlier = grid[grid < budget]
+    for b in earlier:
+        assert solvers.make(solvers.DEFAULT, float(b)).fit(val).expected_accuracy_ < target
+
+
+# ----------------------------------------------------------------------------- the shipped zoo
+
+SHIPPED = [name for name in zoo.list() if zoo.available(name)]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_test_table_is_reproduced_by_the_shipped_weights(name):
+    model = zoo.load_model(name)
+    table = zoo.load_table(name, "test")
+    assert table.num_samples == 10_000 and zoo.load_table(name, "val").num_samples == 5_000
+    np.testing.assert_allclose(table.costs, model.exit_costs(), rtol=1e-6)
+    with torch.no_grad():
+        again = build_table(model, "test", limit=256)
+    np.testing.assert_array_equal(again.predictions, table.subset(np.arange(256)).predictions)
+    # the table stores float16 logits: equal up to float16 rounding
+    np.testing.assert_allclose(again.logits, table.logits[:256], rtol=1e-3, atol=1e-2)
+
+
+def test_shipped_tables_use_the_registered_split_sizes():
+    for name in SHIPPED:
+        for split, n in (("val", 5_000), ("test", 10_000)):
+            t = ExitTable.load(zoo.table_path(name, split))
+            assert t.num_samples == n and t.meta["split"] == split
