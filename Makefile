@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install -e ".[app,notebooks,dev]"
+	$(VENV)/bin/python -m pip install -e ".[app,notebooks,report,dev]"
 	touch $(STAMP)
 
 # Main job: until the Streamlit app lands, train the toy multi-exit net on the embedded digits data

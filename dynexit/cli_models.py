@@ -130,6 +130,14 @@ def cmd_zoo(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from dynexit.report import build_report
+
+    results = build_report(args.out, figures=not args.no_figures)
+    print(f"wrote {args.out} ({len(results)} zoo models)" + ("" if args.no_figures else " and its figures"))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parsers
 
 def add_subcommands(subparsers) -> None:
@@ -205,6 +213,13 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--no-bench", action="store_true", help="skip the CPU speed benchmark")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_guard("zoo", cmd_zoo))
+
+    p = subparsers.add_parser("report", help="write docs/results.md and its figures from the shipped zoo",
+                              description="Compute the results page (curves, per-exit tables, exit histograms, "
+                                          "criteria, the papers' claims, CPU speedups) from data/zoo.")
+    p.add_argument("--out", default="docs/results.md", help="the Markdown page (figures go to figures/ next to it)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (they need Chromium)")
+    p.set_defaults(func=_guard("report", cmd_report))
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,184 @@
+"""Plotly figures of early exiting, shared by the app, the notebooks and ``dynexit report``.
+
+Computing lives in :mod:`dynexit.metrics`, :mod:`dynexit.solvers` and the models; these helpers
+only draw, and return ``plotly.graph_objects.Figure`` objects (they never show them). Colours are
+the Okabe-Ito palette (Okabe & Ito, "Color Universal Design", 2008), safe for colour-blind readers;
+right / wrong use blue / vermillion, never red / green.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+RIGHT, WRONG, ORACLE, CURRENT = "#0072B2", "#D55E00", "#7f7f7f", "#000000"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+COST_AXIS = "mean MFLOPs per image"
+
+
+def _layout(fig: go.Figure, title: str | None, height: int = 420, **kw) -> go.Figure:
+    fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=20, t=60 if title else 30, b=50),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0), **kw)
+    return fig
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+# ----------------------------------------------------------------------------- accuracy vs cost
+
+def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                     anytime: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[str]]] | None = None,
+                     oracle: tuple[Sequence[float], Sequence[float]] | None = None,
+                     current: tuple[float, float] | None = None, title: str | None = None,
+                     percent: bool = True) -> go.Figure:
+    """Accuracy against mean cost.
+
+    ``curves``: label -> (costs, accuracies) of budgeted (threshold) policies, drawn as lines;
+    ``anytime``: label -> (exit costs, exit accuracies, exit names), drawn as markers (every sample
+    leaves at that exit); ``oracle``: the label-aware ceiling, dashed; ``current``: one highlighted
+    point (the slider's budget).
+    """
+    scale = 100.0 if percent else 1.0
+    fig = go.Figure()
+    for i, (label, (x, y)) in enumerate((curves or {}).items()):
+        fig.add_trace(go.Scatter(x=list(x), y=np.asarray(y) * scale, mode="lines+markers", name=label,
+                                 line=dict(color=color(i), width=2), marker=dict(size=5),
+                                 hovertemplate="%{x:.2f} MFLOPs<br>%{y:.2f}%<extra>" + label + "</extra>"))
+    for i, (label, (x, y, names)) in enumerate((anytime or {}).items()):
+        fig.add_trace(go.Scatter(x=list(x), y=np.asarray(y) * scale, mode="markers+text", name=label,
+                                 text=list(names), textposition="bottom right", textfont=dict(size=10),
+                                 marker=dict(symbol="diamond", size=10, color=color(i), line=dict(width=1, color="white")),
+                                 hovertemplate="%{text}: %{x:.2f} MFLOPs, %{y:.2f}%<extra>" + label + "</extra>"))
+    if oracle is not None:
+        fig.add_trace(go.Scatter(x=list(oracle[0]), y=np.asarray(oracle[1]) * scale, mode="lines", name="oracle (knows the labels)",
+                                 line=dict(color=ORACLE, dash="dash")))
+    if current is not None:
+        fig.add_trace(go.Scatter(x=[current[0]], y=[current[1] * scale], mode="markers", name="this budget",
+                                 marker=dict(symbol="star", size=16, color=CURRENT)))
+    fig.update_xaxes(title=COST_AXIS)
+    fig.update_yaxes(title="accuracy (%)" if percent else "accuracy", ticksuffix="" if not percent else "")
+    return _layout(fig, title)
+
+
+# ----------------------------------------------------------------------------- where samples leave
+
+def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[int], exit_names: Sequence[str],
+                   costs: Sequence[float] | None = None, title: str | None = None) -> go.Figure:
+    """Samples leaving at each exit, split into right and wrong (stacked bars)."""
+    names = [f"{n}<br>{c:.1f} MFLOPs" for n, c in zip(exit_names, costs)] if costs is not None else list(exit_names)
+    fig = go.Figure([
+        go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT),
+        go.Bar(x=names, y=list(histogram_wrong), name="wrong", marker_color=WRONG, marker_pattern_shape="/"),
+    ])
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title="exit (cumulative cost)")
+    fig.update_yaxes(title="images leaving here")
+    return _layout(fig, title, height=360)
+
+
+def exit_shares_over_budgets(budgets: Sequence[float], histograms: Sequence[Sequence[int]], exit_names: Sequence[str],
+                             title: str | None = None) -> go.Figure:
+    """Share of images leaving at each exit as the budget grows (DVT paper, Fig. 10 style)."""
+    h = np.asarray(histograms, dtype=np.float64)
+    share = 100.0 * h / h.sum(axis=1, keepdims=True)
+    fig = go.Figure([go.Bar(x=[f"{b:.1f}" for b in budgets], y=share[:, k], name=name, marker_color=color(k))
+                     for k, name in enumerate(exit_names)])
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title="budget (" + COST_AXIS + ")", type="category")
+    fig.update_yaxes(title="share of images (%)", range=[0, 100])
+    return _layout(fig, title, height=360)
+
+
+def per_exit_accuracy(models: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[str]]],
+                      title: str | None = None) -> go.Figure:
+    """The anytime view: each exit's accuracy (every image stops there) against its cost."""
+    fig = go.Figure()
+    for i, (label, (x, y, names)) in enumerate(models.items()):
+        fig.add_trace(go.Scatter(x=list(x), y=100 * np.asarray(y), mode="lines+markers", name=label, text=list(names),
+                                 line=dict(color=color(i)), marker=dict(size=8),
+                                 hovertemplate="%{text}: %{x:.2f} MFLOPs, %{y:.2f}%<extra>" + label + "</extra>"))
+    fig.update_xaxes(title="cumulative MFLOPs per image at the exit")
+    fig.update_yaxes(title="accuracy when every image stops here (%)")
+    return _layout(fig, title)
+
+
+# ----------------------------------------------------------------------------- one image
+
+def confidence_trace(confidence: Sequence[float], thresholds: Sequence[float], exit_names: Sequence[str],
+                     exit_taken: int, predictions: Sequence[str], right: Sequence[bool],
+                     criterion: str = "confidence", title: str | None = None) -> go.Figure:
+    """One image's exit score at every exit against the thresholds; the exit it takes is starred."""
+    names = list(exit_names)
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=names, y=list(confidence), name=criterion,
+                         marker_color=[RIGHT if r else WRONG for r in right],
+                         text=[f"{p}{'' if r else ' (wrong)'}" for p, r in zip(predictions, right)], textposition="outside",
+                         hovertemplate="%{x}: %{y:.3f}<br>predicts %{text}<extra></extra>"))
+    th = [None if t is None or not np.isfinite(t) else float(t) for t in thresholds]
+    fig.add_trace(go.Scatter(x=names, y=th, mode="markers+lines", name="threshold", line=dict(color=CURRENT, dash="dot"),
+                             marker=dict(symbol="line-ew-open", size=24, line=dict(width=3))))
+    fig.add_annotation(x=names[exit_taken], y=float(confidence[exit_taken]), text="leaves here", showarrow=True, arrowhead=2,
+                       ay=-40)
+    fig.update_xaxes(title="exit")
+    fig.update_yaxes(title=criterion)
+    return _layout(fig, title, height=340)
+
+
+def image_grid(images: np.ndarray, titles: Sequence[str] | None = None, borders: Sequence[str] | None = None,
+               cols: int = 8, title: str | None = None, size: int = 110) -> go.Figure:
+    """Small gray images in a grid, each with a caption and an optional coloured frame."""
+    images = np.asarray(images)
+    n = len(images)
+    if n == 0:
+        fig = go.Figure()
+        fig.add_annotation(text="no images here", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        return _layout(fig, title, height=120)
+    cols = min(cols, n)
+    rows = -(-n // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=list(titles) if titles is not None else None,
+                        horizontal_spacing=0.01, vertical_spacing=0.12 / rows if rows > 1 else 0.0)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        fig.add_trace(go.Heatmap(z=np.asarray(img)[::-1], colorscale="gray", showscale=False,
+                                 zmin=0, zmax=1, hoverinfo="skip"), row=r + 1, col=c + 1)
+        if borders is not None and borders[i]:
+            fig.add_shape(type="rect", xref=f"x{i + 1 if i else ''} domain", yref=f"y{i + 1 if i else ''} domain",
+                          x0=0, y0=0, x1=1, y1=1, line=dict(color=borders[i], width=4))
+    fig.update_xaxes(visible=False, scaleanchor=None)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=10)
+    return _layout(fig, title, height=rows * size + (60 if title else 30), showlegend=False)
+
+
+def attention_overlays(image: np.ndarray, maps: Mapping[str, np.ndarray], title: str | None = None,
+                       size: int = 220) -> go.Figure:
+    """The image, then each attention / attribution map upsampled onto it (one panel per map)."""
+    image = np.asarray(image, dtype=np.float64)
+    names = ["input"] + list(maps)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.02)
+    fig.add_trace(go.Heatmap(z=image[::-1], colorscale="gray", showscale=False, zmin=0, zmax=1, hoverinfo="skip"),
+                  row=1, col=1)
+    h, w = image.shape
+    for i, (name, m) in enumerate(maps.items(), start=2):
+        m = np.asarray(m, dtype=np.float64)
+        up = np.kron(m, np.ones((int(np.ceil(h / m.shape[0])), int(np.ceil(w / m.shape[1])))))[:h, :w]
+        span = up.max() - up.min()
+        up = (up - up.min()) / span if span > 0 else np.zeros_like(up)
+        fig.add_trace(go.Heatmap(z=image[::-1], colorscale="gray", showscale=False, zmin=0, zmax=1, hoverinfo="skip"),
+                      row=1, col=i)
+        fig.add_trace(go.Heatmap(z=up[::-1], colorscale="Viridis", opacity=0.6, showscale=i == len(names), zmin=0, zmax=1,
+                                 colorbar=dict(title="relative<br>weight", thickness=10),
+                                 hovertemplate="weight %{z:.2f}<extra>" + name + "</extra>"), row=1, col=i)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=11)
+    return _layout(fig, title, height=size + 70, showlegend=False, width=None)

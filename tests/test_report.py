@@ -1,0 +1,67 @@
+"""``dynexit report`` on synthetic zoo tables: the page, its claims and its figures."""
+
+import numpy as np
+import pytest
+
+from dynexit import report, zoo
+from dynexit.table import ExitTable
+
+from conftest import random_table
+
+
+def _tables(seed, k, scale=1.0, costs=None):
+    out = {}
+    for split, n in (("val", 400), ("test", 600)):
+        t = random_table(n=n, k=k, c=10, seed=seed + (split == "test"), sharpness=3.0 * scale)
+        c = np.asarray(costs if costs is not None else t.costs, dtype=float)
+        out[split] = ExitTable(t.logits, t.labels, c, meta={"split": split})
+    return out
+
+
+@pytest.fixture
+def synthetic_zoo(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path / "zoo"))
+    specs = {"dynperceiver_fmnist": (0, 4, 1.3, [10, 20, 30, 40]), "multiexit_cnn_fmnist": (10, 4, 1.0, [8, 16, 28, 38]),
+             "static_cnn_fmnist": (20, 1, 1.0, [32])}
+    for name, (seed, k, scale, costs) in specs.items():
+        for split, t in _tables(seed, k, scale, costs).items():
+            t.save(zoo.table_path(name, split), logits_dtype="float16")
+    return tmp_path
+
+
+def test_report_writes_page_with_claims_tables_and_figures(synthetic_zoo):
+    out = synthetic_zoo / "docs" / "results.md"
+    results = report.build_report(out, figures=True)
+    assert set(results) == {"dynperceiver_fmnist", "multiexit_cnn_fmnist", "static_cnn_fmnist"}
+    page = out.read_text()
+    for heading in ("## Summary", "## Accuracy vs MFLOPs", "### Default solver vs MSDNet's geometric rule",
+                    "## Exit criteria compared", "## Dynamic Perceiver vs conventional multi-exit CNN vs static CNN"):
+        assert heading in page
+    dp = results["dynperceiver_fmnist"]
+    assert len(dp["curves"]["learned"]["test_accuracy"]) == report.N_BUDGETS
+    assert set(dp["criteria"]["accuracy"]) == {*report.CRITERIA, "learned (default)"}
+    # the last-exit claim is stated with the measured numbers
+    a, s = dp["test_exit_accuracy"][-1], results["static_cnn_fmnist"]["test_exit_accuracy"][-1]
+    assert f"{100 * a:.2f}% vs {100 * s:.2f}%" in page
+    pngs = sorted(p.name for p in (synthetic_zoo / "docs" / "figures").glob("*.png"))
+    assert "curve_all.png" in pngs and "curve_dynperceiver_fmnist.png" in pngs and "anytime_all.png" in pngs
+    for p in pngs:
+        assert f"figures/{p}" in page
+        assert (synthetic_zoo / "docs" / "figures" / p).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curve_above_reads_both_curves_on_their_common_costs():
+    a = {"test_cost": [1, 2, 3], "test_accuracy": [0.5, 0.7, 0.8]}
+    b = {"test_cost": [1.5, 2.5, 4], "test_accuracy": [0.4, 0.75, 0.9]}
+    r = report.curve_above(a, b)
+    assert r["overlap"] and r["range"] == [1.5, 3.0]
+    # at 2.5 MFLOPs a gives 0.75 (interpolated), b gives 0.75: tie; at 3.0 a=0.8, b interpolates to 0.80
+    assert r["holds"] and abs(r["min_diff"]) < 1e-9
+    assert not report.curve_above({"test_cost": [1, 2], "test_accuracy": [0.1, 0.2]}, b)["holds"]
+
+
+def test_report_without_zoo_says_how_to_make_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path / "empty"))
+    out = tmp_path / "results.md"
+    assert report.build_report(out) == {}
+    assert "dynexit zoo reproduce" in out.read_text()
