@@ -114,7 +114,8 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
         for phase, (parts, exits) in enumerate(phases):
             params = _trainable(model, parts)
             if not params:
-                raise ValueError(f"{strategy}: phase {phase + 1} (exits {[names[k] for k in exits]}) has no parameters to train")
+                raise ValueError(f"{strategy}: phase {phase + 1} (exits {[names[k] for k in exits]}) "
+                                 "has no parameters to train")
             total = int(epochs) * len(loader)
             total = min(total, max_steps) if max_steps else total
             optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -27,10 +27,22 @@ def anytime(table) -> dict:
 
 
 def practical_exits(accuracy, costs=None) -> np.ndarray:
-    """Mask (K,): an exit is practical when it is more accurate than every earlier (cheaper) exit."""
-    accuracy = np.asarray(accuracy, dtype=np.float64)
-    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(accuracy)[:-1]])
-    return accuracy > best_before
+    """Mask: an exit is practical when it is more accurate than every cheaper exit.
+
+    Without ``costs`` the exits are taken in order (each costs more than the ones before); with
+    ``costs`` they may come in any order (e.g. the rows of a branch study) and are compared by cost:
+    exit i is practical when ``accuracy[i] > accuracy[j]`` for every j with ``costs[j] < costs[i]``.
+    """
+    acc = np.asarray(accuracy, dtype=np.float64).reshape(-1)
+    if costs is None:
+        best_before = np.concatenate([[-np.inf], np.maximum.accumulate(acc)[:-1]])
+        return acc > best_before
+    cost = np.asarray(costs, dtype=np.float64).reshape(-1)
+    if acc.shape != cost.shape:
+        raise ValueError(f"practical_exits needs one cost per accuracy, got {acc.size} accuracies and {cost.size} costs")
+    if np.isnan(acc).any() or np.isnan(cost).any():
+        raise ValueError("practical_exits: accuracies and costs must not contain NaN")
+    return np.array([a > acc[cost < c].max(initial=-np.inf) for a, c in zip(acc, cost)], dtype=bool)
 
 
 # ----------------------------------------------------------------------------- oracle

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from dynexit.table import ExitTable
 from dynexit.testing import digits_tables
@@ -24,3 +25,7 @@ def random_table(n=200, k=4, c=5, seed=0, sharpness=3.0) -> ExitTable:
     logits[np.arange(n), :, labels] += sharpness * np.linspace(0.3, 1.0, k)[None, :] * rng.random((n, 1))
     costs = np.cumsum(rng.uniform(0.5, 2.0, k))
     return ExitTable(logits, labels, costs)
+
+
+# Tiny models on 2 busy cores run far faster single-threaded (no intra-op thread contention).
+torch.set_num_threads(1)

@@ -56,7 +56,8 @@ class TokenBranch(nn.Module):
         self.dim, self.grid = int(dim), (int(grid[0]), int(grid[1]))
         self.num_prefix_tokens, self.num_classes = int(num_prefix_tokens), int(num_classes)
         if self.num_prefix_tokens < 0 or min(self.grid) < 1:
-            raise ValueError(f"{type(self).__name__}: bad token layout grid={grid}, num_prefix_tokens={num_prefix_tokens}")
+            raise ValueError(f"{type(self).__name__}: bad token layout grid={grid}, "
+                             f"num_prefix_tokens={num_prefix_tokens}")
 
     @property
     def num_tokens(self) -> int:

@@ -23,7 +23,7 @@ import operator
 import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 from dynexit.layers.vit_attention import make_attention_capturable
@@ -95,6 +95,9 @@ class MultiExitViT(MultiExitModel):
         if mean is None:
             mean, std = (FMNIST_MEAN, FMNIST_STD) if in_chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
         super().__init__(num_classes, in_chans, img_size, mean, std)
+        if not class_token and vit_kwargs.get("reg_tokens"):
+            raise ValueError("register tokens without a class token are not supported: the exit branches would "
+                             "read a register as the class token; keep class_token=True or drop reg_tokens")
         vit_kwargs.setdefault("global_pool", "token" if class_token else "avg")
         self.vit = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                                      num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
@@ -118,12 +121,13 @@ class MultiExitViT(MultiExitModel):
         self.exit_names = tuple([f"block{b}_{kind}" for b, kind, _ in self.exits] + ["head"])
         self.default_loss_weights = tuple(loss_weights) if loss_weights else (1.0,) * len(self.exits) + (2.0,)
         if len(self.default_loss_weights) != self.num_exits:
-            raise ValueError(f"loss_weights needs {self.num_exits} values (one per exit), got {len(self.default_loss_weights)}")
+            raise ValueError(f"loss_weights needs {self.num_exits} values (one per exit), "
+                             f"got {len(self.default_loss_weights)}")
         for k, seg in enumerate(self.segments):
             for i in seg:
                 make_attention_capturable(self.vit.blocks[i], self.grid, self.num_prefix_tokens, stage=k, first_index=i)
         for k, (branch, name) in enumerate(zip(self.branches, self.exit_names)):
-            if any(True for _ in _attention_layers(branch)):
+            if any(isinstance(m, Attention) for m in branch.modules()):  # ViT-EE
                 make_attention_capturable(branch, self.grid, self.num_prefix_tokens, name=f"{name}_attn", stage=k)
         # everything needed to rebuild the same backbone with other exits (see with_exits)
         self.init_kwargs = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
@@ -172,7 +176,8 @@ class MultiExitViT(MultiExitModel):
         params = {}
         if k == 0:
             modules = [v.patch_embed, v.norm_pre] + modules
-            params = {n: getattr(v, n) for n in ("cls_token", "reg_token", "pos_embed") if getattr(v, n, None) is not None}
+            params = {n: getattr(v, n) for n in ("cls_token", "reg_token", "pos_embed")
+                      if getattr(v, n, None) is not None}
         if k == self.num_exits - 1:
             modules.append(v.norm)
         return ModuleView(modules, params) if (modules or params) else None
@@ -203,11 +208,6 @@ class MultiExitViT(MultiExitModel):
             own = np.array([count_mflops(b, tokens)[0] for b in self.branches] + [0.0])
         backbone = np.cumsum(per_stage - own)  # the head's cost stays in the last stage
         return backbone + own
-
-
-def _attention_layers(module: nn.Module):
-    from timm.models.vision_transformer import Attention
-    return (m for m in module.modules() if isinstance(m, Attention))
 
 
 # ---------------------------------------------------------------------- entrypoints
