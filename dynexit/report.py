@@ -228,10 +228,14 @@ def claims_sections(results: dict[str, dict]) -> list[str]:
         L += ["## DVT reuse ablation", "", "Per-exit test accuracy with both reuse mechanisms and with neither "
               "(DVT paper, Table 6 style).", "",
               _md_table(["exit", "MFLOPs (reuse)", "acc reuse (%)", "MFLOPs (no reuse)", "acc no reuse (%)", "gain (pt)"], rows), ""]
+        later = [(a, b) for a, b in zip(dvt["test_exit_accuracy"][1:3], noreuse["test_exit_accuracy"][1:3])]
+        holds = all(a > b for a, b in later)
+        L += [f"- Reuse beats no reuse at exits 2 and 3: **{'holds' if holds else 'does not hold'}** ("
+              + "; ".join(f"exit {k + 2}: {_pct(a)}% vs {_pct(b)}%" for k, (a, b) in enumerate(later)) + ").", ""]
     study = zoo.zoo_dir() / "mevit_fmnist.branch_study.json"
     if study.exists():
         data = json.loads(study.read_text())
-        rows = [[r["block"], r["type"], f"{r['mflops']:.2f}", _pct(r["val_accuracy"]), "yes" if r.get("practical") else "",
+        rows = [[r["block"], r["type"], f"{r['mflops']:.2f}", _pct(r["accuracy"]), "yes" if r.get("practical") else "",
                  "yes" if r.get("selected") else ""] for r in data["rows"]]
         L += ["## Multi-Exit ViT branch study", "", "Every branch type at every candidate block, trained classifier-wise "
               "on the frozen backbone; val accuracy; practical = more accurate than every cheaper exit "

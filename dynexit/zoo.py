@@ -43,6 +43,7 @@ class ZooEntry:
     summary: str
     recipe: dict = field(default_factory=dict)  # dynexit.train.TrainConfig fields
     pipeline: str = "end-to-end"  # how reproduce() builds it (see _PIPELINES)
+    study: dict = field(default_factory=dict)  # the branch study's settings (pipeline "branch-study")
 
     def reproduce_command(self) -> str:
         return f"dynexit zoo reproduce {self.name}"
@@ -51,6 +52,12 @@ class ZooEntry:
 # One recipe for the three CNNs so the comparison (Dyn-Perceiver paper, Fig. 1) is like for like.
 _CNN_RECIPE = {"epochs": 30, "batch_size": 128, "lr": 2e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
                "distill_alpha": 0.5, "ema_decay": 0.9998, "augment": True, "seed": 0}
+# ViTs trained from scratch on small data want a lower peak rate and a longer warm-up.
+_VIT_RECIPE = {**_CNN_RECIPE, "lr": 1e-3, "warmup_epochs": 2.0}
+# Multi-Exit ViT: the backbone is trained alone, every branch type is tried at every block on the
+# frozen backbone (classifier-wise), the practical ones are kept (at most 4) and trained again.
+_MEVIT_STUDY = {"blocks": [0, 1, 2, 3, 4], "types": ["mlp", "cnn_ignore", "cnn_add", "cnn_project", "vit", "mixer", "resmlp"],
+                "study_epochs": 2, "final_epochs": 4, "lr": 1e-3, "max_branches": 4, "min_branches": 2}
 
 ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("dynperceiver_fmnist", "dynperceiver_fmnist",
@@ -62,6 +69,15 @@ ENTRIES: dict[str, ZooEntry] = {e.name: e for e in [
     ZooEntry("static_cnn_fmnist", "static_cnn_fmnist",
              "Static reference: the same backbone with its single final classifier",
              {"model": "static_cnn_fmnist", **_CNN_RECIPE}),
+    ZooEntry("mevit_fmnist", "mevit_fmnist",
+             "Multi-Exit ViT (6 blocks, 7x7 tokens): branch types chosen by a classifier-wise study",
+             {"model": "mevit_fmnist", "model_kwargs": {"exits": []}, **_VIT_RECIPE}, "branch-study", _MEVIT_STUDY),
+    ZooEntry("dvt_fmnist", "dvt_fmnist",
+             "Dynamic Vision Transformer: a cascade on 4x4, 7x7, 14x14 tokens with feature and relationship reuse",
+             {"model": "dvt_fmnist", **_VIT_RECIPE}),
+    ZooEntry("dvt_fmnist_noreuse", "dvt_fmnist_noreuse",
+             "DVT ablation: the same cascade with neither reuse mechanism",
+             {"model": "dvt_fmnist_noreuse", **_VIT_RECIPE}),
 ]}
 
 
@@ -148,7 +164,8 @@ def info(name: str) -> dict:
 
     e = _entry(name)
     out = {"name": e.name, "arch": e.arch, "summary": e.summary, "recipe": dict(e.recipe),
-           "pipeline": e.pipeline, "reproduce": e.reproduce_command(), "available": available(name),
+           "pipeline": e.pipeline, "study": dict(e.study), "reproduce": e.reproduce_command(),
+           "available": available(name),
            "files": {"weights": str(weights_path(name)), **{s: str(table_path(name, s)) for s in SPLITS},
                      "bench": str(bench_path(name))}}
     if weights_path(name).exists():
@@ -222,7 +239,56 @@ def _train_end_to_end(entry: ZooEntry, work: Path, device: str, progress: bool) 
     return ckpt, {"device": _device_label(device)}
 
 
-_PIPELINES = {"end-to-end": _train_end_to_end}
+def _train_with_branch_study(entry: ZooEntry, work: Path, device: str, progress: bool) -> tuple[Path, dict]:
+    """Multi-Exit ViT (Bakhtiarnia et al., 2021): backbone, branch study on val, practical branches."""
+    import time
+
+    import torch
+
+    from dynexit.checkpoint import load_checkpoint, save_checkpoint
+    from dynexit.exit_selection import branch_study, select_branches
+    from dynexit.exit_training import train_exits
+    from dynexit.train import TrainConfig, build_datasets, pick_device
+
+    cfg = entry.study
+    backbone_ckpt, info = _train_end_to_end(entry, work / "backbone", device, progress)
+    backbone = load_checkpoint(backbone_ckpt)
+    dev = pick_device(device)
+    train_ds, val_ds = build_datasets(TrainConfig(**{k: v for k, v in entry.recipe.items() if k != "model_kwargs"}))
+    gen = torch.Generator().manual_seed(entry.recipe.get("seed", 0))
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=entry.recipe.get("batch_size", 128), shuffle=True,
+                                         generator=gen, drop_last=True)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256)
+    study_file = work / "branch_study.json"
+    if study_file.exists():  # the study is the slow part: keep it across interrupted runs
+        study = json.loads(study_file.read_text())
+    else:
+        t0 = time.time()
+        rows = branch_study(backbone, loader, val_loader, blocks=cfg["blocks"], types=cfg["types"],
+                            epochs=cfg["study_epochs"], lr=cfg["lr"], device=str(dev), progress=progress,
+                            max_steps=cfg.get("max_steps"))
+        picked = select_branches(rows, max_branches=cfg["max_branches"])
+        study = {"rows": picked["rows"], "exits": picked["exits"], "settings": cfg, "seconds": time.time() - t0}
+        study_file.write_text(json.dumps(study, indent=1))
+    exits = study["exits"]
+    if len(exits) < cfg["min_branches"]:
+        raise ValueError(f"the branch study kept {len(exits)} practical branches ({exits}); the zoo model needs at "
+                         f"least {cfg['min_branches']}: train the backbone longer")
+    model = backbone.with_exits(exits)
+    t0 = time.time()
+    hist = train_exits(model, loader, strategy="classifier-wise", epochs=cfg["final_epochs"], lr=cfg["lr"],
+                       device=str(dev), progress=progress, val_loader=val_loader, max_steps=cfg.get("max_steps"))
+    history = (backbone.checkpoint_meta.get("history") or []) + [
+        {"phase": "branch study", "seconds": study["seconds"]},
+        {"phase": "selected branches, classifier-wise", "seconds": time.time() - t0, "val_accuracy": hist["val_accuracy"]}]
+    ckpt = save_checkpoint(model.cpu(), work / "checkpoint.safetensors", val_accuracy=hist["val_accuracy"],
+                           recipe={**entry.recipe, "study": cfg}, extra={"history": history})
+    zoo_dir().mkdir(parents=True, exist_ok=True)
+    (zoo_dir() / f"{entry.name}.branch_study.json").write_text(json.dumps(study, indent=1))
+    return ckpt, info
+
+
+_PIPELINES = {"end-to-end": _train_end_to_end, "branch-study": _train_with_branch_study}
 
 
 def reproduce(name: str, device: str = "auto", work_dir: str | os.PathLike = "runs/zoo", skip_train: bool = False,
@@ -242,6 +308,9 @@ def reproduce(name: str, device: str = "auto", work_dir: str | os.PathLike = "ru
         if not ckpt.exists():
             raise ValueError(f"{ckpt}: no finished training to export; run without --skip-train")
         train_info = {}
+        if (work / "branch_study.json").exists():
+            zoo_dir().mkdir(parents=True, exist_ok=True)
+            (zoo_dir() / f"{name}.branch_study.json").write_text((work / "branch_study.json").read_text())
     else:
         ckpt, train_info = _PIPELINES[entry.pipeline](entry, work, device, progress)
     zoo_dir().mkdir(parents=True, exist_ok=True)

@@ -103,3 +103,25 @@ def test_shipped_tables_use_the_registered_split_sizes():
         for split, n in (("val", 5_000), ("test", 10_000)):
             t = ExitTable.load(zoo.table_path(name, split))
             assert t.num_samples == n and t.meta["split"] == split
+
+
+def test_branch_study_pipeline_keeps_practical_branches_on_a_frozen_backbone(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path / "zoo"))
+    recipe = {"model": "mevit_tiny", "model_kwargs": {"exits": []}, "epochs": 1, "batch_size": 64,
+              "train_subset": 256, "val_subset": 256, "seed": 0}
+    study = {"blocks": [0, 1], "types": ["mlp", "cnn_add"], "study_epochs": 1, "final_epochs": 1, "lr": 1e-3,
+             "max_branches": 2, "min_branches": 1, "max_steps": 3}
+    entry = zoo.ZooEntry("tiny_mevit_fmnist", "mevit_tiny", "test entry", recipe, "branch-study", study)
+    monkeypatch.setitem(zoo.ENTRIES, entry.name, entry)
+    ckpt, _ = zoo._PIPELINES["branch-study"](entry, tmp_path / "runs", "cpu", False)
+    from dynexit.checkpoint import load_checkpoint
+    backbone = load_checkpoint(tmp_path / "runs" / "backbone" / "checkpoint.safetensors")
+    model = load_checkpoint(ckpt)
+    saved = json.loads((tmp_path / "zoo" / "tiny_mevit_fmnist.branch_study.json").read_text())
+    assert {(r["block"], r["type"]) for r in saved["rows"] if r["type"] != "head"} == {
+        (0, "mlp"), (0, "cnn_add"), (1, "mlp"), (1, "cnn_add")}
+    assert model.arch_kwargs["exits"] == saved["exits"] and 1 <= len(saved["exits"]) <= 2
+    assert [[r["block"], r["type"]] for r in saved["rows"] if r["selected"]] == saved["exits"]
+    # classifier-wise: the final model's backbone is the trained backbone, bit for bit
+    for k, v in backbone.vit.state_dict().items():
+        assert torch.equal(v, model.vit.state_dict()[k]), k
