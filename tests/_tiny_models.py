@@ -12,6 +12,8 @@ TINY = {
     "dynperceiver_rgb32": ("dynperceiver", dict(backbone="resnet10_quarter", in_chans=3, input_size=32, num_classes=5,
                                                 num_latents=16, sa_depths=(1, 1, 1, 1), sa_heads=(1, 1, 1, 2),
                                                 with_isc=False, with_dwc=False)),
+    "mevit": ("mevit_tiny", {}),
+    "dvt": ("dvt_tiny", {}),
 }
 
 

@@ -12,8 +12,13 @@ upstream ViT (coarser grid) already computed for the same image:
   L * H -> resized on the key and the query axis as grids (class-token row and column resized
   along the other axis only) -> one (B, H, N, N) additive bias per downstream layer.
 
-Grids are resized with :func:`resize_grid_axis` (bilinear, ``align_corners=False``: constants stay
-constant, and a map separable in queries and keys stays separable).
+Grids are resized by interpolation (:func:`resize_grid_axis`, :func:`resize_relations`; bilinear,
+``align_corners=False``: constants stay constant, a map separable in queries and keys stays
+separable). Like pooling, interpolation is not counted by :mod:`dynexit.flops`; the MLPs are.
+
+Speed note: while training, an attention bias that needs gradients sends PyTorch's
+scaled-dot-product attention to its unfused path (about 2-3x slower per layer on CPU); inference
+keeps the fused kernel.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from torch import nn
 from dynexit.layers.vit_attention import CapturingAttention
 
 
+def _resize(x: torch.Tensor, size, mode: str) -> torch.Tensor:
+    corners = {} if mode in ("nearest", "nearest-exact", "area") else {"align_corners": False}
+    return F.interpolate(x, size=tuple(size), mode=mode, **corners)
+
+
 def resize_grid_axis(t: torch.Tensor, src_grid, dst_grid, mode: str = "bilinear") -> torch.Tensor:
     """Resize the last axis of ``t``, the row-major flattening of a ``src_grid`` (h, w) map.
 
@@ -36,10 +46,7 @@ def resize_grid_axis(t: torch.Tensor, src_grid, dst_grid, mode: str = "bilinear"
         raise ValueError(f"last axis has {t.shape[-1]} entries, a {hs}x{ws} grid needs {hs * ws}")
     if (hs, ws) == (hd, wd):
         return t
-    lead = t.shape[:-1]
-    out = F.interpolate(t.reshape(-1, 1, hs, ws), size=(hd, wd), mode=mode,
-                        **({} if mode in ("nearest", "area", "nearest-exact") else {"align_corners": False}))
-    return out.reshape(*lead, hd * wd)
+    return _resize(t.reshape(-1, 1, hs, ws), (hd, wd), mode).reshape(*t.shape[:-1], hd * wd)
 
 
 def resize_relations(rel: torch.Tensor, src_grid, dst_grid, num_prefix_tokens: int = 1,
@@ -52,14 +59,21 @@ def resize_relations(rel: torch.Tensor, src_grid, dst_grid, num_prefix_tokens: i
     kept.
     """
     p = int(num_prefix_tokens)
-    n_src = p + src_grid[0] * src_grid[1]
-    if rel.shape[-1] != n_src or rel.shape[-2] != n_src:
+    (hs, ws), (hd, wd) = tuple(src_grid), tuple(dst_grid)
+    ps, pd = hs * ws, hd * wd
+    if rel.shape[-1] != p + ps or rel.shape[-2] != p + ps:
         raise ValueError(f"relations of shape {tuple(rel.shape)} do not match {p} prefix tokens + a "
-                         f"{src_grid[0]}x{src_grid[1]} grid ({n_src} tokens on the last two axes)")
-    for _ in range(2):  # keys (last axis), then queries (by transposing)
-        rel = torch.cat([rel[..., :p], resize_grid_axis(rel[..., p:], src_grid, dst_grid, mode)], dim=-1)
-        rel = rel.transpose(-1, -2)
-    return rel.contiguous()
+                         f"{hs}x{ws} grid ({p + ps} tokens on the last two axes)")
+    if (hs, ws) == (hd, wd):
+        return rel
+    lead = rel.shape[:-2]
+    # patch x patch: resize the query grid (keys as channels), then the key grid (queries as channels)
+    x = rel[..., p:, p:].transpose(-1, -2).reshape(-1, ps, hs, ws)
+    x = _resize(x, (hd, wd), mode).reshape(-1, ps, pd).transpose(1, 2).reshape(-1, pd, hs, ws)
+    patches = _resize(x, (hd, wd), mode).reshape(*lead, pd, pd)
+    rows = resize_grid_axis(rel[..., :p, p:], src_grid, dst_grid, mode)  # prefix queries: key grid only
+    cols = resize_grid_axis(rel[..., p:, :p].transpose(-1, -2), src_grid, dst_grid, mode).transpose(-1, -2)
+    return torch.cat([torch.cat([rel[..., :p, :p], rows], dim=-1), torch.cat([cols, patches], dim=-1)], dim=-2)
 
 
 class FeatureReuse(nn.Module):

@@ -7,7 +7,8 @@ exit k: an easy image leaves after the cheap coarse ViT, a hard one goes on to f
 downstream ViT reuses its upstream neighbour's work (layers in :mod:`dynexit.layers.dvt_reuse`):
 
 - feature reuse: the upstream final tokens, through a per-layer LayerNorm + MLP to a small width and
-  resized to the downstream grid, are concatenated to the input of every downstream MLP block;
+  resized to the downstream grid, are concatenated to the input of every downstream MLP block (but
+  the last block of the last ViT, whose patch tokens nobody reads);
 - relationship reuse: the upstream attention logits of all layers and heads, mixed by an MLP across
   layers x heads and resized on both token axes, are added to the downstream attention logits.
 
@@ -44,7 +45,7 @@ class DVTStage(nn.Module):
                  depth: int, num_heads: int, num_classes: int, mlp_ratio: float, qkv_bias: bool,
                  drop_rate: float, attn_drop_rate: float, drop_path_rates, upstream: dict | None,
                  feature_reuse: bool, relationship_reuse: bool, reuse_dim: int, reuse_hidden_dim: int,
-                 relation_mlp_ratio: float):
+                 relation_mlp_ratio: float, is_last: bool):
         super().__init__()
         self.grid, self.depth, self.num_heads = tuple(grid), int(depth), int(num_heads)
         pad = img_size[0] % patch_size != 0 or img_size[1] % patch_size != 0
@@ -58,10 +59,12 @@ class DVTStage(nn.Module):
             return FeatureReuse(upstream["dim"], reuse_dim, reuse_hidden_dim, upstream["grid"], self.grid,
                                 num_prefix_tokens=1, drop=drop_rate)
 
-        reuse_features = feature_reuse and upstream is not None
+        # Every block reuses features, except the last block of the last ViT: only its class token is
+        # read (by the head), and the class token's reused feature is zero.
+        reusing = [feature_reuse and upstream is not None and not (is_last and i == depth - 1) for i in range(depth)]
         self.blocks = nn.ModuleList([
             ReuseBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, proj_drop=drop_rate, attn_drop=attn_drop_rate,
-                       drop_path=drop_path_rates[i], reuse=feature_reuse_module() if reuse_features else None)
+                       drop_path=drop_path_rates[i], reuse=feature_reuse_module() if reusing[i] else None)
             for i in range(depth)])
         self.relation_reuse = None
         if relationship_reuse and upstream is not None:
@@ -170,7 +173,8 @@ class DynamicViT(MultiExitModel):
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
                 drop_path_rates=dpr[sum(depths[:k]):sum(depths[:k + 1])], upstream=upstream,
                 feature_reuse=self.feature_reuse, relationship_reuse=self.relationship_reuse,
-                reuse_dim=reuse_dim, reuse_hidden_dim=reuse_hidden_dim, relation_mlp_ratio=relation_mlp_ratio))
+                reuse_dim=reuse_dim, reuse_hidden_dim=reuse_hidden_dim, relation_mlp_ratio=relation_mlp_ratio,
+                is_last=k == n - 1))
             make_attention_capturable(self.stages[k].blocks, grids[k], num_prefix_tokens=1, name=f"s{k}.block", stage=k)
         self.exit_names = tuple(f"vit{gh}x{gw}" for gh, gw in grids)
         self.default_loss_weights = (1.0,) * n  # the paper's loss: the plain sum of the exits' CE
@@ -219,8 +223,8 @@ def dvt_fmnist_noreuse(**kwargs) -> DynamicViT:
 
 @register_model
 def dvt_tiny(**kwargs) -> DynamicViT:
-    """A very small config for tests and demos (28x28 grayscale, 4x4 / 7x7 / 14x14 tokens, one block per ViT)."""
-    cfg = dict(num_classes=10, in_chans=1, input_size=28, patch_sizes=(7, 4, 2), embed_dims=16, depths=1,
+    """A very small config for tests and demos (28x28 grayscale, 4x4 / 7x7 / 14x14 tokens, 1-2 blocks per ViT)."""
+    cfg = dict(num_classes=10, in_chans=1, input_size=28, patch_sizes=(7, 4, 2), embed_dims=16, depths=(1, 2, 2),
                num_heads=2, mlp_ratio=2.0, reuse_dim=8, reuse_hidden_dim=16, relation_mlp_ratio=2.0)
     return DynamicViT(**{**cfg, **kwargs})
 
