@@ -12,10 +12,13 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -e ".[app,notebooks,report,dev]"
 	touch $(STAMP)
 
-# Main job: until the Streamlit app lands, train the toy multi-exit net on the embedded digits data
-# and print its budget curve.
+# Main job: the Streamlit app on the embedded default (Fashion-MNIST + the zoo in data/zoo), served on
+# 127.0.0.1 only: open http://127.0.0.1:$(APP_PORT). Another port: make app APP_PORT=8600.
+APP_PORT ?= 8501
 app: $(STAMP)
-	$(VENV)/bin/dynexit demo
+	$(VENV)/bin/python -m streamlit run app/streamlit_app.py --server.address 127.0.0.1 \
+		--server.port $(APP_PORT) --server.headless true --browser.gatherUsageStats false \
+		--client.toolbarMode minimal
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,210 @@
+"""The app's computing, without Streamlit: plain functions over ExitTables (unit-tested directly).
+
+One budget = one :class:`BudgetView`: thresholds fitted on the validation table, exits and
+accuracy on the test table, each test image's confidence where it left, the overthinking images.
+Everything here is numpy over cached tables; no model runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dynexit import metrics, solvers
+from dynexit.solvers._base import ExitResult, evaluate_thresholds
+
+CURVE_POINTS = 12  # budgets per accuracy-vs-budget curve (each is one solver fit)
+GALLERY_SIZE = 8   # images per gallery row
+
+
+@dataclass
+class BudgetView:
+    """What one budget gives on the test table (thresholds fitted on val)."""
+
+    budget: float
+    solver: str
+    criterion: str
+    thresholds: np.ndarray   # (K,)
+    result: ExitResult       # test: exits, correct, histogram
+    scores: np.ndarray       # (N, K) the solver's exit score of every test image at every exit
+    confidence: np.ndarray   # (N,) max-probability at the exit each image took
+    overthinking: np.ndarray  # rows right at an earlier exit, wrong where they left
+    final_accuracy: float    # test accuracy of the last exit alone
+    val_cost: float
+    val_accuracy: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.result.accuracy
+
+    @property
+    def mean_cost(self) -> float:
+        return self.result.mean_cost
+
+    @property
+    def full_cost(self) -> float:
+        return float(self.result.costs[-1])
+
+    @property
+    def speedup(self) -> float:
+        return self.result.speedup
+
+    @property
+    def change_vs_final(self) -> float:
+        """Accuracy minus the last exit's accuracy (negative: early exit costs accuracy)."""
+        return self.accuracy - self.final_accuracy
+
+
+def budget_view(val, test, solver: str, criterion: str, budget: float) -> BudgetView:
+    """Fit ``solver`` at ``budget`` on val, evaluate on test. A single-exit model needs no solver."""
+    if val.num_exits != test.num_exits:
+        raise ValueError(f"val table has {val.num_exits} exits, test table {test.num_exits}")
+    if test.num_exits == 1:
+        scores = np.zeros((test.num_samples, 1))
+        thresholds = np.array([-np.inf])
+        result = evaluate_thresholds(test, scores, thresholds)
+        val_cost, val_acc = float(val.costs[0]), float(val.exit_accuracy()[0])
+    else:
+        fitted = solvers.make(solver, float(budget), criterion).fit(val)
+        result = fitted.evaluate(test)
+        scores, thresholds = fitted.scores(test), fitted.thresholds_
+        val_cost, val_acc = float(fitted.expected_cost_), float(fitted.expected_accuracy_)
+    return BudgetView(float(budget), solver, criterion, np.asarray(thresholds, dtype=np.float64), result,
+                      np.asarray(scores), metrics.confidence_at_exit(test, result),
+                      metrics.easy_hard(test, result)["overthinking"], float(test.exit_accuracy()[-1]),
+                      val_cost, val_acc)
+
+
+def early_exit_rule(val, solver: str, criterion: str, budget: float):
+    """(thresholds (K,), criterion for :func:`dynexit.inference.early_exit`) fitted on val at ``budget``.
+
+    The learned solver returns its fitted scorer as the criterion (a callable on exits 1..k).
+    """
+    if val.num_exits == 1:
+        return np.array([-np.inf]), criterion
+    fitted = solvers.make(solver, float(budget), criterion).fit(val)
+    return np.asarray(fitted.thresholds_, dtype=np.float64), getattr(fitted, "criterion", criterion)
+
+
+def slider_steps(costs, n: int = 100) -> tuple[float, float, float]:
+    """(min, max, step) of a budget slider over the model's cost range, about ``n`` steps.
+
+    The step is 1, 2 or 5 times a power of ten so values read well. Both ends are rounded up onto
+    the step grid: the low end must not fall below the cheapest exit (no policy spends less), a high
+    end just above the full cost means "every image goes to the last exit".
+    """
+    lo, hi = float(costs[0]), float(costs[-1])
+    if hi <= lo:
+        return lo, lo, 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** np.floor(np.log10(raw))
+    step = float(min(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9)))
+    lo_r = float(np.ceil(lo / step - 1e-9) * step)
+    hi_r = float(np.ceil(hi / step - 1e-9) * step)
+    return round(lo_r, 10), round(hi_r, 10), round(step, 10)
+
+
+def default_budget(costs) -> float:
+    """A budget half way between the cheapest exit and the full model, on the slider grid."""
+    lo, hi, step = slider_steps(costs)
+    return round(lo + round((hi - lo) / 2 / step) * step, 10)
+
+
+# ----------------------------------------------------------------------------- galleries
+
+def exit_gallery(view: BudgetView, k: int, n: int = GALLERY_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Rows leaving at exit k: (the ``n`` most confident, most first; the ``n`` least confident, least first).
+
+    The two never share an image: with fewer than 2n images the second list gets what is left.
+    """
+    rows = np.flatnonzero(view.result.exits == k)
+    order = rows[np.argsort(-view.confidence[rows], kind="stable")]
+    most = order[:n]
+    rest = order[len(most):]
+    least = rest[::-1][:n]
+    return most, least
+
+
+def overthinking_gallery(view: BudgetView, test, n: int = 2 * GALLERY_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Overthinking rows, most confident (in the wrong answer) first, and each one's first right exit."""
+    rows = view.overthinking
+    rows = rows[np.argsort(-view.confidence[rows], kind="stable")][:n]
+    return rows, test.correct[rows].argmax(axis=1)
+
+
+def rank_images(test, how: str) -> np.ndarray:
+    """Test rows ordered from the hardest or the easiest image.
+
+    hardest: fewest exits right, then the lowest probability of the true class at the last exit;
+    easiest: the highest probability of the true class at the first exit, then most exits right.
+    """
+    if how not in ("hardest", "easiest"):
+        raise ValueError(f"rank by 'hardest' or 'easiest', got {how!r}")
+
+    def compute():
+        probs = test.probabilities()
+        rows = np.arange(test.num_samples)
+        n_right = test.correct.sum(axis=1)
+        if how == "hardest":
+            return np.lexsort((probs[rows, -1, test.labels], n_right))
+        return np.lexsort((-n_right, -probs[rows, 0, test.labels]))
+    return test.memo(("app_rank", how), compute)
+
+
+# ----------------------------------------------------------------------------- curves, comparisons
+
+def solver_curve(val, test, solver: str, criterion: str, n: int = CURVE_POINTS) -> dict:
+    """Test cost and accuracy of ``solver`` at ``n`` budgets (a single point for a single-exit model)."""
+    if test.num_exits == 1:
+        return {"budgets": [float(val.costs[0])], "cost": [float(test.costs[0])],
+                "accuracy": [float(test.exit_accuracy()[0])]}
+    curve = metrics.budget_curve(val, test, solver, metrics.budget_grid(val, n), criterion)
+    return {"budgets": curve.budgets, "cost": curve.test_cost, "accuracy": curve.test_accuracy}
+
+
+def oracle_points(test, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    grid = np.linspace(test.costs[0], test.costs[-1], n)
+    return grid, metrics.oracle_curve(test, grid)
+
+
+def accuracy_at_budgets(curve: dict, budgets) -> np.ndarray:
+    """The curve's test accuracy at each budget (nan outside its cost range); single points exact."""
+    cost, acc = np.asarray(curve["cost"]), np.asarray(curve["accuracy"])
+    budgets = np.asarray(budgets, dtype=np.float64)
+    if len(cost) == 1:  # a static model: it runs at its one cost or not at all
+        return np.where(budgets >= cost[0] - 1e-9, acc[0], np.nan)
+    out = metrics.accuracy_at_cost(cost, acc, budgets)
+    return np.where(budgets > cost.max(), np.maximum.accumulate(acc[np.argsort(cost)])[-1], out)
+
+
+def budget_for_accuracy(curve: dict, target: float) -> float:
+    """Smallest test cost at which the curve reaches ``target`` accuracy (interpolated); nan if never."""
+    cost, acc = np.asarray(curve["cost"], dtype=np.float64), np.asarray(curve["accuracy"], dtype=np.float64)
+    order = np.argsort(cost, kind="stable")
+    cost, best = cost[order], np.maximum.accumulate(acc[order])
+    above = np.flatnonzero(best >= target - 1e-12)
+    if not len(above):
+        return float("nan")
+    i = int(above[0])
+    if i == 0 or best[i] == best[i - 1]:
+        return float(cost[i])
+    frac = (target - best[i - 1]) / (best[i] - best[i - 1])
+    return float(cost[i - 1] + frac * (cost[i] - cost[i - 1]))
+
+
+def bench_row(name: str, bench: dict | None) -> dict:
+    """One table row from a ``dynexit bench`` result (None: the model has no measurement)."""
+    if not bench:
+        return {"model": name, "budget (MFLOPs)": None, "theoretical speedup": None,
+                "measured speedup, batch 256": None, "measured speedup, batch 1": None,
+                "accuracy full": None, "accuracy early exit": None}
+    timings = bench.get("timings", {})
+
+    def measured(key):
+        t = timings.get(key)
+        return None if t is None else round(float(t["measured_speedup"]), 3)
+    return {"model": name, "budget (MFLOPs)": bench.get("budget_mflops"),
+            "theoretical speedup": round(float(bench["theoretical_speedup"]), 3),
+            "measured speedup, batch 256": measured("batch256"), "measured speedup, batch 1": measured("batch1"),
+            "accuracy full": bench.get("accuracy_full"), "accuracy early exit": bench.get("accuracy_early_exit")}

@@ -1,0 +1,43 @@
+"""dynexit app: drag a compute budget and watch an early-exit classifier trade accuracy for speed.
+
+Run from the repository root:  make app
+(or: streamlit run app/streamlit_app.py --server.address 127.0.0.1)
+
+Pages (app/views/): the budget explorer (first page), the image inspector, model comparison, and
+your own image. Models, solver and criterion are chosen in the sidebar, shared by every page.
+Figures come from dynexit.viz so the notebooks show the same views.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `from app import ...` when started by `streamlit run app/streamlit_app.py`
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import common  # noqa: E402
+
+st.set_page_config(page_title="dynexit: early-exit explorer", page_icon=":material/speed:", layout="wide")
+# less empty space above the title, so a 1280 x 800 screen shows the slider, the numbers and the plots
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}</style>")
+
+if not common.available_models():
+    common.missing_zoo_message()
+    st.stop()
+
+name, _, _ = common.sidebar()
+try:  # a damaged zoo file: say which and how to rebuild it (zoo's message) instead of a traceback
+    for split in ("val", "test"):
+        common.table(name, split)
+except ValueError as err:
+    st.error(f"Cannot load **{name}**: {err}")
+    st.stop()
+page = st.navigation([
+    st.Page("views/explorer.py", title="Budget explorer", icon=":material/tune:", default=True),
+    st.Page("views/inspector.py", title="Image inspector", icon=":material/image_search:"),
+    st.Page("views/compare.py", title="Compare models", icon=":material/compare_arrows:"),
+    st.Page("views/upload.py", title="Your own image", icon=":material/upload:"),
+])
+page.run()

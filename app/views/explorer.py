@@ -1,0 +1,128 @@
+"""Budget explorer: one slider, the compute budget; everything below follows it."""
+
+import numpy as np
+import streamlit as st
+
+from app import common, logic
+from dynexit import viz
+
+name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
+val, test = common.table(name, "val"), common.table(name, "test")
+names = list(test.exit_names)
+K = test.num_exits
+
+st.title("Budget explorer")
+st.markdown(
+    "A **multi-exit network** has several classifiers (*exits*) along its depth: an easy image can stop at an early, "
+    "cheap exit, a hard one goes on to deeper, costlier exits. Choose a **budget** (the average compute per image) "
+    "and a solver picks, per exit, the confidence an image needs to leave there.")
+
+
+def _caption(row: int, k: int, view) -> str:
+    pred = int(test.predictions[row, k])
+    mark = "✓" if test.correct[row, k] else "✗"
+    return f"{mark} {common.SHORT_CLASSES[pred]} {view.confidence[row]:.0%}"
+
+
+def _gallery_figure(most, least, k, view, title):
+    """Most confident on the first row(s), least confident starting on a new row."""
+    n = logic.GALLERY_SIZE
+    pad = (-len(most)) % n if len(least) else 0
+    rows = np.concatenate([most, least]).astype(int)
+    imgs = common.images(test, rows)
+    imgs = np.concatenate([imgs[:len(most)], np.full((pad, *imgs.shape[1:]), np.nan), imgs[len(most):]])
+    caps = [_caption(r, k, view) for r in most] + [""] * pad + [_caption(r, k, view) for r in least]
+    right = [bool(test.correct[r, k]) for r in most] + [None] * pad + [bool(test.correct[r, k]) for r in least]
+    return viz.gallery(imgs, caps, right, cols=n, title=title)
+
+
+def _inspect_button(rows, key):
+    """Pick one image of a gallery and open it in the image inspector."""
+    if not len(rows):
+        return
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    pick = c1.selectbox("Inspect one of these images", list(rows), key=key,
+                        format_func=lambda r: f"test image #{int(test.index[r])}: {common.CLASSES[test.labels[r]]}")
+    if c2.button("Open in the inspector", key=key + "_go", icon=":material/image_search:"):
+        st.session_state.inspect_row = int(pick)
+        st.session_state.inspect_how = "from the gallery"
+        st.switch_page("views/inspector.py")
+
+
+@st.fragment
+def budget_dependent():
+    """Reruns alone when the slider moves: a solver fit and an evaluation on the cached tables."""
+    if K == 1:
+        st.info(f"**{name}** has a single exit: every image pays its full {test.costs[0]:.1f} MFLOPs, so there is no "
+                "budget to choose. It is the static reference the early-exit models are compared with.")
+        budget = float(test.costs[0])
+    else:
+        budget = common.budget_slider(name, test.costs, key="explorer_budget")
+        if solver == "genetic":
+            st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
+    view = logic.budget_view(val, test, solver, criterion, budget)
+
+    c = st.columns(4)
+    c[0].metric("Accuracy (test)", f"{view.accuracy:.2%}",
+                delta=f"{100 * view.change_vs_final:+.2f} points vs the final exit",
+                help="Share of the 10,000 test images classified right, each at the exit it left. The change compares "
+                     "with running every image through the whole model (the last exit).")
+    c[1].metric("Mean MFLOPs per image", f"{view.mean_cost:.2f}",
+                delta=f"{view.mean_cost - view.full_cost:+.2f} vs the full model", delta_color="inverse",
+                help="Average compute actually spent per test image (the budget is met on the validation images).")
+    c[2].metric("Speedup", f"{view.speedup:.2f}x", help="Full model's MFLOPs divided by the mean MFLOPs spent.")
+    c[3].metric("Final exit alone", f"{view.final_accuracy:.2%}", help="Accuracy when every image goes to the last exit.")
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.subheader("Accuracy vs budget")
+        st.caption("The line: this solver at 12 budgets. Diamonds: each exit on its own (every image stops there). "
+                   "Dashed: the oracle, which knows the labels and sends each image to its first right exit, the "
+                   "best any threshold policy could do. The star is the budget you chose.")
+        cv = common.solver_curve(name, solver, criterion)
+        anytime = {"single exits": (test.costs, test.exit_accuracy(), names)}
+        fig = viz.accuracy_vs_cost({f"{solver} solver": (cv["cost"], cv["accuracy"])} if K > 1 else None, anytime,
+                                   common.oracle(name) if K > 1 else None, (view.mean_cost, view.accuracy))
+        st.plotly_chart(fig, width="stretch", key="curve")
+    with right:
+        st.subheader("Where the images leave")
+        st.caption("Test images leaving at each exit at this budget, split into right (blue) and wrong (orange, hatched).")
+        fig = viz.exit_histogram(view.result.histogram_correct, view.result.histogram_wrong, names, test.costs)
+        st.plotly_chart(fig, width="stretch", key="histogram")
+
+    st.subheader("Easy and hard images")
+    st.caption("For each exit, the images that leave there at this budget: the most confident first, then the least "
+               "confident. Blue frame and ✓: right; orange, thick frame and ✗: wrong. The caption is the prediction "
+               "and its probability.")
+    # only the open tab is drawn (labels stay fixed so the open tab survives a slider move)
+    tabs = st.tabs([f"{k + 1}. {n}" for k, n in enumerate(names)], key="gallery_tab", on_change="rerun")
+    for k, tab in enumerate(tabs):
+        if not tab.open:
+            continue
+        with tab:
+            most, least = logic.exit_gallery(view, k)
+            n_k = int(view.result.histogram[k])
+            if n_k == 0:
+                st.write(f"No image leaves at {names[k]} at this budget.")
+                continue
+            share = view.result.histogram_correct[k] / n_k
+            title = (f"{n_k:,} images leave at {names[k]}, {share:.1%} right. First row: most confident"
+                     + ("; second row: least confident" if len(least) else ""))
+            st.plotly_chart(_gallery_figure(most, least, k, view, title), width="stretch", key=f"gallery_{k}")
+            _inspect_button(np.concatenate([most, least]), key=f"pick_{k}")
+
+    st.subheader(f"Overthinking: {len(view.overthinking):,} images")
+    st.caption("Images an earlier exit got right but that went on and left wrong: computing more made them worse "
+               "(Kaya et al., 2019). The caption says the exit that was right first.")
+    rows, first_right = logic.overthinking_gallery(view, test)
+    if len(rows):
+        caps = [f"✗ {common.SHORT_CLASSES[test.predictions[r, view.result.exits[r]]]}, right at {f + 1}"
+                for r, f in zip(rows, first_right)]
+        fig = viz.gallery(common.images(test, rows), caps, [False] * len(rows), cols=logic.GALLERY_SIZE)
+        st.plotly_chart(fig, width="stretch", key="overthinking")
+        _inspect_button(rows, key="pick_over")
+    else:
+        st.write("None at this budget.")
+
+
+budget_dependent()

@@ -1,0 +1,131 @@
+"""Image inspector: one test image at every exit, where it leaves, where the model looks."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import common, logic
+from dynexit import explain, viz
+
+name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
+val, test = common.table(name, "val"), common.table(name, "test")
+names = list(test.exit_names)
+K, N = test.num_exits, test.num_samples
+HOW = ["from the gallery", "by index", "by class", "hardest", "easiest"]
+
+st.title("Image inspector")
+st.markdown("Pick one test image and follow it through the network: how confident each exit is, what each exit "
+            "predicts, where it leaves at your budget, and which parts of the image the model looks at.")
+
+
+@st.cache_data(show_spinner="Capturing the model's attention on this image ...", max_entries=256)
+def attention(name: str, row: int, zoo_dir: str, mtime_ns: int) -> list:
+    return explain.attention_views(common.model(name), common.image(common.table(name, "test"), row))
+
+
+@st.cache_data(show_spinner="Computing the attribution (captum) ...", max_entries=256)
+def attribution(name: str, row: int, k: int, method: str, target: int, zoo_dir: str, mtime_ns: int):
+    return explain.attribution(common.model(name), common.image(common.table(name, "test"), row), k, target=target,
+                               method=method)
+
+
+def choose_row() -> int:
+    """The test-table row of the image to inspect."""
+    how = st.radio("Choose an image", HOW, horizontal=True, key="inspect_how")
+    if how == "from the gallery":
+        row = st.session_state.get("inspect_row")
+        if row is None or not 0 <= row < N:
+            st.info("No image picked yet: open one from a gallery of the budget explorer. Showing the first test image.")
+            return 0
+        return int(row)
+    c1, c2 = st.columns([1, 2])
+    if how == "by index":
+        return int(c1.number_input(f"Test image (0 to {N - 1})", 0, N - 1, 0, key="inspect_index"))
+    if how == "by class":
+        cls = c1.selectbox("Class", range(len(common.CLASSES)), format_func=lambda c: common.CLASSES[c], key="inspect_class")
+        rows = np.flatnonzero(test.labels == cls)
+        if not len(rows):
+            st.warning("No test image of this class.")
+            return 0
+        i = c2.number_input(f"Which one ({len(rows):,} of this class)", 1, len(rows), 1, key=f"inspect_class_{cls}")
+        return int(rows[i - 1])
+    rank = c1.number_input(f"Rank (1 = the {how})", 1, N, 1, key=f"inspect_rank_{how}",
+                           help="hardest: fewest exits right, then least sure of the true class at the last exit. "
+                                "easiest: most sure of the true class already at the first exit.")
+    return int(logic.rank_images(test, how)[rank - 1])
+
+
+row = choose_row()
+img = common.image(test, row)
+label = int(test.labels[row])
+probs = test.probabilities()[row]  # (K, C)
+
+
+@st.fragment
+def budget_dependent():
+    c_img, c_main = st.columns([1, 3])
+    with c_img:
+        st.image(np.kron(img, np.ones((6, 6))), clamp=True,
+                 caption=f"test image #{int(test.index[row])}, true class: {common.CLASSES[label]}")
+    with c_main:
+        if K > 1:
+            budget = common.budget_slider(name, test.costs, key="inspector_budget")
+        else:
+            budget = float(test.costs[0])
+        view = logic.budget_view(val, test, solver, criterion, budget)
+        k = int(view.result.exits[row])
+        right = bool(test.correct[row, k])
+        st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of "
+                    f"{test.costs[-1]:.1f}, predicting **{common.CLASSES[test.predictions[row, k]]}**: "
+                    f"**{'right' if right else 'wrong'}**.")
+        score_name = "learned exit score" if solver == "learned" else f"exit score ({criterion})"
+        fig = viz.confidence_trace(view.scores[row], view.thresholds, names, k,
+                                   [common.SHORT_CLASSES[p] for p in test.predictions[row]], list(test.correct[row]),
+                                   criterion=score_name)
+        st.plotly_chart(fig, width="stretch", key="trace")
+        st.caption("Bars: this image's exit score at every exit (blue: that exit is right, orange: wrong), with the "
+                   "exit's prediction on top. Dotted: the thresholds at this budget. The image leaves at the first exit "
+                   "whose bar reaches its threshold; the last exit takes everyone left.")
+    table = pd.DataFrame({
+        "exit": [f"{j + 1}. {n}" for j, n in enumerate(names)],
+        "MFLOPs so far": np.round(test.costs, 2),
+        "prediction": [common.CLASSES[p] for p in test.predictions[row]],
+        "probability": np.round(probs.max(axis=1), 3),
+        f"P({common.CLASSES[label]})": np.round(probs[:, label], 3),
+        "right": test.correct[row],
+        "score": np.round(view.scores[row], 3),
+        "threshold": [None if not np.isfinite(t) else round(float(t), 3) for t in view.thresholds],
+        "leaves here": [j == k for j in range(K)],
+    })
+    st.dataframe(table, hide_index=True, width="stretch")
+
+
+budget_dependent()
+
+key = common.model_key(name)
+st.subheader("Where the model looks")
+views = attention(name, row, *key)
+if not views:
+    st.caption(f"{name} has no attention layers (it is a CNN); the attribution below shows which pixels matter.")
+for v in views:
+    st.markdown(f"**{v.title}**")
+    st.caption(v.description)
+    st.plotly_chart(viz.attention_overlays(img, v.maps, size=170), width="stretch", key=f"attn_{v.title}")
+
+st.subheader("Which pixels drive an exit (captum)")
+st.caption("Attribution of one exit's score for a class to every pixel. Integrated Gradients adds up the gradients "
+           "along a path from a black image to this one; Saliency is the size of the gradient. Orange pixels raise "
+           "the class score, purple ones lower it. Computed on demand (a few seconds), then cached.")
+c1, c2, c3 = st.columns(3)
+k_attr = c1.selectbox("Exit", range(K), index=K - 1, format_func=lambda j: f"{j + 1}. {names[j]}", key="attr_exit")
+method = c2.radio("Method", explain.ATTRIBUTION_METHODS, format_func=lambda m: m.replace("_", " "), key="attr_method")
+target_kind = c3.radio("For the class", ["predicted at that exit", "true class"], key="attr_target")
+target = int(test.predictions[row, k_attr]) if target_kind == "predicted at that exit" else label
+request = (name, row, k_attr, method, target)
+if st.button("Compute attribution", icon=":material/bolt:"):
+    st.session_state.attr_request = request
+if st.session_state.get("attr_request") == request:
+    amap, _ = attribution(name, row, k_attr, method, target, *key)
+    st.plotly_chart(viz.attribution_map(img, amap, title=f"{method.replace('_', ' ')} of exit {k_attr + 1} "
+                                        f"({names[k_attr]}) for class {common.CLASSES[target]}"),
+                    width="stretch", key="attribution")

@@ -1,0 +1,81 @@
+"""Your own image: convert an upload to what the model sees and run it through real early exit."""
+
+import io
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from app import common, logic
+from dynexit import explain, images, viz
+
+name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
+val, test = common.table(name, "val"), common.table(name, "test")
+names = list(test.exit_names)
+K = test.num_exits
+
+st.title("Your own image")
+st.markdown("Upload any picture, ideally one piece of clothing, a shoe or a bag on a plain background. It is turned "
+            "into what the model was trained on (a 28 x 28 gray image, light object on black) and run through the "
+            "network with **real early exit**: the computation stops at the first exit that is confident enough.")
+
+c1, c2 = st.columns([2, 1])
+upload = c1.file_uploader("Image file (PNG, JPEG, GIF, BMP, TIFF, WebP; up to 25 MB and 40 megapixels)", key="upload")
+polarity = c2.radio("Invert (Fashion-MNIST is light on black)", ["auto", "invert", "keep"], horizontal=True,
+                    key="upload_invert", help="auto inverts when the background is light, e.g. a photo on white paper.")
+
+
+def preview(data: bytes) -> np.ndarray | None:
+    """A small RGB copy of the upload for display (None if the browser-side preview is not possible)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (256, 256))
+            im.thumbnail((256, 256))
+            return np.asarray(im.convert("RGB"))
+    except Exception:  # odd modes (16-bit, CMYK) may not preview; the conversion below reports real problems
+        return None
+
+
+if upload is None:
+    st.info("Upload an image to start.")
+    st.stop()
+
+data = upload.getvalue()
+try:
+    prepared = images.prepare_image(data, invert={"auto": "auto", "invert": True, "keep": False}[polarity])
+except images.ImageRejected as err:
+    st.error(f"Cannot use **{upload.name}**: {err}.")
+    st.stop()
+
+a, b, c = st.columns([1, 1, 2])
+with a:
+    small = preview(data)
+    if small is not None:
+        st.image(small, caption=f"your image ({prepared.original_size[0]} x {prepared.original_size[1]})")
+with b:
+    st.image(np.kron(prepared.array, np.ones((6, 6))), clamp=True, caption="what the model sees (28 x 28)")
+with c:
+    st.markdown("**What was done**")
+    st.markdown("\n".join(f"- {n}" for n in prepared.notes))
+
+budget = common.budget_slider(name, test.costs, key="upload_budget") if K > 1 else float(test.costs[0])
+thresholds, rule = logic.early_exit_rule(val, solver, criterion, budget)
+show_all = st.checkbox("Also compute the exits after the one it leaves at (to compare; they do not change the exit)",
+                       key="upload_all")
+trace = explain.traced_early_exit(common.model(name), prepared.array, thresholds, rule, run_all=show_all)
+k = trace.exit
+pred = trace.prediction
+st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of {test.costs[-1]:.1f} "
+            f"({test.costs[-1] / test.costs[k]:.2f}x less than the full model), predicting "
+            f"**{common.CLASSES[pred]}** with probability {trace.probs[k].max():.0%}.")
+run = list(range(trace.computed))
+score_name = "learned exit score" if solver == "learned" else f"exit score ({criterion})"
+preds = [common.SHORT_CLASSES[int(p.argmax())] for p in trace.probs]
+st.plotly_chart(viz.confidence_trace(trace.scores, thresholds[:trace.computed], [names[j] for j in run], k, preds,
+                                     [None] * trace.computed, criterion=score_name), width="stretch", key="trace")
+st.caption("Its exit score at each exit that was computed, against the thresholds at this budget. "
+           + ("Exits after the one it left at were not computed." if trace.computed == k + 1 and k < K - 1 else ""))
+top = np.argsort(-trace.probs[k])[:3]
+st.dataframe(pd.DataFrame({"class": [common.CLASSES[i] for i in top], "probability": np.round(trace.probs[k][top], 3)}),
+             hide_index=True)
