@@ -51,5 +51,6 @@ from dynexit.models import multiexit_cnn  # noqa: E402,F401
 from dynexit.models import dynamic_perceiver  # noqa: E402,F401
 from dynexit.models import multiexit_vit  # noqa: E402,F401
 from dynexit.models import dynamic_vit  # noqa: E402,F401
+from dynexit.models import timm_exits  # noqa: E402,F401
 
 __all__ = ["MultiExitModel", "create_model", "list_models", "register_model", "is_model", "select_state"]

@@ -1,0 +1,670 @@
+"""Exits on any timm model (DESIGN 3.5): bring your own trained network, attach early exits.
+
+The path for a user with a trained (or pretrained) timm network:
+
+1. ``model = attach_exits(net_or_name, at=[...])``: classifiers on chosen intermediate outputs;
+   the network's own head is always the last exit. Positions use the indices of timm's
+   ``forward_intermediates(indices=...)`` (pytorch-image-models >= 1.0, "forward_intermediates()
+   API"): block indices for a ViT, feature levels (``feature_info``) for a CNN.
+2. ``train_exits(model, loader, strategy="classifier-wise")`` (:mod:`dynexit.exit_training`):
+   the network stays frozen (bit-identical weights and BatchNorm statistics), only the new exits
+   learn.
+3. ExitTables of the exits' logits and costs (:func:`dynexit.tables_build.model_logits`,
+   :class:`dynexit.ExitTable`), a threshold solver fitted for a compute budget
+   (:mod:`dynexit.solvers`), then real early exit (:func:`dynexit.early_exit`).
+
+>>> import timm, dynexit
+>>> from dynexit.exit_training import train_exits
+>>> net = timm.create_model("resnet50", pretrained=True)      # or your own fine-tuned network
+>>> model = dynexit.attach_exits(net)                         # exits after layer1-3, then the head
+>>> train_exits(model, train_loader, strategy="classifier-wise", epochs=3, val_loader=val_loader)
+>>> model.exit_names, model.exit_costs()                      # ('layer1_conv', ..., 'head'), MFLOPs
+>>> logits, exits = dynexit.early_exit(model.eval(), images, thresholds)
+
+How the network is split. Early exit must really skip the later stages, so the network is not run
+through ``forward_intermediates`` at every stage; it is cut into the modules it runs one after the
+other and stage k runs only its share:
+
+- ViT (timm ``VisionTransformer`` and subclasses such as DeiT): patch embedding, prefix tokens,
+  position embedding and ``norm_pre``, then ``blocks[i:j]`` per stage; the final ``norm`` and
+  ``forward_head`` in the last stage. Exits read the tokens ``(B, prefix + h*w, dim)``; their
+  types are the Multi-Exit ViT branches (:mod:`dynexit.layers.vit_exit_branches`).
+- CNNs: ``forward_features`` is traced once with forward hooks on the network's top-level
+  modules, the stage list (``stages``, ``layers``, ``blocks``, ``features`` or ``body``) opened into
+  its stages; the modules it runs, in order, become the units of the split, and ``feature_info``
+  names the module whose output is each ``forward_intermediates`` index. Exits are ``"conv"``
+  (:class:`~dynexit.layers.ConvExitHead`) or ``"linear"`` (global average pool + linear).
+
+Every model is checked when it is built: the staged final exit must equal the network's own
+``forward`` and the features the exits read must equal ``forward_intermediates`` at the chosen
+indices, otherwise the architecture is refused with a ValueError naming what is supported.
+
+Checkpoints: a model built from a timm name, or from an instance that timm can rebuild from its
+``pretrained_cfg["architecture"]`` and the recorded kwargs, is saved and rebuilt through the
+registry entrypoint :func:`timm_exits` (``create_model("timm_exits", timm_name=..., ...)``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import operator
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from dynexit.layers.exit_heads import ConvExitHead
+from dynexit.layers.vit_attention import make_attention_capturable
+from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
+from dynexit.models import create_model, register_model
+from dynexit.models._base import MultiExitModel
+from dynexit.models.multiexit_vit import ModuleView
+
+CNN_HEADS = ("conv", "linear")
+VIT_HEADS = tuple(BRANCH_TYPES)
+# top-level containers whose items are the network's stages (opened up by the CNN split)
+STAGE_LISTS = ("stages", "layers", "blocks", "features", "body")
+EMBED = "<embed>"  # the ViT unit: patch embedding, prefix tokens, position embedding, norm_pre
+SUPPORTED = ("timm VisionTransformer (and subclasses such as DeiT), and networks whose forward_features runs a "
+             "stem, its stages and a tail module after module: ResNet / ResNeXt / ResNeSt / Res2Net, ResNetV2, "
+             "RegNet, ConvNeXt, EfficientNet, MobileNetV3, GhostNet, ReXNet, CSPNet, ByobNet (RepVGG, GerNet, "
+             "MobileViTv2), NFNet, VoVNet, DPN, DLA, DenseNet, VGG, Inception-v3, TResNet, HGNetV2, RepViT, "
+             "FastViT, EdgeNeXt, EfficientFormer, PVTv2, MetaFormer, Sequencer, Swin, MaxViT / CoAtNet, DaViT, "
+             "EfficientViT, MambaOut, ...")
+
+
+class PoolLinearHead(nn.Module):
+    """Global average pool, dropout, linear: the lightest classifier on a feature map."""
+
+    def __init__(self, in_chs: int, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(in_chs, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.pool(x).flatten(1)))
+
+
+@dataclass
+class Split:
+    """A network as units run one after the other (module paths, or ``EMBED`` for a ViT).
+
+    ``feature_units[i]`` is the unit whose output is ``forward_intermediates`` index i (None when
+    that output is inside a unit); ``head_modules`` are what ``forward_head`` runs (the network's
+    own classifier); ``layout`` is the units' output layout (``"NCHW"``, ``"NHWC"`` or ``"NLC"``).
+    """
+
+    kind: str
+    units: list[str]
+    feature_names: list[str]
+    feature_units: list[int | None]
+    reductions: list[int]
+    head_modules: list[str]
+    layout: str
+
+
+class _Tracer:
+    """Records which of a set of modules run, in call order, and any that runs inside another."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.calls: list[str] = []
+        self.nested: list[tuple[str, str]] = []
+        self._active: list[str] = []
+        self._handles = []
+        for name, m in modules.items():
+            self._handles.append(m.register_forward_pre_hook(self._enter(name)))
+            self._handles.append(m.register_forward_hook(self._leave))
+
+    def _enter(self, name):
+        def hook(module, args):
+            if self._active:
+                self.nested.append((self._active[-1], name))
+            self._active.append(name)
+            self.calls.append(name)
+        return hook
+
+    def _leave(self, module, args, out):
+        self._active.pop()
+
+    def take(self) -> list[str]:
+        calls, self.calls = self.calls, []
+        return calls
+
+    def remove(self):
+        for h in self._handles:
+            h.remove()
+
+
+def _unsupported(net: nn.Module, reason: str) -> ValueError:
+    return ValueError(f"attach_exits cannot split {type(net).__name__}: {reason}. Supported: {SUPPORTED}")
+
+
+def _feature_info(net: nn.Module) -> list[dict]:
+    info = getattr(net, "feature_info", None)
+    info = getattr(info, "info", info)
+    if not info or not hasattr(net, "forward_intermediates"):
+        raise _unsupported(net, "it has no feature_info / forward_intermediates (timm's intermediate-feature API)")
+    return [dict(f) for f in info]
+
+
+def _top_level(net: nn.Module, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
+    """The network's direct children, with the stage lists opened into their items."""
+    out = {}
+    for name, child in net.named_children():
+        if name in exclude:
+            continue
+        if name in STAGE_LISTS and isinstance(child, (nn.Sequential, nn.ModuleList)):
+            out.update({f"{name}.{i}": m for i, m in child.named_children()})
+        else:
+            out[name] = child
+    return out
+
+
+def _trace(net: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module], features_fn):
+    """(modules run by features_fn(x), modules run by forward_head), each in call order."""
+    tracer = _Tracer(modules)
+    try:
+        try:
+            feats = features_fn(x)
+        except Exception as err:  # noqa: BLE001 - report which input was tried
+            raise ValueError(f"{type(net).__name__} fails on images of shape {tuple(x.shape[1:])} ({err}); "
+                             "pass the in_chans= and input_size= it takes") from err
+        feature_calls = tracer.take()
+        net.forward_head(feats)
+        head_calls = tracer.take()
+    finally:
+        tracer.remove()
+    if tracer.nested:
+        outer, inner = tracer.nested[0]
+        raise _unsupported(net, f"module {inner!r} runs inside {outer!r}, so the two cannot be separated")
+    return feature_calls, head_calls
+
+
+def _vit_split(net: VisionTransformer, x: torch.Tensor) -> Split:
+    depth = len(net.blocks)
+    _, head_calls = _trace(net, x, _top_level(net, exclude=("blocks",)), net.forward_features)
+    return Split(kind="vit", units=[EMBED] + [f"blocks.{i}" for i in range(depth)] + ["norm"],
+                 feature_names=[f"blocks.{i}" for i in range(depth)], feature_units=list(range(1, depth + 1)),
+                 reductions=[int(net.patch_embed.patch_size[0])] * depth,
+                 head_modules=head_calls, layout="NLC")
+
+
+def _cnn_split(net: nn.Module, x: torch.Tensor) -> Split:
+    info = _feature_info(net)
+    if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
+        raise _unsupported(net, "it has no forward_features / forward_head")
+    units, head_calls = _trace(net, x, _top_level(net), net.forward_features)
+    repeated = sorted({n for n in units if units.count(n) > 1})
+    if repeated:
+        raise _unsupported(net, f"forward_features runs {repeated[0]!r} more than once")
+    if not units:
+        raise _unsupported(net, "forward_features runs none of its top-level modules")
+    names = [f["module"] for f in info]
+    return Split(kind="cnn", units=units, feature_names=names,
+                 feature_units=[units.index(n) if n in units else None for n in names],
+                 reductions=[int(f.get("reduction", 0)) for f in info],
+                 head_modules=head_calls, layout=getattr(net, "output_fmt", "NCHW") or "NCHW")
+
+
+def _first_conv_in_chans(net: nn.Module) -> int | None:
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
+    return None if conv is None else int(conv.in_channels)
+
+
+def _normalisation(net: nn.Module, in_chans: int, mean, std, inferred: bool):
+    """mean/std given, else the network's pretrained_cfg (ImageNet's without one), fitted to in_chans."""
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std (one value per input channel, or one for all), or neither")
+    if mean is not None:
+        return tuple(torch.as_tensor(mean).flatten().tolist()), tuple(torch.as_tensor(std).flatten().tolist())
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
+    if len(mean) != in_chans:
+        if in_chans != 1:
+            how = " (inferred from its first convolution; pass in_chans= if wrong)" if inferred else ""
+            raise ValueError(f"the network's pretrained_cfg has {len(mean)}-channel mean/std but it takes {in_chans} "
+                             f"channels{how}: pass mean= and std= with one value per channel")
+        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)  # gray images: average of the RGB values
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _is_json_value(v) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_is_json_value(i) for i in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_json_value(i) for k, i in v.items())
+    return False
+
+
+class TimmExitModel(MultiExitModel):
+    """A timm network run stage by stage, with exit heads on chosen intermediate outputs.
+
+    Build it with :func:`attach_exits`. ``self.model`` is the timm network (its ``state_dict``
+    keys start with ``model.``), ``self.exit_heads`` the attached heads; the network's own head is
+    the last exit. See the module docstring for how the network is split.
+
+    Parameters
+    ----------
+    net : the timm network (a ``VisionTransformer`` or a supported CNN), used in place
+    at : ``forward_intermediates`` indices that get an exit (default: every stage but the stem and
+        the last for a CNN, every third block for a ViT); the last index is the network's final
+        features, classified by its own head
+    head : ``"auto"``, one head type for all exits, or one per exit: ``"conv"`` / ``"linear"`` on
+        a CNN, a :data:`~dynexit.layers.vit_exit_branches.BRANCH_TYPES` key on a ViT
+    input_size, in_chans, mean, std : the images the model takes (float in [0, 1]) and the
+        normalisation inside it (default: the network's ``pretrained_cfg``)
+    freeze : turn off ``requires_grad`` of the network. While no parameter of the network needs a
+        gradient it also stays in eval mode (BatchNorm statistics and dropout fixed) when the
+        model is put in train mode.
+    timm_name, timm_kwargs : how timm rebuilds the network (``timm.create_model(timm_name,
+        **timm_kwargs)``), for checkpoints; inferred from ``pretrained_cfg`` when not given
+
+    Attributes: ``at`` and ``head_types`` (sorted, one per intermediate exit), ``split`` (the units
+    and where the exits read), ``stage_units`` (the units each stage runs), ``config_kwargs`` (the
+    :func:`timm_exits` kwargs that rebuild the model) or ``rebuild_error`` (why timm cannot).
+    """
+
+    def __init__(self, net: nn.Module, at: Sequence[int] | None = None, head="auto",
+                 input_size: int | Sequence[int] | None = None, in_chans: int | None = None, mean=None, std=None,
+                 freeze: bool = True, timm_name: str | None = None, timm_kwargs: dict | None = None):
+        is_vit = isinstance(net, VisionTransformer)
+        if not is_vit:
+            _feature_info(net)  # refuses networks without timm's intermediate-feature API
+        found_chans = int(net.patch_embed.proj.in_channels) if is_vit else _first_conv_in_chans(net)
+        if is_vit and in_chans is not None and int(in_chans) != found_chans:
+            raise ValueError(f"in_chans={in_chans}, but the network takes {found_chans}-channel images")
+        inferred = in_chans is None
+        in_chans = int(in_chans if in_chans is not None else found_chans or 3)
+        input_size = self._input_size(net, input_size)
+        mean, std = _normalisation(net, in_chans, mean, std, inferred)
+        num_classes = int(getattr(net, "num_classes", 0) or 0)
+        if num_classes < 1:
+            raise ValueError(f"the network has no classifier (num_classes={num_classes}); its own head is the last "
+                             "exit: create it with num_classes=N")
+        super().__init__(num_classes, in_chans, input_size, mean, std)
+        self.model = net
+        self.is_vit = is_vit
+        device = next(net.parameters()).device
+        self.to(device)
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                g = torch.Generator().manual_seed(0)
+                probe = self.normalize(torch.rand(1, in_chans, *self.input_size, generator=g).to(device))
+                self.split = _vit_split(net, probe) if is_vit else _cnn_split(net, probe)
+                self.at, self.head_types = self._resolve_exits(at, head)
+                shapes = self._unit_shapes(probe)
+            self.exit_heads = nn.ModuleList([self._make_head(kind, shapes[self.split.feature_units[i]])
+                                             for i, kind in zip(self.at, self.head_types)]).to(device)
+            # stage k runs the units after exit k-1's output up to exit k's; the last stage runs the rest
+            ends = [self.split.feature_units[i] + 1 for i in self.at] + [len(self.split.units)]
+            self.stage_units = [self.split.units[s:e] for s, e in zip([0] + ends[:-1], ends)]
+            # named as in the Multi-Exit ViT family for ViTs (block2_mlp), by the timm module for CNNs (layer1_conv)
+            places = [f"block{i}" if is_vit else self.split.feature_names[i] for i in self.at]
+            self.exit_names = tuple([f"{p}_{kind}" for p, kind in zip(places, self.head_types)] + ["head"])
+            if is_vit:
+                self._make_vit_attention_capturable()
+            self.check_split()
+        finally:
+            net.train(was_training)
+        if freeze:
+            net.requires_grad_(False)
+        self.train(self.training)
+        self.config_kwargs, self.rebuild_error = self._rebuild_config(timm_name, timm_kwargs, freeze)
+        if self.rebuild_error is None:
+            self.arch_name, self.arch_kwargs = "timm_exits", dict(self.config_kwargs)
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _input_size(net, input_size) -> tuple[int, int]:
+        built_for = getattr(getattr(net, "patch_embed", None), "img_size", None)  # ViT, Swin, ...: fixed size
+        if input_size is None:
+            if built_for is not None:
+                input_size = tuple(built_for)
+            else:
+                cfg_size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
+                if cfg_size is None:
+                    raise ValueError("the network's input size is unknown (no pretrained_cfg): pass input_size=")
+                input_size = tuple(cfg_size[-2:])
+        input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
+        if built_for is not None and input_size != tuple(built_for) and not getattr(net, "dynamic_img_size", False):
+            raise ValueError(f"input_size={input_size}, but the network was built for {tuple(built_for)} images: "
+                             "create it with img_size= (or dynamic_img_size=True)")
+        return input_size
+
+    def _resolve_exits(self, at, head) -> tuple[list[int], list[str]]:
+        split, net = self.split, self.model
+        n = len(split.feature_names)
+        usable = [i for i in range(n - 1) if split.feature_units[i] is not None]
+        if not usable:
+            raise _unsupported(net, f"none of its intermediate outputs but the last is the output of a whole module "
+                               f"(feature_info: {split.feature_names}), so no exit can be placed")
+        if at is None:
+            if split.kind == "vit":
+                at = list(range(2, n - 1, 3)) or usable[-1:]
+            else:  # every stage but the stem (stride <= 2) and the last
+                at = [i for i in usable if split.reductions[i] > 2] or usable
+        try:
+            at = [operator.index(i) for i in at]
+        except TypeError:
+            raise ValueError(f"at must be a list of forward_intermediates indices (e.g. at=[1, 2, 3]), "
+                             f"got {at!r}") from None
+        if not at:
+            raise ValueError("at is empty: give at least one index for an intermediate exit")
+        for i in at:
+            j = i + n if i < 0 else i
+            if not 0 <= j < n - 1:
+                raise ValueError(f"at={at}: index {i} is out of range: {type(net).__name__} has {n} intermediate "
+                                 f"outputs (forward_intermediates indices 0..{n - 1}), exits go at 0..{n - 2}; index "
+                                 f"{n - 1} is the final features, which the network's own head classifies (always "
+                                 "the last exit)")
+            if split.feature_units[j] is None:
+                raise ValueError(f"at={at}: index {i} is {split.feature_names[j]!r}, an output inside a module of "
+                                 f"{type(net).__name__}, where the staged network cannot stop; usable: {usable}")
+        at = [i + n if i < 0 else i for i in at]
+        kinds = VIT_HEADS if split.kind == "vit" else CNN_HEADS
+        if isinstance(head, str):
+            head = [head] * len(at)
+        head = list(head)
+        if len(head) != len(at):
+            raise ValueError(f"head lists {len(head)} types for {len(at)} exits (at={at}): give one per exit "
+                             "or a single one")
+        auto = "mlp" if split.kind == "vit" else "conv"
+        head = [auto if h == "auto" else h for h in head]
+        for h in head:
+            if h not in kinds:
+                family = "a ViT" if split.kind == "vit" else "a CNN"
+                other = (" (conv / linear heads need a CNN)" if split.kind == "vit" and h in CNN_HEADS else
+                         " (ViT branch types need a VisionTransformer)" if h in VIT_HEADS else "")
+                raise ValueError(f"unknown head type {h!r} for {family}: choose one of auto, {', '.join(kinds)}{other}")
+        order = sorted(range(len(at)), key=lambda k: at[k])
+        pairs = [(at[k], head[k]) for k in order]
+        dup = sorted({p for p in pairs if pairs.count(p) > 1})
+        if dup:
+            raise ValueError(f"exit at index {dup[0][0]} with head {dup[0][1]!r} is listed twice")
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _unit_shapes(self, x: torch.Tensor) -> list[tuple]:
+        shapes = []
+        for unit in self.split.units:
+            try:
+                x = self._run_unit(unit, x)
+            except Exception as err:  # noqa: BLE001 - any failure: forward_features does more than this
+                raise _unsupported(self.model, f"its modules cannot run one after the other ({unit!r} fails: "
+                                   f"{err}); forward_features reshapes between them") from err
+            if not isinstance(x, torch.Tensor):
+                raise _unsupported(self.model, f"its module {unit!r} returns a {type(x).__name__}, not a tensor")
+            shapes.append(tuple(x.shape[1:]))
+        return shapes
+
+    def _make_head(self, kind: str, shape: tuple) -> nn.Module:
+        net, c = self.model, self.num_classes
+        if self.split.kind == "vit":
+            options = {"num_heads": net.blocks[0].attn.num_heads} if kind == "vit" else {}
+            return create_branch(kind, net.embed_dim, net.patch_embed.grid_size, net.num_prefix_tokens, c, **options)
+        if len(shape) != 3:
+            raise _unsupported(net, f"its stages output tokens {shape}, not (C, H, W) feature maps (of the token "
+                               "networks, VisionTransformer is supported)")
+        chans, size = (shape[2], shape[0]) if self.split.layout == "NHWC" else (shape[0], shape[1])
+        if kind == "linear":
+            return PoolLinearHead(chans, c)
+        return ConvExitHead(chans, c, width=min(max(chans, 64), 256), spatial=size)
+
+    def _make_vit_attention_capturable(self):
+        net = self.model
+        grid, prefix = tuple(net.patch_embed.grid_size), int(net.num_prefix_tokens)
+        for k, units in enumerate(self.stage_units):
+            for unit in units:
+                if unit.startswith("blocks."):
+                    i = int(unit.split(".")[1])
+                    make_attention_capturable(net.blocks[i], grid, prefix, stage=k, first_index=i)
+        for k, (head, kind) in enumerate(zip(self.exit_heads, self.head_types)):
+            if kind == "vit":
+                make_attention_capturable(head, grid, prefix, name=f"{self.exit_names[k]}_attn", stage=k)
+
+    # ------------------------------------------------------------------ staged forward
+    def _run_unit(self, unit: str, x: torch.Tensor) -> torch.Tensor:
+        if unit == EMBED:
+            v = self.model
+            return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+        return self.model.get_submodule(unit)(x)
+
+    def forward_stage(self, k, state):
+        x = state["x"]
+        for unit in self.stage_units[k]:
+            x = self._run_unit(unit, x)
+        if k < len(self.exit_heads):
+            return {"x": x}, self.exit_heads[k](self._exit_input(x))
+        return {"x": x}, self.model.forward_head(x)
+
+    def _exit_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2) if self.split.layout == "NHWC" else x
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """What the intermediate exits read, on the staged path: one tensor per exit.
+
+        CNN: feature maps (B, C, H, W), as ``forward_intermediates`` returns them; ViT: tokens
+        (B, prefix + h*w, dim), prefix tokens first.
+        """
+        state, out = self.init_state(x), []
+        for k in range(len(self.exit_heads)):
+            for unit in self.stage_units[k]:
+                state["x"] = self._run_unit(unit, state["x"])
+            out.append(self._exit_input(state["x"]))
+        return out
+
+    @torch.no_grad()
+    def check_split(self, x: torch.Tensor | None = None, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+        """ValueError unless the staged path reproduces the network (run once when the model is built).
+
+        The last exit must equal ``self.model(x)`` and the features the exits read must equal
+        ``forward_intermediates`` at ``self.at`` (eval mode, random images by default).
+        """
+        net, was = self.model, self.training
+        self.eval()
+        try:
+            if x is None:
+                g = torch.Generator().manual_seed(1)
+                x = torch.rand(2, self.in_chans, *self.input_size, generator=g).to(self.mean.device)
+            ref = net(self.normalize(x))
+            final = self(x)[-1]
+            if final.shape != ref.shape or not torch.allclose(final, ref, rtol=rtol, atol=atol):
+                raise _unsupported(net, "running its modules in the order forward_features calls them does not "
+                                   "reproduce its forward (it computes something between them)")
+            indices = sorted(set(self.at))
+            if self.split.kind == "vit":
+                prefix = bool(net.num_prefix_tokens)
+                inter = net.forward_intermediates(self.normalize(x), indices=indices, output_fmt="NLC",
+                                                  return_prefix_tokens=prefix, intermediates_only=True)
+                inter = [torch.cat([p, t], dim=1) for t, p in inter] if prefix else inter
+            else:
+                inter = net.forward_intermediates(self.normalize(x), indices=indices, intermediates_only=True)
+            ref_at = dict(zip(indices, inter))
+            for i, feats in zip(self.at, self.features(x)):
+                want = ref_at[i]
+                if feats.shape != want.shape or not torch.allclose(feats, want, rtol=rtol, atol=atol):
+                    raise _unsupported(net, f"the output of {self.split.feature_names[i]!r} on the staged path differs "
+                                       f"from forward_intermediates index {i}")
+        finally:
+            self.train(was)
+
+    # ------------------------------------------------------------------ parts, for exit training
+    def _check_exit(self, k: int) -> int:
+        k = operator.index(k)
+        if not 0 <= k < self.num_exits:
+            raise ValueError(f"exit index {k} out of range: {self._label()} has exits 0..{self.num_exits - 1}")
+        return k
+
+    def exit_branch(self, k: int) -> nn.Module:
+        """Exit k's head; for the last exit, the network's own classifier (what ``forward_head`` runs)."""
+        k = self._check_exit(k)
+        if k < len(self.exit_heads):
+            return self.exit_heads[k]
+        return ModuleView([self.model.get_submodule(n) for n in self.split.head_modules])
+
+    def backbone_stage(self, k: int) -> nn.Module | None:
+        """The network's modules stage k runs (with the ViT's prefix tokens and position embedding in
+        stage 0); None when the stage runs none (two exits on the same output)."""
+        k = self._check_exit(k)
+        modules, params = [], {}
+        for unit in self.stage_units[k]:
+            if unit == EMBED:
+                v = self.model
+                modules += [v.patch_embed, v.pos_drop, v.patch_drop, v.norm_pre]
+                params = {n: getattr(v, n) for n in ("cls_token", "reg_token", "pos_embed")
+                          if isinstance(getattr(v, n, None), nn.Parameter)}
+            else:
+                modules.append(self.model.get_submodule(unit))
+        return ModuleView(modules, params) if (modules or params) else None
+
+    def train(self, mode: bool = True):
+        """Train mode for the exits; the network follows unless none of its parameters needs a gradient."""
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.model.parameters()):
+            self.model.eval()
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def _rebuild_config(self, timm_name, timm_kwargs, freeze) -> tuple[dict, str | None]:
+        """(kwargs of the timm_exits entrypoint, None) or ({}, why the network cannot be rebuilt)."""
+        net = self.model
+        settings = dict(at=list(self.at), head=list(self.head_types), num_classes=self.num_classes,
+                     in_chans=self.in_chans, input_size=list(self.input_size),
+                     mean=[float(v) for v in self.mean.flatten()], std=[float(v) for v in self.std.flatten()],
+                     freeze=bool(freeze))
+        timm_kwargs = dict(timm_kwargs or {})
+        if not _is_json_value(timm_kwargs):
+            return {}, (f"its timm kwargs {timm_kwargs} are not all JSON values (numbers, strings, lists); "
+                        "pass them by name (e.g. act_layer='gelu')")
+        if timm_name is not None:
+            return dict(timm_name=timm_name, timm_kwargs=timm_kwargs, **settings), None
+        arch = (getattr(net, "pretrained_cfg", None) or {}).get("architecture")
+        if not arch or not timm.is_model(arch):
+            return {}, ("the network was not built by timm.create_model (no pretrained_cfg['architecture']); "
+                        "build it with timm.create_model(name, **kwargs), or attach exits by name: "
+                        "attach_exits(name, ..., **kwargs)")
+        if self.is_vit:
+            timm_kwargs.setdefault("img_size", list(net.patch_embed.img_size))
+        build = dict(timm_kwargs, num_classes=self.num_classes, in_chans=self.in_chans)
+        twin, err = None, None
+        for device in ("meta", "cpu"):  # meta builds no weights; some timm constructors need real tensors
+            try:
+                with torch.device(device):
+                    twin = timm.create_model(arch, pretrained=False, **build)
+                break
+            except Exception as e:  # noqa: BLE001 - any failure means "cannot rebuild"
+                err = e
+        if twin is None:
+            return {}, f"timm.create_model({arch!r}, **{build}) fails ({err})"
+        own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        other = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+        if type(twin) is not type(net) or own != other:
+            diff = sorted(set(own.items()) ^ set(other.items()))[:1]
+            return {}, (f"timm.create_model({arch!r}, **{build}) builds a different network "
+                        f"(e.g. {diff[0][0] if diff else type(twin).__name__}); pass the timm kwargs the network was "
+                        "built with to attach_exits (e.g. attach_exits(net, embed_dim=192, depth=6))")
+        return dict(timm_name=arch, timm_kwargs=timm_kwargs, **settings), None
+
+    def config(self) -> dict:
+        """Registry name and kwargs that rebuild this model; ValueError saying why when timm cannot."""
+        if self.rebuild_error is not None:
+            raise ValueError(f"cannot save these exits for rebuilding: {self.rebuild_error}")
+        return super().config()
+
+    def extra_repr(self) -> str:
+        return f"{type(self.model).__name__}, at={self.at}, heads={self.head_types}, " + super().extra_repr()
+
+
+# ---------------------------------------------------------------------- building
+
+def _create_timm(name: str, pretrained: bool, **kwargs) -> nn.Module:
+    if not isinstance(name, str) or not timm.is_model(name):
+        close = fnmatch.filter(timm.list_models(), f"*{str(name).split('_')[0]}*")[:5]
+        hint = f" (similar: {', '.join(close)})" if close else ""
+        raise ValueError(f"unknown timm model {name!r}{hint}; see timm.list_models()")
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as err:
+        if not pretrained:
+            raise
+        try:  # is it the weights, or the arguments?
+            timm.create_model(name, pretrained=False, **kwargs)
+        except Exception:
+            raise err from None
+        raise RuntimeError(f"could not download or load the pretrained weights of timm model {name!r} ({err}). "
+                           "Pass pretrained=False (random weights, e.g. offline), or load the weights yourself and "
+                           "pass the model: attach_exits(timm.create_model(name, pretrained_cfg_overlay="
+                           "dict(file='weights.safetensors')), ...)") from err
+
+
+@register_model
+def timm_exits(timm_name: str, at: Sequence[int] | None = None, head="auto", num_classes: int | None = None,
+               in_chans: int | None = None, input_size=None, mean=None, std=None, freeze: bool = True,
+               timm_kwargs: dict | None = None, pretrained: bool = False) -> TimmExitModel:
+    """Exits on the timm network ``timm.create_model(timm_name, **timm_kwargs)`` (see :func:`attach_exits`)."""
+    kwargs = dict(timm_kwargs or {})
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    if in_chans is not None:
+        kwargs["in_chans"] = int(in_chans)
+    net = _create_timm(timm_name, pretrained, **kwargs)
+    trained_classes = (getattr(net, "pretrained_cfg", None) or {}).get("num_classes")
+    if pretrained and num_classes is not None and trained_classes and int(num_classes) != trained_classes:
+        warnings.warn(f"{timm_name}'s pretrained weights classify {trained_classes} classes, so its own head (the last "
+                      f"exit) is new for num_classes={num_classes}: fine-tune the network before classifier-wise "
+                      "exit training, which keeps the head frozen", stacklevel=3)
+    return TimmExitModel(net, at=at, head=head, input_size=input_size, in_chans=in_chans, mean=mean, std=std,
+                         freeze=freeze, timm_name=timm_name, timm_kwargs=timm_kwargs)
+
+
+def attach_exits(model_or_name, at: Sequence[int] | None = None, head="auto", num_classes: int | None = None,
+                 in_chans: int | None = None, input_size=None, pretrained: bool = False, mean=None, std=None,
+                 freeze: bool = True, **timm_kwargs) -> TimmExitModel:
+    """Attach early exits to a timm network (an instance, used in place, or a timm model name).
+
+    Parameters
+    ----------
+    model_or_name : a timm model (e.g. your fine-tuned network) or a timm name, created with
+        ``timm.create_model(name, pretrained=pretrained, num_classes=..., in_chans=..., **timm_kwargs)``
+    at : ``forward_intermediates`` indices that get an exit: block indices for a ViT, feature levels
+        (``feature_info``) for a CNN; default every stage but the stem and the last (CNN), every
+        third block (ViT). The network's own head is always the last exit.
+    head : ``"auto"`` (``"conv"`` on a CNN, ``"mlp"`` on a ViT), one type for all exits, or a list
+        with one per exit: ``"conv"`` (two conv-BN-ReLU, pool, linear) or ``"linear"`` (pool, linear)
+        on a CNN; a Multi-Exit ViT branch (``mlp``, ``cnn_ignore``, ``cnn_add``, ``cnn_project``,
+        ``vit``, ``mixer``, ``resmlp``) on a ViT
+    num_classes, in_chans : passed to timm for a name; must match the network for an instance
+    input_size : image size the model takes (default: the network's ``pretrained_cfg``)
+    pretrained : download timm's weights (a name only)
+    mean, std : normalisation inside the model; inputs are float images in [0, 1] (default: the
+        network's ``pretrained_cfg``)
+    freeze : turn off the network's gradients, for classifier-wise exit training
+    **timm_kwargs : for a name, more ``timm.create_model`` options; for an instance, the options it
+        was built with, so a checkpoint can rebuild it (e.g. ``img_size=28, embed_dim=32``)
+    """
+    if isinstance(model_or_name, str):
+        model = create_model("timm_exits", timm_name=model_or_name, at=at, head=head, num_classes=num_classes,
+                             in_chans=in_chans, input_size=input_size, mean=mean, std=std, freeze=freeze,
+                             timm_kwargs=timm_kwargs, pretrained=pretrained)
+        model.arch_kwargs = dict(model.config_kwargs)  # resolved settings; no `pretrained`: checkpoints have weights
+        return model
+    if not isinstance(model_or_name, nn.Module):
+        raise ValueError(f"attach_exits takes a timm model or a timm model name, got {type(model_or_name).__name__}")
+    net = model_or_name
+    if pretrained:
+        raise ValueError("pretrained=True downloads weights for a model name; this network already has its weights")
+    if num_classes is not None and int(num_classes) != getattr(net, "num_classes", None):
+        raise ValueError(f"num_classes={num_classes}, but the network classifies {getattr(net, 'num_classes', None)} "
+                         f"classes; its head is the last exit: call net.reset_classifier({num_classes}) and train "
+                         "it first")
+    return TimmExitModel(net, at=at, head=head, input_size=input_size, in_chans=in_chans, mean=mean, std=std,
+                         freeze=freeze, timm_kwargs=timm_kwargs)
