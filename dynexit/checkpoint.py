@@ -73,7 +73,8 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
 
     from dynexit import __version__
 
-    if not getattr(model, "arch_name", None):
+    config = model.config()  # families that cannot be rebuilt say why here
+    if not config.get("arch"):
         raise ValueError("model has no registry name: build it with dynexit.models.create_model(name, ...) "
                          "so the checkpoint can be rebuilt")
     path = Path(path)
@@ -85,8 +86,8 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
     side = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "arch": model.arch_name,
-        "kwargs": _jsonable(model.arch_kwargs),
+        "arch": config["arch"],
+        "kwargs": _jsonable(config["kwargs"]),
         "num_exits": model.num_exits,
         "exit_names": list(model.exit_names),
         "num_classes": model.num_classes,
@@ -103,7 +104,7 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
     if extra:
         side.update(_jsonable(extra))
     tmp_w = path.with_name(path.name + ".tmp")
-    save_file(weights, str(tmp_w), metadata={"format": FORMAT, "arch": model.arch_name})
+    save_file(weights, str(tmp_w), metadata={"format": FORMAT, "arch": config["arch"]})
     tmp_j = sidecar_path(path).with_name(sidecar_path(path).name + ".tmp")
     tmp_j.write_text(json.dumps(side, indent=2))
     os.replace(tmp_w, path)

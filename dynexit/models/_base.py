@@ -165,6 +165,21 @@ class MultiExitModel(nn.Module):
         return f"exits={list(self.exit_names)}, in_chans={self.in_chans}, input_size={self.input_size}"
 
 
+class ModuleView(nn.Module):
+    """Some of a model's modules and parameters gathered in one module (shared, not copied).
+
+    Built on demand by ``exit_branch`` / ``backbone_stage`` and never registered in the model, so
+    the model's ``state_dict`` is unchanged; ``.parameters()``, ``.train()``, ``.eval()`` reach
+    the real modules.
+    """
+
+    def __init__(self, modules, params: dict[str, nn.Parameter] | None = None):
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        for name, p in (params or {}).items():
+            self.register_parameter(name, p)
+
+
 def select_state(state, keep: torch.Tensor):
     """Keep the rows ``keep`` (bool mask or index tensor) of every tensor in a state."""
     if isinstance(state, torch.Tensor):

@@ -29,23 +29,8 @@ from torch import nn
 from dynexit.layers.vit_attention import make_attention_capturable
 from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
 from dynexit.models import register_model
-from dynexit.models._base import MultiExitModel
+from dynexit.models._base import ModuleView, MultiExitModel
 from dynexit.models.multiexit_cnn import FMNIST_MEAN, FMNIST_STD
-
-
-class ModuleView(nn.Module):
-    """Some of a model's modules and parameters gathered in one module (shared, not copied).
-
-    Built on demand by ``exit_branch`` / ``backbone_stage`` and never registered in the model, so
-    the model's ``state_dict`` is unchanged; ``.parameters()``, ``.train()``, ``.eval()`` reach
-    the real modules.
-    """
-
-    def __init__(self, modules, params: dict[str, nn.Parameter] | None = None):
-        super().__init__()
-        self.parts = nn.ModuleList(modules)
-        for name, p in (params or {}).items():
-            self.register_parameter(name, p)
 
 
 def parse_exits(exits, depth: int) -> list[tuple[int, str, dict]]:
