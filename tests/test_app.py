@@ -1,6 +1,6 @@
 """The Streamlit app with AppTest on a tiny zoo: every page, the slider, the selectors, uploads.
 
-The zoo is built in a temporary folder (app.testing.build_tiny_zoo: untrained tiny models under the
+The zoo is built in a temporary folder (dynexit.testing.build_tiny_zoo: untrained tiny models under the
 zoo's names, synthetic tables), so these tests do not depend on the shipped zoo being there.
 """
 
@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from app import testing as app_testing  # noqa: E402
+from dynexit.testing import build_tiny_zoo  # noqa: E402
 from dynexit import zoo  # noqa: E402
 
 ENTRY = str(ROOT / "app" / "streamlit_app.py")
@@ -26,7 +26,7 @@ MODELS = ("dynperceiver_fmnist", "static_cnn_fmnist", "mevit_fmnist")
 
 @pytest.fixture(scope="session")
 def tiny_zoo_dir(tmp_path_factory):
-    return app_testing.build_tiny_zoo(tmp_path_factory.getbasetemp() / "app_zoo", models=MODELS)
+    return build_tiny_zoo(tmp_path_factory.getbasetemp() / "app_zoo", models=MODELS)
 
 
 @pytest.fixture(scope="module", autouse=True)

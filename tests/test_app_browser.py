@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from app import browser  # noqa: E402
-from app import testing as app_testing  # noqa: E402
+from dynexit.testing import build_tiny_zoo  # noqa: E402
 
 ACCURACY = '[data-testid="stMetric"]:has-text("Accuracy (test)") [data-testid="stMetricValue"]'
 
@@ -42,8 +42,8 @@ def chromium():
 def test_slider_moved_with_the_keyboard_changes_the_accuracy(chromium, tmp_path_factory, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    zoo_dir = app_testing.build_tiny_zoo(tmp_path_factory.getbasetemp() / "app_zoo",
-                                         models=("dynperceiver_fmnist", "static_cnn_fmnist", "mevit_fmnist"))
+    zoo_dir = build_tiny_zoo(tmp_path_factory.getbasetemp() / "app_zoo",
+                             models=("dynperceiver_fmnist", "static_cnn_fmnist", "mevit_fmnist"))
     log = tmp_path / "streamlit.log"
     with browser.serve(env={"DYNEXIT_ZOO": str(zoo_dir)}, log_path=log) as url, sync_playwright() as p:
         chromium_browser = browser.launch(p, chromium)
