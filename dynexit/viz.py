@@ -15,10 +15,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dynexit.data import FASHION_MNIST_CLASSES  # noqa: F401 - re-exported for the notebooks
+
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 RIGHT, WRONG, ORACLE, CURRENT = "#0072B2", "#D55E00", "#7f7f7f", "#000000"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 COST_AXIS = "mean MFLOPs per image"
 
 
@@ -75,7 +75,7 @@ def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
         fig.add_trace(go.Scatter(x=[current[0]], y=[current[1] * scale], mode="markers", name="this budget",
                                  marker=dict(symbol="star", size=16, color=CURRENT)))
     fig.update_xaxes(title=COST_AXIS)
-    fig.update_yaxes(title="accuracy (%)" if percent else "accuracy", ticksuffix="" if not percent else "")
+    fig.update_yaxes(title="accuracy (%)" if percent else "accuracy")
     return _layout(fig, title, showlegend=True)
 
 

@@ -254,7 +254,7 @@ def _train_with_branch_study(entry: ZooEntry, work: Path, device: str, progress:
     backbone_ckpt, info = _train_end_to_end(entry, work / "backbone", device, progress)
     backbone = load_checkpoint(backbone_ckpt)
     dev = pick_device(device)
-    train_ds, val_ds = build_datasets(TrainConfig(**{k: v for k, v in entry.recipe.items() if k != "model_kwargs"}))
+    train_ds, val_ds = build_datasets(TrainConfig(**entry.recipe))
     gen = torch.Generator().manual_seed(entry.recipe.get("seed", 0))
     loader = torch.utils.data.DataLoader(train_ds, batch_size=entry.recipe.get("batch_size", 128), shuffle=True,
                                          generator=gen, drop_last=True)

@@ -11,7 +11,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import dynexit
 from dynexit import criteria
-from dynexit.checkpoint import load_checkpoint, save_checkpoint
+from dynexit.checkpoint import read_sidecar, load_checkpoint, save_checkpoint
 from dynexit.exit_training import train_exits
 from dynexit.flops import count_mflops, forward_flops
 from dynexit.inference import early_exit, exits_from_logits
@@ -221,17 +221,23 @@ def test_checkpoint_round_trip_by_name(tmp_path):
     torch.manual_seed(0)
     m = attach_exits("resnet10t", in_chans=1, num_classes=10, input_size=28, at=[2, 3], head=["linear", "conv"],
                      mean=0.3, std=0.4, channels=[16, 32, 64, 128], stem_width=8).eval()
-    assert m.arch_name == "timm_exits" and "pretrained" not in m.arch_kwargs
-    assert m.arch_kwargs["timm_kwargs"] == {"channels": [16, 32, 64, 128], "stem_width": 8}
+    assert m.arch_name == "timm_exits" and "pretrained" not in m.config()["kwargs"]
+    assert m.config()["kwargs"]["timm_kwargs"] == {"channels": [16, 32, 64, 128], "stem_width": 8}
     path = save_checkpoint(m, tmp_path / "m.safetensors")
+    assert "pretrained" not in read_sidecar(path)["kwargs"]  # loading must never download
     back = load_checkpoint(path)
     assert isinstance(back, TimmExitModel) and back.exit_names == m.exit_names and back.at == [2, 3]
     x = images(m)
     with torch.no_grad():
         for a, b in zip(m(x), back(x)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    rebuilt = create_model("timm_exits", **m.arch_kwargs)
+    rebuilt = create_model("timm_exits", **m.config()["kwargs"])
     assert rebuilt.config() == m.config()
+    # built through the registry directly (as `dynexit train --model timm_exits` does): same clean config
+    direct = create_model("timm_exits", timm_name="resnet10t", in_chans=1, num_classes=10, input_size=28, at=[2, 3],
+                          head=["linear", "conv"], mean=0.3, std=0.4, pretrained=False,
+                          timm_kwargs={"channels": [16, 32, 64, 128], "stem_width": 8})
+    assert direct.config() == m.config()
 
 
 def test_checkpoint_of_an_instance(tmp_path):

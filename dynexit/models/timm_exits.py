@@ -577,7 +577,8 @@ class TimmExitModel(MultiExitModel):
         """Registry name and kwargs that rebuild this model; ValueError saying why when timm cannot."""
         if self.rebuild_error is not None:
             raise ValueError(f"cannot save these exits for rebuilding: {self.rebuild_error}")
-        return super().config()
+        # the resolved settings, never `pretrained`: a checkpoint brings its own weights
+        return {"arch": "timm_exits", "kwargs": dict(self.config_kwargs)}
 
     def extra_repr(self) -> str:
         return f"{type(self.model).__name__}, at={self.at}, heads={self.head_types}, " + super().extra_repr()

@@ -59,10 +59,15 @@ def exit_features(probs: np.ndarray, k: int) -> np.ndarray:
 
 
 class ExitScorer:
-    """Per-exit regressions; callable on probabilities (N, K', C) -> scores (N, K')."""
+    """Per-exit logistic scores; callable on probabilities (N, K', C) -> scores (N, K').
+
+    Each exit holds either a constant (its correctness never varied on the fitting table) or the
+    standardisation and logistic weights of its regression as plain arrays, so a fitted scorer
+    is cheap to call and can be written to JSON (:meth:`to_dict`) for deployment.
+    """
 
     def __init__(self, models):
-        self.models = models  # one fitted classifier per exit, or None (constant-correctness exit)
+        self.models = [m if isinstance(m, float) else _linear_params(m) for m in models]
 
     def __call__(self, probs: np.ndarray) -> np.ndarray:
         probs = np.asarray(probs)
@@ -72,14 +77,36 @@ class ExitScorer:
             if isinstance(model, float):
                 out[:, k] = model + 1e-3 * probs[:, k].max(axis=1)  # constant exit: fall back to max-prob order
             else:
-                out[:, k] = model.predict_proba(exit_features(probs, k))[:, 1]
+                z = (exit_features(probs, k) - model["mean"]) / model["scale"] @ model["coef"] + model["intercept"]
+                out[:, k] = 1.0 / (1.0 + np.exp(-z))
         return out
+
+    def to_dict(self) -> dict:
+        return {"kind": "dynexit.learned_exit_score", "exits": [
+            m if isinstance(m, float) else {k: np.asarray(v).tolist() for k, v in m.items()} for m in self.models]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExitScorer":
+        if not isinstance(data, dict) or data.get("kind") != "dynexit.learned_exit_score":
+            raise ValueError("not a learned exit score (no kind 'dynexit.learned_exit_score')")
+        scorer = cls([])
+        scorer.models = [float(m) if isinstance(m, (int, float)) else
+                         {k: np.asarray(m[k], dtype=np.float64) if k != "intercept" else float(m[k])
+                          for k in ("mean", "scale", "coef", "intercept")} for m in data["exits"]]
+        return scorer
 
 
 def _fit_exit_model(x, y, c):
     if y.min() == y.max():  # all right or all wrong: nothing to learn
         return float(y[0])
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=500)).fit(x, y)
+
+
+def _linear_params(pipeline) -> dict:
+    """The arrays of a fitted StandardScaler + binary LogisticRegression pipeline."""
+    scaler, reg = pipeline[0], pipeline[-1]
+    return {"mean": scaler.mean_.copy(), "scale": scaler.scale_.copy(), "coef": reg.coef_[0].copy(),
+            "intercept": float(reg.intercept_[0])}
 
 
 class LearnedScoreSolver(BaseSolver):
