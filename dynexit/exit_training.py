@@ -57,15 +57,6 @@ def _trainable(model: nn.Module, parts: list[nn.Module]) -> list[nn.Parameter]:
     return list(params.values())
 
 
-def _forward_upto(model, x: torch.Tensor, last: int) -> list[torch.Tensor]:
-    """Logits of exits 0..last on the staged path (later stages are not run)."""
-    state, outs = model.init_state(x), []
-    for k in range(last + 1):
-        state, logits = model.forward_stage(k, state)
-        outs.append(logits)
-    return outs
-
-
 def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int = 1, lr: float = 1e-3,
                 weight_decay: float = 0.0, loss_weights=None, device="cpu", max_steps: int | None = None,
                 progress: bool = True, val_loader=None, label_smoothing: float = 0.0) -> dict:
@@ -133,7 +124,7 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
                     if step >= total:
                         break
                     x, y = x.to(device), y.to(device)
-                    outs = _forward_upto(model, x, max(exits))
+                    outs = model.forward_upto(x, max(exits))
                     ces = torch.stack([F.cross_entropy(outs[k], y, label_smoothing=label_smoothing) for k in exits])
                     loss = sum(loss_weights[k] * ce for k, ce in zip(exits, ces))
                     optimizer.zero_grad(set_to_none=True)

@@ -129,13 +129,7 @@ def forward_to_exit(model, k: int):
     """A function ``x -> logits of exit k`` that runs the stages up to k only."""
     if not 0 <= k < model.num_exits:
         raise ValueError(f"exit {k} out of range: the model has {model.num_exits} exits (0..{model.num_exits - 1})")
-
-    def fn(x):
-        state = model.init_state(x)
-        for j in range(k + 1):
-            state, logits = model.forward_stage(j, state)
-        return logits
-    return fn
+    return lambda x: model.forward_upto(x, k)[-1]
 
 
 def attribution(model, image, k: int, target: int | None = None, method: str = "integrated_gradients",

@@ -94,3 +94,20 @@ def test_normalisation_inside_model():
     m = tiny("static_cnn")
     x = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(m.init_state(x)["x"], (x - 0.2860) / 0.3530)
+
+
+@pytest.mark.parametrize("key", list(TINY))
+def test_forward_upto_runs_only_the_first_stages(key):
+    model = tiny(key).eval()
+    x = images(model, 3)
+    calls = []
+    real = model.forward_stage
+    model.forward_stage = lambda k, state: calls.append(k) or real(k, state)
+    with torch.no_grad():
+        full = model(x)
+        calls.clear()
+        first = model.forward_upto(x, 0)
+    assert calls == [0] and len(first) == 1
+    torch.testing.assert_close(first[0], full[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_upto(x, model.num_exits)

@@ -101,9 +101,15 @@ class MultiExitModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.forward_upto(x, self.num_exits - 1)
+
+    def forward_upto(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
+        """Logits of exits 0..``last`` on the staged path; the later stages are not run."""
+        if not 0 <= last < self.num_exits:
+            raise ValueError(f"exit {last} out of range: {self._label()} has {self.num_exits} exits (0..{self.num_exits - 1})")
         state = self.init_state(x)
         outs = []
-        for k in range(self.num_exits):
+        for k in range(last + 1):
             state, logits = self.forward_stage(k, state)
             outs.append(logits)
         return outs
