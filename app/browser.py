@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,22 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+from dynexit.viz import chromium_path  # noqa: F401 - the one Chromium lookup (PNG export uses it too)
+
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "app" / "streamlit_app.py"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-
-
-def chromium_path() -> str | None:
-    """The Chromium binary to use, or None when there is none."""
-    env = os.environ.get("DYNEXIT_CHROMIUM")
-    if env:
-        return env if Path(env).exists() else None
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 def free_port() -> int:

@@ -121,16 +121,14 @@ def build_figures(results: dict[str, dict]) -> dict:
 def write_pngs(figs: dict, out_dir: Path, width: int = 900, height: int = 480) -> list[Path]:
     """Write the figures as PNG with kaleido (it drives the system Chromium / Chrome)."""
     import os
-    import shutil
 
     import plotly.io as pio
 
+    from dynexit.viz import chromium_path
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("BROWSER_PATH"):
-        for exe in ("chromium", "chromium-browser", "google-chrome"):
-            if shutil.which(exe):
-                os.environ["BROWSER_PATH"] = shutil.which(exe)
-                break
+    if not os.environ.get("BROWSER_PATH") and chromium_path():
+        os.environ["BROWSER_PATH"] = chromium_path()  # kaleido's choreographer looks here
     paths = [out_dir / f"{k}.png" for k in figs]
     try:
         pio.write_images(list(figs.values()), [str(p) for p in paths], width=width, height=height)

@@ -39,6 +39,22 @@ def _layout(fig: go.Figure, title: str | None, height: int = 420, **kw) -> go.Fi
     return fig
 
 
+def chromium_path() -> str | None:
+    """The system Chromium / Chrome (``$DYNEXIT_CHROMIUM`` first), which PNG export and the browser tests drive."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    env = os.environ.get("DYNEXIT_CHROMIUM")
+    if env:
+        return env if Path(env).exists() else None
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
