@@ -72,6 +72,18 @@ def table(name: str, split: str = "test"):
     return _table(name, split, *_version(zoo.table_path(name, split)))
 
 
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _budget_view(name: str, solver: str, criterion: str, budget: float, zoo_dir: str, val_mtime: int, test_mtime: int):
+    return logic.budget_view(table(name, "val"), table(name, "test"), solver, criterion, budget)
+
+
+def budget_view(name: str, solver: str, criterion: str, budget: float) -> logic.BudgetView:
+    """Thresholds fitted on val at ``budget``, evaluated on test; shared by the explorer and the inspector,
+    so opening an image or switching pages does not refit the solver (seconds for the genetic one)."""
+    return _budget_view(name, solver, criterion, float(budget), str(zoo.zoo_dir()),
+                        _mtime(zoo.table_path(name, "val")), _mtime(zoo.table_path(name, "test")))
+
+
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=8)
 def _model(name: str, zoo_dir: str, mtime_ns: int):
     import torch

@@ -60,7 +60,7 @@ def budget_dependent():
         budget = common.budget_slider(name, test.costs, key="explorer_budget")
         if solver == "genetic":
             st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
-    view = logic.budget_view(val, test, solver, criterion, budget)
+    view = common.budget_view(name, solver, criterion, budget)
 
     c = st.columns(4)
     c[0].metric("Accuracy (test)", f"{view.accuracy:.2%}",

@@ -72,7 +72,7 @@ def budget_dependent():
             budget = common.budget_slider(name, test.costs, key="inspector_budget")
         else:
             budget = float(test.costs[0])
-        view = logic.budget_view(val, test, solver, criterion, budget)
+        view = common.budget_view(name, solver, criterion, budget)
         k = int(view.result.exits[row])
         right = bool(test.correct[row, k])
         st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of "
