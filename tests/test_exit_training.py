@@ -14,15 +14,6 @@ from dynexit.exit_training import STRATEGIES, train_exits
 from dynexit.models import MultiExitModel, create_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one thread beats two contended ones (OpenMP spin-waits on a loaded CPU)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def loader(n=48, batch=16, seed=0, shuffle=False):
     """Images whose label is written as a bright band at a label-dependent height (learnable)."""
     g = torch.Generator().manual_seed(seed)

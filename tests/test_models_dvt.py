@@ -19,15 +19,6 @@ COMBO_IDS = [f"feat{int(f)}-rel{int(r)}" for f, r in COMBOS]
 GRIDS = [(4, 4), (7, 7), (14, 14)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread is several times faster than two on a shared, loaded CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(feature_reuse=True, relationship_reuse=True, seed=0, **kwargs):
     torch.manual_seed(seed)
     return create_model("dvt_tiny", feature_reuse=feature_reuse, relationship_reuse=relationship_reuse, **kwargs).eval()

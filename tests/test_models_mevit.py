@@ -16,15 +16,6 @@ DEPTH = 3  # mevit_tiny: dim 32, 3 blocks, 2 heads, 7x7 tokens + class token
 ALL_TYPES = list(BRANCH_TYPES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one thread beats two contended ones (OpenMP spin-waits on a loaded CPU)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(exits, seed=0, **kwargs):
     torch.manual_seed(seed)
     return create_model("mevit_tiny", exits=exits, **kwargs)

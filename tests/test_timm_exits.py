@@ -34,15 +34,6 @@ BUILD = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one thread beats two contended ones (OpenMP spin-waits on a loaded CPU)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def build(key, seed=0):
     torch.manual_seed(seed)
     return BUILD[key]()

@@ -19,6 +19,7 @@ model (``mean`` / ``std`` buffers).
 from __future__ import annotations
 
 import contextlib
+import operator
 from typing import Any
 
 import numpy as np
@@ -115,6 +116,12 @@ class MultiExitModel(nn.Module):
         return outs
 
     # ------------------------------------------------------------------ parts, for exit training
+    def _check_exit(self, k: int) -> int:
+        k = operator.index(k)
+        if not 0 <= k < self.num_exits:
+            raise ValueError(f"exit index {k} out of range: {self._label()} has exits 0..{self.num_exits - 1}")
+        return k
+
     def exit_branch(self, k: int) -> nn.Module:
         """The modules that belong to exit k alone (its branch / classifier).
 

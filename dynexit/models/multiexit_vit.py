@@ -139,12 +139,6 @@ class MultiExitViT(MultiExitModel):
         return {"x": x}, self.vit.forward_head(self.vit.norm(x))
 
     # ------------------------------------------------------------------ parts, for exit training
-    def _check_exit(self, k: int) -> int:
-        k = operator.index(k)
-        if not 0 <= k < self.num_exits:
-            raise ValueError(f"exit index {k} out of range: {self._label()} has exits 0..{self.num_exits - 1}")
-        return k
-
     def exit_branch(self, k: int) -> nn.Module:
         """Exit k's branch; for the last exit, the backbone's head (fc_norm + linear)."""
         k = self._check_exit(k)

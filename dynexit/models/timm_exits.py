@@ -497,12 +497,6 @@ class TimmExitModel(MultiExitModel):
             self.train(was)
 
     # ------------------------------------------------------------------ parts, for exit training
-    def _check_exit(self, k: int) -> int:
-        k = operator.index(k)
-        if not 0 <= k < self.num_exits:
-            raise ValueError(f"exit index {k} out of range: {self._label()} has exits 0..{self.num_exits - 1}")
-        return k
-
     def exit_branch(self, k: int) -> nn.Module:
         """Exit k's head; for the last exit, the network's own classifier (what ``forward_head`` runs)."""
         k = self._check_exit(k)
