@@ -27,6 +27,7 @@ from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 from dynexit.layers.vit_attention import make_attention_capturable
+from dynexit.layers.vit_embed import embed_parts, embed_tokens
 from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
 from dynexit.models import register_model
 from dynexit.models._base import ModuleView, MultiExitModel
@@ -125,8 +126,7 @@ class MultiExitViT(MultiExitModel):
     # ------------------------------------------------------------------ staged forward
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embedding, prefix tokens and position embedding: (B, C, H, W) -> (B, N, D)."""
-        v = self.vit
-        return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+        return embed_tokens(self.vit, x)
 
     def forward_stage(self, k, state):
         x = state["x"]
@@ -154,9 +154,8 @@ class MultiExitViT(MultiExitModel):
         modules = [v.blocks[i] for i in self.segments[k]]
         params = {}
         if k == 0:
-            modules = [v.patch_embed, v.norm_pre] + modules
-            params = {n: getattr(v, n) for n in ("cls_token", "reg_token", "pos_embed")
-                      if getattr(v, n, None) is not None}
+            embed_modules, params = embed_parts(v)
+            modules = embed_modules + modules
         if k == self.num_exits - 1:
             modules.append(v.norm)
         return ModuleView(modules, params) if (modules or params) else None

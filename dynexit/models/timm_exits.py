@@ -60,6 +60,7 @@ from torch import nn
 
 from dynexit.layers.exit_heads import ConvExitHead
 from dynexit.layers.vit_attention import make_attention_capturable
+from dynexit.layers.vit_embed import embed_parts, embed_tokens
 from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
 from dynexit.models import create_model, register_model
 from dynexit.models._base import ModuleView, MultiExitModel
@@ -433,8 +434,7 @@ class TimmExitModel(MultiExitModel):
     # ------------------------------------------------------------------ staged forward
     def _run_unit(self, unit: str, x: torch.Tensor) -> torch.Tensor:
         if unit == EMBED:
-            v = self.model
-            return v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(x))))
+            return embed_tokens(self.model, x)
         return self.model.get_submodule(unit)(x)
 
     def forward_stage(self, k, state):
@@ -511,10 +511,8 @@ class TimmExitModel(MultiExitModel):
         modules, params = [], {}
         for unit in self.stage_units[k]:
             if unit == EMBED:
-                v = self.model
-                modules += [v.patch_embed, v.pos_drop, v.patch_drop, v.norm_pre]
-                params = {n: getattr(v, n) for n in ("cls_token", "reg_token", "pos_embed")
-                          if isinstance(getattr(v, n, None), nn.Parameter)}
+                embed_modules, params = embed_parts(self.model)
+                modules += embed_modules
             else:
                 modules.append(self.model.get_submodule(unit))
         return ModuleView(modules, params) if (modules or params) else None
