@@ -122,29 +122,6 @@ class RelationReuse(nn.Module):
         return list(r.split(self.num_heads, dim=1))
 
 
-class ReuseAttention(CapturingAttention):
-    """Capturable timm ``Attention`` that can also hand back its pre-softmax logits.
-
-    The logits include the additive ``attn_mask`` (as in the DVT reference code), so relationship
-    reuse carries through the whole cascade.
-    """
-
-    def forward_with_logits(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
-        """``(output, logits (B, heads, N, N))``; computes the softmax explicitly."""
-        if self.gate is not None:
-            raise NotImplementedError("attention logits are supported for plain (ungated) ViT attention")
-        B, N, _ = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
-        logits = (q * self.scale) @ k.transpose(-2, -1)
-        if attn_mask is not None:
-            logits = logits + attn_mask
-        attn = logits.softmax(dim=-1)
-        self.record_attention(attn, self.grid)
-        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(out))), logits
-
-
 class ReuseBlock(nn.Module):
     """Pre-norm ViT block (timm layout and parameter names) with DVT feature and relationship reuse.
 
@@ -160,7 +137,7 @@ class ReuseBlock(nn.Module):
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by {num_heads} heads")
         self.norm1 = norm_layer(dim)
-        self.attn = ReuseAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
+        self.attn = CapturingAttention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.reuse = reuse
         mlp_in = dim + (reuse.out_dim if reuse is not None else 0)
@@ -172,7 +149,7 @@ class ReuseBlock(nn.Module):
                 attn_bias: torch.Tensor | None = None, return_logits: bool = False):
         """Returns ``(x, attention logits or None)``; logits only with ``return_logits``."""
         if return_logits:
-            y, logits = self.attn.forward_with_logits(self.norm1(x), attn_mask=attn_bias)
+            y, logits = self.attn.explicit_forward(self.norm1(x), attn_mask=attn_bias)
         else:
             y, logits = self.attn(self.norm1(x), attn_mask=attn_bias), None
         x = x + self.drop_path1(y)

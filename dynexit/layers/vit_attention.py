@@ -31,11 +31,17 @@ class CapturingAttention(Attention, CapturesAttention):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if not self.capturing:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if is_causal or self.gate is not None:
+        if is_causal:
+            raise NotImplementedError("attention capture supports plain (non-causal, ungated) ViT attention")
+        return self.explicit_forward(x, attn_mask)[0]
+
+    def explicit_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
+        """``(output, pre-softmax logits (B, heads, N, N))`` with the softmax computed explicitly; the
+        weights go to the recorder when one is attached. The logits include ``attn_mask``."""
+        if self.gate is not None:
             raise NotImplementedError("attention capture supports plain (non-causal, ungated) ViT attention")
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         logits = (q * self.scale) @ k.transpose(-2, -1)
         if attn_mask is not None:
@@ -43,7 +49,7 @@ class CapturingAttention(Attention, CapturesAttention):
         attn = logits.softmax(dim=-1)
         self.record_attention(attn, self.grid)
         out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(out)))
+        return self.proj_drop(self.proj(self.norm(out))), logits
 
 
 def make_attention_capturable(blocks: nn.Module, grid: tuple[int, int], num_prefix_tokens: int,
