@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 STRATEGIES = ("classifier-wise", "end-to-end", "layer-wise")
@@ -81,7 +80,7 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
     """
     from tqdm.auto import tqdm
 
-    from dynexit.train import evaluate, pick_device
+    from dynexit.train import evaluate, multi_exit_loss, pick_device
 
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown exit-training strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -125,14 +124,14 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
                         break
                     x, y = x.to(device), y.to(device)
                     outs = model.forward_upto(x, max(exits))
-                    ces = torch.stack([F.cross_entropy(outs[k], y, label_smoothing=label_smoothing) for k in exits])
-                    loss = sum(loss_weights[k] * ce for k, ce in zip(exits, ces))
+                    loss, ces = multi_exit_loss([outs[k] for k in exits], y, [loss_weights[k] for k in exits],
+                                                label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     schedule.step()
                     step += 1
-                    sums += ces.detach().cpu() * len(y)
+                    sums += torch.tensor(ces) * len(y)
                     seen += len(y)
                     bar.set_postfix(loss="/".join(f"{v:.3f}" for v in (sums / seen).tolist()))
                 bar.close()
