@@ -26,6 +26,7 @@ class BudgetView:
     solver: str
     criterion: str
     thresholds: np.ndarray   # (K,)
+    rule: object             # the criterion for dynexit.inference.early_exit: a name, or the learned scorer
     result: ExitResult       # test: exits, correct, histogram
     scores: np.ndarray       # (N, K) the solver's exit score of every test image at every exit
     confidence: np.ndarray   # (N,) max-probability at the exit each image took
@@ -65,26 +66,17 @@ def budget_view(val, test, solver: str, criterion: str, budget: float) -> Budget
         thresholds = np.array([-np.inf])
         result = evaluate_thresholds(test, scores, thresholds)
         val_cost, val_acc = float(val.costs[0]), float(val.exit_accuracy()[0])
+        rule = criterion
     else:
         fitted = solvers.make(solver, float(budget), criterion).fit(val)
         result = fitted.evaluate(test)
         scores, thresholds = fitted.scores(test), fitted.thresholds_
         val_cost, val_acc = float(fitted.expected_cost_), float(fitted.expected_accuracy_)
-    return BudgetView(float(budget), solver, criterion, np.asarray(thresholds, dtype=np.float64), result,
+        rule = getattr(fitted, "criterion", criterion)  # the learned solver's fitted scorer
+    return BudgetView(float(budget), solver, criterion, np.asarray(thresholds, dtype=np.float64), rule, result,
                       np.asarray(scores), metrics.confidence_at_exit(test, result),
                       metrics.easy_hard(test, result)["overthinking"], float(test.exit_accuracy()[-1]),
                       val_cost, val_acc)
-
-
-def early_exit_rule(val, solver: str, criterion: str, budget: float):
-    """(thresholds (K,), criterion for :func:`dynexit.inference.early_exit`) fitted on val at ``budget``.
-
-    The learned solver returns its fitted scorer as the criterion (a callable on exits 1..k).
-    """
-    if val.num_exits == 1:
-        return np.array([-np.inf]), criterion
-    fitted = solvers.make(solver, float(budget), criterion).fit(val)
-    return np.asarray(fitted.thresholds_, dtype=np.float64), getattr(fitted, "criterion", criterion)
 
 
 def slider_steps(costs, n: int = 100) -> tuple[float, float, float]:

@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from app import common, logic
+from app import common
 from dynexit import explain, images, viz
 
 name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
-val, test = common.table(name, "val"), common.table(name, "test")
+test = common.table(name, "test")
 names = list(test.exit_names)
 K = test.num_exits
 
@@ -26,31 +26,35 @@ polarity = c2.radio("Invert (Fashion-MNIST is light on black)", ["auto", "invert
                     key="upload_invert", help="auto inverts when the background is light, e.g. a photo on white paper.")
 
 
-def preview(data: bytes) -> np.ndarray | None:
-    """A small RGB copy of the upload for display (None if the browser-side preview is not possible)."""
+@st.cache_data(show_spinner="Converting the image ...", max_entries=8)
+def convert(data: bytes, polarity: str) -> tuple[images.PreparedImage | str, np.ndarray | None]:
+    """(what the model sees, or the reason the file is refused; a small RGB preview or None), once per upload:
+    moving the budget slider does not decode the file again."""
+    try:
+        prepared = images.prepare_image(data, invert={"auto": "auto", "invert": True, "keep": False}[polarity])
+    except images.ImageRejected as err:
+        return str(err), None
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.draft("RGB", (256, 256))
             im.thumbnail((256, 256))
-            return np.asarray(im.convert("RGB"))
-    except Exception:  # odd modes (16-bit, CMYK) may not preview; the conversion below reports real problems
-        return None
+            small = np.asarray(im.convert("RGB"))
+    except Exception:  # odd modes (16-bit, CMYK) may not preview; prepare_image has accepted the file
+        small = None
+    return prepared, small
 
 
 if upload is None:
     st.info("Upload an image to start.")
     st.stop()
 
-data = upload.getvalue()
-try:
-    prepared = images.prepare_image(data, invert={"auto": "auto", "invert": True, "keep": False}[polarity])
-except images.ImageRejected as err:
-    st.error(f"Cannot use **{upload.name}**: {err}.")
+prepared, small = convert(upload.getvalue(), polarity)
+if isinstance(prepared, str):
+    st.error(f"Cannot use **{upload.name}**: {prepared}.")
     st.stop()
 
 a, b, c = st.columns([1, 1, 2])
 with a:
-    small = preview(data)
     if small is not None:
         st.image(small, caption=f"your image ({prepared.original_size[0]} x {prepared.original_size[1]})")
 with b:
@@ -60,7 +64,8 @@ with c:
     st.markdown("\n".join(f"- {n}" for n in prepared.notes))
 
 budget = common.budget_slider(name, test.costs, key="upload_budget") if K > 1 else float(test.costs[0])
-thresholds, rule = logic.early_exit_rule(val, solver, criterion, budget)
+view = common.budget_view(name, solver, criterion, budget)  # cached: shared with the other pages
+thresholds, rule = view.thresholds, view.rule
 show_all = st.checkbox("Also compute the exits after the one it leaves at (to compare; they do not change the exit)",
                        key="upload_all")
 trace = explain.traced_early_exit(common.model(name), prepared.array, thresholds, rule, run_all=show_all)
