@@ -242,6 +242,59 @@ def claims_sections(results: dict[str, dict]) -> list[str]:
     return L
 
 
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+
+def targets_section(results: dict[str, dict]) -> list[str]:
+    """The zoo's targets, each with the measured number and met / not met / not measured."""
+    rows = []
+    dp = results.get("dynperceiver_fmnist")
+    final = dp["test_exit_accuracy"][-1] if dp else None
+    rows.append(["Dynamic Perceiver final exit >= 94.0%", "n/a" if dp is None else f"{_pct(final)}%",
+                 _verdict(None if dp is None else final >= 0.94)])
+    m = (dp or {}).get("match_final")
+    rows.append(["Dynamic Perceiver reaches its final accuracy (within 0.1 pt) at <= 40% of its cost",
+                 "n/a" if dp is None else ("never" if m is None else f"{100 * m['share_of_full']:.1f}% "
+                                           f"({m['test_cost']:.2f} of {dp['costs'][-1]:.2f} MFLOPs)"),
+                 _verdict(None if dp is None else (m is not None and m["share_of_full"] <= 0.40))])
+    t = (((dp or {}).get("bench") or {}).get("timings") or {}).get("batch256")
+    rows.append(["Dynamic Perceiver measured CPU speedup (batch 256) >= 0.8x its FLOPs speedup",
+                 "n/a" if not t else f"{t['ratio_to_theoretical']:.2f}x ({t['measured_speedup']:.2f}x measured vs "
+                                     f"{dp['bench']['theoretical_speedup']:.2f}x FLOPs)",
+                 _verdict(None if not t else t["ratio_to_theoretical"] >= 0.8)])
+    multi = {n: r for n, r in results.items() if "curves" in r}
+    worst = min(multi.items(), key=lambda kv: kv[1]["default_vs_geometric"]["worst"]) if multi else None
+    rows.append([f"Default solver never worse than geometric beyond 0.1 pt ({N_BUDGETS} budgets, every model)",
+                 "n/a" if worst is None else f"worst {100 * worst[1]['default_vs_geometric']['worst']:+.2f} pt ({worst[0]})",
+                 _verdict(None if worst is None else worst[1]["default_vs_geometric"]["worst"] >= -TIE)])
+    for n in ("mevit_fmnist", "dvt_fmnist"):
+        r = results.get(n)
+        rows.append([f"{n} final exit >= 92%", "not shipped" if r is None else f"{_pct(r['test_exit_accuracy'][-1])}%",
+                     _verdict(None if r is None else r["test_exit_accuracy"][-1] >= 0.92)])
+    return ["## Targets", "", "Measured on the shipped files (test split).", "",
+            _md_table(["target", "measured", "verdict"], rows), ""]
+
+
+def training_section(names: list[str]) -> list[str]:
+    """How long each shipped model trained, on what (from its weights' sidecar), and what is not shipped."""
+    rows = []
+    for n in names:
+        info = zoo.info(n)
+        train, on = info.get("train") or {}, info.get("trained_on") or {}
+        secs = train.get("train_seconds")
+        rows.append([n, train.get("epochs", "?"), "?" if secs is None else f"{secs / 3600:.1f}",
+                     on.get("device", "?"), f"`{info['reproduce']}`"])
+    L = ["## Training", "", "Wall time summed over the epochs in each model's training history (runs interrupted and "
+         "resumed count only the epochs they trained; a loaded machine shows in the time).", "",
+         _md_table(["model", "epochs", "hours", "device", "rebuild"], rows), ""]
+    missing = [n for n in zoo.list() if n not in names]
+    if missing:
+        L += ["Not shipped yet (no tables in `data/zoo`): " + ", ".join(f"`{n}`" for n in missing)
+              + ". Each rebuilds with `dynexit zoo reproduce NAME`.", ""]
+    return L
+
+
 def build_report(out: str | Path = "docs/results.md", figures: bool = True) -> dict:
     """Compute everything, write the page (and PNGs under ``figures/`` next to it); returns the results."""
     out = Path(out)
@@ -249,7 +302,7 @@ def build_report(out: str | Path = "docs/results.md", figures: bool = True) -> d
     results = {n: model_results(n) for n in names}
     extras = {"date": _dt.date.today().isoformat(),
               "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-              "sections": claims_sections(results)}
+              "sections": targets_section(results) + claims_sections(results) + training_section(names)}
     out.parent.mkdir(parents=True, exist_ok=True)
     if figures and results:
         write_pngs(build_figures(results), out.parent / "figures")

@@ -43,6 +43,10 @@ def test_report_writes_page_with_claims_tables_and_figures(synthetic_zoo):
     # the last-exit claim is stated with the measured numbers
     a, s = dp["test_exit_accuracy"][-1], results["static_cnn_fmnist"]["test_exit_accuracy"][-1]
     assert f"{100 * a:.2f}% vs {100 * s:.2f}%" in page
+    # targets are stated with their numbers; models without tables are listed as not shipped
+    assert f"| Dynamic Perceiver final exit >= 94.0% | {100 * a:.2f}% | {'met' if a >= 0.94 else '**not met**'} |" in page
+    assert "| mevit_fmnist final exit >= 92% | not shipped | not measured |" in page
+    assert "Not shipped yet" in page and "`dvt_fmnist_noreuse`" in page and "## Training" in page
     pngs = sorted(p.name for p in (synthetic_zoo / "docs" / "figures").glob("*.png"))
     assert "curve_all.png" in pngs and "curve_dynperceiver_fmnist.png" in pngs and "anytime_all.png" in pngs
     for p in pngs:
