@@ -27,12 +27,8 @@ def fit_thresholds(val_table, budget: float, solver: str | None = None, criterio
     """Fit a solver on the val table; returns ``(thresholds (K,), criterion for early_exit, solver)``."""
     from dynexit import solvers
 
-    name = solver or getattr(solvers, "DEFAULT", "geometric")
-    if hasattr(solvers, "make"):
-        fitted = solvers.make(name, budget=budget, criterion=criterion).fit(val_table)
-    else:
-        fitted = solvers.get(name)(budget=budget).fit(val_table)
-    crit = getattr(fitted, "criterion", criterion)
+    fitted = solvers.make(solver or solvers.DEFAULT, budget=budget, criterion=criterion).fit(val_table)
+    crit = getattr(fitted, "criterion", criterion)  # the learned solver's fitted exit score
     return np.asarray(fitted.thresholds_, dtype=np.float64), crit, fitted
 
 
