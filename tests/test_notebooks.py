@@ -8,6 +8,9 @@ through ``dynexit.zoo`` only. An error inside a widget callback counts too: ipyw
 swallows the exception and prints the traceback into the widget, so the widget outputs nbclient
 records are searched for errors.
 
+``DYNEXIT_NOTEBOOK_ZOO=data/zoo`` runs them on a real zoo instead (e.g. the shipped one, to check the
+prose against real numbers); a notebook whose models that zoo lacks fails with the zoo's error.
+
 Notebooks 04 and 06 train on a slice of the Fashion-MNIST training split: skipped without it (the
 ``dataset-fashion-mnist`` Debian package or ``$DYNEXIT_DATA``; ``.ci/run`` installs the package).
 """
@@ -73,7 +76,9 @@ def _widget_errors(nb) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
+def notebook_zoo(tmp_path_factory):
+    if os.environ.get("DYNEXIT_NOTEBOOK_ZOO"):
+        return Path(os.environ["DYNEXIT_NOTEBOOK_ZOO"]).resolve()
     return build_tiny_zoo(tmp_path_factory.getbasetemp() / "notebook_zoo")
 
 
@@ -101,12 +106,12 @@ def test_notebook_is_stripped_and_follows_the_house_rules(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom(path, tiny_zoo, tmp_path, monkeypatch):
+def test_notebook_runs_top_to_bottom(path, notebook_zoo, tmp_path, monkeypatch):
     if path.stem in NEEDS_TRAIN_SPLIT and not HAS_TRAIN:
         pytest.skip("needs the Fashion-MNIST training split: `apt-get install dataset-fashion-mnist` "
                     "(.ci/run installs it) or $DYNEXIT_DATA")
     # the kernel inherits this environment
-    monkeypatch.setenv("DYNEXIT_ZOO", str(tiny_zoo))
+    monkeypatch.setenv("DYNEXIT_ZOO", str(notebook_zoo))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a notebook writes to a temporary folder lands here
