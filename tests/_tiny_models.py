@@ -26,3 +26,25 @@ def tiny(key, seed=0):
 def images(model, n=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, model.in_chans, *model.input_size, generator=g)
+
+
+def assert_staged_equals_forward(m, x):
+    """The staged form (init_state, forward_stage per exit) gives forward's logits at every exit."""
+    with torch.no_grad():
+        full = m(x)
+        state = m.init_state(x)
+        for k in range(m.num_exits):
+            state, logits = m.forward_stage(k, state)
+            torch.testing.assert_close(logits, full[k])
+    return full
+
+
+def capture_keeps_outputs(m, x):
+    """Run ``m`` with and without attention capture; the outputs must match. Returns the recorder."""
+    with torch.no_grad():
+        ref = m(x)
+        with m.capture_attention() as rec:
+            out = m(x)
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    return rec

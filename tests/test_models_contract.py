@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dynexit.models import MultiExitModel, create_model, list_models, register_model
-from _tiny_models import TINY, images, tiny
+from _tiny_models import TINY, assert_staged_equals_forward, images, tiny
 
 
 @pytest.mark.parametrize("key", list(TINY))
@@ -23,13 +23,7 @@ def test_output_shapes_and_names(key):
 @pytest.mark.parametrize("key", list(TINY))
 def test_staged_form_equals_forward(key):
     m = tiny(key).eval()
-    x = images(m, 4)
-    with torch.no_grad():
-        full = m(x)
-        state = m.init_state(x)
-        for k in range(m.num_exits):
-            state, lg = m.forward_stage(k, state)
-            torch.testing.assert_close(lg, full[k])
+    assert_staged_equals_forward(m, images(m, 4))
 
 
 @pytest.mark.parametrize("key", list(TINY))

@@ -14,6 +14,8 @@ from dynexit.inference import early_exit, exits_from_logits
 from dynexit.layers.dvt_reuse import FeatureReuse, ReuseBlock, resize_grid_axis, resize_relations
 from dynexit.models import create_model, list_models
 
+from _tiny_models import capture_keeps_outputs
+
 COMBOS = list(itertools.product([True, False], repeat=2))  # (feature_reuse, relationship_reuse)
 COMBO_IDS = [f"feat{int(f)}-rel{int(r)}" for f, r in COMBOS]
 GRIDS = [(4, 4), (7, 7), (14, 14)]
@@ -236,13 +238,7 @@ def test_early_exit_keeps_only_remaining_rows():
 
 def test_attention_capture_per_stage():
     m = tiny(seed=3, depths=(1, 2, 1))
-    x = images(5)
-    with torch.no_grad():
-        ref = m(x)
-        with m.capture_attention() as rec:
-            out = m(x)
-    for a, b in zip(ref, out):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    rec = capture_keeps_outputs(m, images(5))
     assert rec.names() == ["s0.block0", "s1.block0", "s1.block1", "s2.block0"]
     for amap in rec:
         k = amap.stage

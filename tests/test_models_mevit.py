@@ -12,6 +12,8 @@ from dynexit.layers.vit_exit_branches import BRANCH_TYPES, branch_options, creat
 from dynexit.models import create_model, list_models
 from test_inference import _quantile_thresholds
 
+from _tiny_models import assert_staged_equals_forward, capture_keeps_outputs
+
 DEPTH = 3  # mevit_tiny: dim 32, 3 blocks, 2 heads, 7x7 tokens + class token
 ALL_TYPES = list(BRANCH_TYPES)
 
@@ -29,12 +31,7 @@ def check_early_exit_and_costs(m, n=32):
     """Same exits and logits as the table path (some samples leaving early), monotone costs ending at forward's."""
     m.eval()
     x = images(n, seed=1)
-    with torch.no_grad():
-        outs = m(x)
-        state = m.init_state(x)
-        for k in range(m.num_exits):
-            state, lg = m.forward_stage(k, state)
-            torch.testing.assert_close(lg, outs[k])
+    outs = assert_staged_equals_forward(m, x)
     t = _quantile_thresholds(outs, "max_prob", q=0.6)
     logits, exits = early_exit(m, x, t)
     ref_exits, ref_logits = exits_from_logits(outs, t)
@@ -171,12 +168,7 @@ def test_no_class_token_pools_the_mean():
 def test_attention_capture_per_block_and_vit_branch():
     m = tiny([[0, "mlp"], [1, "vit"], [1, "cnn_add"]]).eval()
     x = images(5)
-    with torch.no_grad():
-        ref = m(x)
-        with m.capture_attention() as rec:
-            out = m(x)
-    for a, b in zip(ref, out):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    rec = capture_keeps_outputs(m, x)
     assert rec.names() == ["block0", "block1", "block1_vit_attn0", "block2"]
     assert [a.stage for a in rec] == [0, 1, 1, 3]  # block i runs in the stage of the exit that first needs it
     for a in rec:
