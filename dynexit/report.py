@@ -160,7 +160,7 @@ def render(results: dict[str, dict], extras: dict, fig_dir: str = "figures") -> 
                      "-" if m is None else f"{m['test_cost']:.2f} ({100 * m['share_of_full']:.0f}%, "
                                           f"{1 / m['share_of_full']:.2f}x)" if "curves" in r else "-",
                      "-" if not t else f"{t['measured_speedup']:.2f}x vs {b['theoretical_speedup']:.2f}x "
-                                       f"({t['ratio_to_theoretical']:.2f})"])
+                                       f"({t['ratio_to_theoretical']:.2f}; {b.get('torch_threads', '?')} torch thread(s))"])
     L += [_md_table(["model", "exits", "full MFLOPs", "final exit test acc (%)",
                      "MFLOPs to match the final exit (within 0.1 pt; share, FLOPs speedup)",
                      "measured CPU speedup, batch 256 (vs FLOPs speedup; ratio)"], rows), ""]
