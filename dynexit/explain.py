@@ -127,8 +127,7 @@ def attention_views(model, image, maps: list[AttentionMap] | None = None) -> lis
 
 def forward_to_exit(model, k: int):
     """A function ``x -> logits of exit k`` that runs the stages up to k only."""
-    if not 0 <= k < model.num_exits:
-        raise ValueError(f"exit {k} out of range: the model has {model.num_exits} exits (0..{model.num_exits - 1})")
+    k = model._check_exit(k)  # now, not at the first call
     return lambda x: model.forward_upto(x, k)[-1]
 
 

@@ -127,8 +127,9 @@ def write_pngs(figs: dict, out_dir: Path, width: int = 900, height: int = 480) -
     from dynexit.viz import chromium_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("BROWSER_PATH") and chromium_path():
-        os.environ["BROWSER_PATH"] = chromium_path()  # kaleido's choreographer looks here
+    browser = chromium_path()
+    if not os.environ.get("BROWSER_PATH") and browser:
+        os.environ["BROWSER_PATH"] = browser  # kaleido's choreographer looks here
     paths = [out_dir / f"{k}.png" for k in figs]
     try:
         pio.write_images(list(figs.values()), [str(p) for p in paths], width=width, height=height)

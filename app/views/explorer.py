@@ -7,7 +7,7 @@ from app import common, logic
 from dynexit import viz
 
 name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
-val, test = common.table(name, "val"), common.table(name, "test")
+test = common.table(name, "test")
 names = list(test.exit_names)
 K = test.num_exits
 

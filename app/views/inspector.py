@@ -8,7 +8,7 @@ from app import common, logic
 from dynexit import explain, viz
 
 name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
-val, test = common.table(name, "val"), common.table(name, "test")
+test = common.table(name, "test")
 names = list(test.exit_names)
 K, N = test.num_exits, test.num_samples
 HOW = ["from the gallery", "by index", "by class", "hardest", "easiest"]

@@ -106,8 +106,7 @@ class MultiExitModel(nn.Module):
 
     def forward_upto(self, x: torch.Tensor, last: int) -> list[torch.Tensor]:
         """Logits of exits 0..``last`` on the staged path; the later stages are not run."""
-        if not 0 <= last < self.num_exits:
-            raise ValueError(f"exit {last} out of range: {self._label()} has {self.num_exits} exits (0..{self.num_exits - 1})")
+        last = self._check_exit(last)
         state = self.init_state(x)
         outs = []
         for k in range(last + 1):
