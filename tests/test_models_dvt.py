@@ -288,13 +288,13 @@ def test_bad_configs_are_clear_errors():
 def test_registered_configs():
     assert {"dvt_tiny", "dvt_fmnist", "dvt_fmnist_noreuse", "dvt_deit_small"} <= set(list_models("dvt*"))
     full, ablation = create_model("dvt_fmnist"), create_model("dvt_fmnist_noreuse")
-    assert full.grids == ablation.grids == tuple(GRIDS)
+    assert full.grids == ablation.grids == ((4, 4), (6, 6), (7, 7))  # patch 5 pads the image to 30x30
     assert not ablation.feature_reuse and not ablation.relationship_reuse
     assert not [n for n, _ in ablation.named_parameters() if "reuse" in n]
     names = [n for n, _ in full.named_parameters()]
     assert any(".reuse." in n for n in names) and any(".relation_reuse." in n for n in names)
     c = full.exit_costs()
-    assert c[0] < 0.05 * c[-1]  # the first ViT is cheap
+    assert c[0] < 0.1 * c[-1]  # the first ViT is cheap
     # ImageNet-size cascade (shrunk for speed): 7x7 / 10x10 / 14x14 tokens on 224x224, padded 23-pixel patches
     big = create_model("dvt_deit_small", embed_dims=24, depths=1, num_heads=2, num_classes=7).eval()
     assert big.grids == ((7, 7), (10, 10), (14, 14))

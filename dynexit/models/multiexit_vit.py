@@ -74,7 +74,7 @@ class MultiExitViT(MultiExitModel):
     **vit_kwargs : more timm ``VisionTransformer`` options (``qk_norm``, ``reg_tokens``, ...)
     """
 
-    def __init__(self, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+    def __init__(self, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,
                  mlp_ratio=4.0, exits=(), branch_hidden: int | None = None, branch_drop: float = 0.0,
                  class_token: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, mean=None, std=None, loss_weights=None, **vit_kwargs):
@@ -200,11 +200,11 @@ def mevit_tiny(**kwargs) -> MultiExitViT:
 
 @register_model
 def mevit_fmnist(**kwargs) -> MultiExitViT:
-    """Multi-Exit ViT for Fashion-MNIST: 28x28 gray, patch 4 (7x7 tokens), dim 128, 6 blocks, 4 heads.
+    """Multi-Exit ViT for Fashion-MNIST: 28x28 gray, patch 4 (7x7 tokens), dim 64, 6 blocks, 4 heads.
 
     Exits after blocks 1, 2, 3, 4 (0-based) and the head.
     """
-    cfg = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
+    cfg = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,
                mlp_ratio=4.0, branch_drop=0.1, exits=[[1, "cnn_add"], [2, "vit"], [3, "mlp"], [4, "mlp"]])
     return MultiExitViT(**{**cfg, **kwargs})
 
