@@ -231,9 +231,8 @@ def claims_sections(results: dict[str, dict]) -> list[str]:
         holds = all(a > b for a, b in later)
         L += [f"- Reuse beats no reuse at exits 2 and 3: **{'holds' if holds else 'does not hold'}** ("
               + "; ".join(f"exit {k + 2}: {_pct(a)}% vs {_pct(b)}%" for k, (a, b) in enumerate(later)) + ").", ""]
-    study = zoo.zoo_dir() / "mevit_fmnist.branch_study.json"
-    if study.exists():
-        data = json.loads(study.read_text())
+    if zoo.branch_study_path("mevit_fmnist").exists():
+        data = zoo.load_branch_study("mevit_fmnist")
         rows = [[r["block"], r["type"], f"{r['mflops']:.2f}", _pct(r["accuracy"]), "yes" if r.get("practical") else "",
                  "yes" if r.get("selected") else ""] for r in data["rows"]]
         L += ["## Multi-Exit ViT branch study", "", "Every branch type at every candidate block, trained classifier-wise "

@@ -159,6 +159,32 @@ def load_bench(name: str) -> dict | None:
         raise _damaged(path, name, err) from None
 
 
+def branch_study_path(name: str) -> Path:
+    return zoo_dir() / f"{_entry(name).name}.branch_study.json"
+
+
+def load_branch_study(name: str) -> dict:
+    """The classifier-wise branch study that chose the exits of ``name`` (pipeline "branch-study").
+
+    ``{"rows": [{"block", "type", "accuracy" (val), "mflops", "best_of_block", "practical",
+    "selected"}, ...], "exits": the chosen [[block, type], ...], "settings", "seconds"}``.
+    """
+    entry = _entry(name)
+    if entry.pipeline != "branch-study":
+        raise ValueError(f"zoo model {name!r} was trained {entry.pipeline}, without a branch study; "
+                         f"models with one: {', '.join(n for n, e in ENTRIES.items() if e.pipeline == 'branch-study')}")
+    path = branch_study_path(name)
+    if not path.exists():
+        raise _missing(path, name, "branch study")
+    try:
+        study = json.loads(path.read_text())
+        if not isinstance(study, dict) or not isinstance(study.get("rows"), builtins.list):
+            raise ValueError("no list of rows")
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+        raise _damaged(path, name, err) from None
+    return study
+
+
 def info(name: str) -> dict:
     """What the zoo knows about ``name``: summary, recipe, files, costs and accuracies."""
     from dynexit.checkpoint import read_sidecar
@@ -285,7 +311,7 @@ def _train_with_branch_study(entry: ZooEntry, work: Path, device: str, progress:
     ckpt = save_checkpoint(model.cpu(), work / "checkpoint.safetensors", val_accuracy=hist["val_accuracy"],
                            recipe={**entry.recipe, "study": cfg}, extra={"history": history})
     zoo_dir().mkdir(parents=True, exist_ok=True)
-    (zoo_dir() / f"{entry.name}.branch_study.json").write_text(json.dumps(study, indent=1))
+    branch_study_path(entry.name).write_text(json.dumps(study, indent=1))
     return ckpt, info
 
 
@@ -311,7 +337,7 @@ def reproduce(name: str, device: str = "auto", work_dir: str | os.PathLike = "ru
         train_info = {}
         if (work / "branch_study.json").exists():
             zoo_dir().mkdir(parents=True, exist_ok=True)
-            (zoo_dir() / f"{name}.branch_study.json").write_text((work / "branch_study.json").read_text())
+            branch_study_path(name).write_text((work / "branch_study.json").read_text())
     else:
         ckpt, train_info = _PIPELINES[entry.pipeline](entry, work, device, progress)
     zoo_dir().mkdir(parents=True, exist_ok=True)

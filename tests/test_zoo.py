@@ -117,7 +117,8 @@ def test_branch_study_pipeline_keeps_practical_branches_on_a_frozen_backbone(tmp
     from dynexit.checkpoint import load_checkpoint
     backbone = load_checkpoint(tmp_path / "runs" / "backbone" / "checkpoint.safetensors")
     model = load_checkpoint(ckpt)
-    saved = json.loads((tmp_path / "zoo" / "tiny_mevit_fmnist.branch_study.json").read_text())
+    saved = zoo.load_branch_study(entry.name)
+    assert saved == json.loads((tmp_path / "zoo" / "tiny_mevit_fmnist.branch_study.json").read_text())
     assert {(r["block"], r["type"]) for r in saved["rows"] if r["type"] != "head"} == {
         (0, "mlp"), (0, "cnn_add"), (1, "mlp"), (1, "cnn_add")}
     assert model.arch_kwargs["exits"] == saved["exits"] and 1 <= len(saved["exits"]) <= 2
@@ -125,3 +126,14 @@ def test_branch_study_pipeline_keeps_practical_branches_on_a_frozen_backbone(tmp
     # classifier-wise: the final model's backbone is the trained backbone, bit for bit
     for k, v in backbone.vit.state_dict().items():
         assert torch.equal(v, model.vit.state_dict()[k]), k
+
+
+def test_load_branch_study_names_the_file_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path))
+    with pytest.raises(ValueError, match="without a branch study"):
+        zoo.load_branch_study("dvt_fmnist")
+    with pytest.raises(ValueError, match=r"mevit_fmnist\.branch_study\.json: missing file.*zoo reproduce mevit_fmnist"):
+        zoo.load_branch_study("mevit_fmnist")
+    zoo.branch_study_path("mevit_fmnist").write_text('{"rows": 3}')
+    with pytest.raises(ValueError, match="damaged zoo file"):
+        zoo.load_branch_study("mevit_fmnist")
