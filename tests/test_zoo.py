@@ -93,8 +93,11 @@ def test_shipped_test_table_is_reproduced_by_the_shipped_weights(name):
     np.testing.assert_allclose(table.costs, model.exit_costs(), rtol=1e-6)
     with torch.no_grad():
         again = build_table(model, "test", limit=256)
-    np.testing.assert_array_equal(again.predictions, table.subset(np.arange(256)).predictions)
-    # the table stores float16 logits: equal up to float16 rounding
+    # the table stores float16 logits, so compare predictions in that format: two logits a hair apart
+    # in float32 can round to the same float16 value, where the stored argmax takes the first class
+    stored = table.subset(np.arange(256)).predictions
+    np.testing.assert_array_equal(again.logits.astype(np.float16).argmax(-1), stored)
+    assert (again.predictions != stored).mean() < 0.01  # and float32 disagrees only on such ties
     np.testing.assert_allclose(again.logits, table.logits[:256], rtol=1e-3, atol=1e-2)
 
 
