@@ -285,7 +285,8 @@ def training_section(names: list[str]) -> list[str]:
         secs = train.get("train_seconds")
         rows.append([n, train.get("epochs", "?"), "?" if secs is None else f"{secs / 3600:.1f}",
                      on.get("device", "?"), f"`{info['reproduce']}`"])
-    L = ["## Training", "", "Wall time summed over the epochs in each model's training history (runs interrupted and "
+    L = ["## Training", "", "Wall time summed over each model's training history (its epochs, plus the branch study and exit training "
+         "of the Multi-Exit ViT; runs interrupted and "
          "resumed count only the epochs they trained; a loaded machine shows in the time).", "",
          _md_table(["model", "epochs", "hours", "device", "rebuild"], rows), ""]
     missing = [n for n in zoo.list() if n not in names]

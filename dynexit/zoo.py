@@ -235,7 +235,9 @@ def export_weights(checkpoint: Path, dest: Path, recipe: dict, extra: dict | Non
     meta = model.checkpoint_meta
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     history = meta.get("history") or []
-    summary = {"epochs": len(history), "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+    # the history holds one record per epoch, then (branch-study pipeline) one per later phase
+    summary = {"epochs": sum(1 for h in history if "epoch" in h),
+               "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
                "trained_recipe": meta.get("recipe")}
     return save_checkpoint(model, dest, val_accuracy=meta.get("val_accuracy"), recipe=recipe,
                            extra={"weights_storage": "float16", "history": history, "train": summary,
