@@ -224,7 +224,7 @@ def test_entrypoints():
     m = create_model("mevit_fmnist")
     assert m.num_exits >= 3 and m.input_size == (28, 28) and m.in_chans == 1 and m.grid == (7, 7)
     costs = m.exit_costs()
-    assert 40 < costs[-1] < 100 and np.all(np.diff(costs) > 0)
+    assert 15 < costs[-1] < 40 and np.all(np.diff(costs) > 0)  # width 64, 6 blocks, 49 tokens: ~20 MFLOPs
     m = create_model("mevit_fmnist", exits=[[2, "mlp"], [4, "vit"]], drop_path_rate=0.1)
     assert m.exit_names == ("block2_mlp", "block4_vit", "head")
     assert m.arch_kwargs == {"exits": [[2, "mlp"], [4, "vit"]], "drop_path_rate": 0.1}
