@@ -74,7 +74,7 @@ class MultiExitViT(MultiExitModel):
     **vit_kwargs : more timm ``VisionTransformer`` options (``qk_norm``, ``reg_tokens``, ...)
     """
 
-    def __init__(self, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,
+    def __init__(self, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=128, depth=6, num_heads=4,
                  mlp_ratio=4.0, exits=(), branch_hidden: int | None = None, branch_drop: float = 0.0,
                  class_token: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, mean=None, std=None, loss_weights=None, **vit_kwargs):
