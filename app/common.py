@@ -180,23 +180,32 @@ def sidebar() -> tuple[str, str, str]:
     return name, solver, criterion
 
 
-def budget_slider(name: str, costs, key: str, label: str = "Budget: mean MFLOPs per image") -> float:
-    """A budget slider for ``name``; its value is shared by every page's slider for that model.
+def _budget_moved(name: str, wkey: str):
+    """The user moved a budget slider: the one place the budget changes."""
+    st.session_state["budgets"][name] = float(st.session_state[wkey])
 
-    Widgets lose their state when their page is not shown, so the value is also kept in
-    ``st.session_state["budgets"][name]`` and restored when the slider comes back.
+
+def budget_slider(name: str, costs, key: str, label: str = "Budget: mean MFLOPs per image") -> float:
+    """A budget slider for ``name`` (MFLOPs per image); one budget per model, shared by every page.
+
+    The budget lives in ``st.session_state["budgets"][name]`` and changes only in the slider's
+    ``on_change`` callback, i.e. when the user moves a slider. The slider is created with that value as
+    its ``value`` (never left to default): Streamlit forgets a widget's state when its page is not shown
+    or a run stops before it (a rejected upload), and a slider created without ``value`` then comes back
+    in the browser at its default, the minimum, which the browser sends back as a "change" that
+    overwrote the budget on every page (issue 13). Nothing is written to the widget's key from code.
     """
     lo, hi, step = logic.slider_steps(costs)
     store = st.session_state.setdefault("budgets", {})
+    current = float(np.clip(store.get(name, logic.default_budget(costs)), lo, hi))
+    store.setdefault(name, current)
     wkey = f"{key}_{name}"
-    if wkey not in st.session_state:
-        st.session_state[wkey] = float(np.clip(store.get(name, logic.default_budget(costs)), lo, hi))
     decimals = max(0, int(-np.floor(np.log10(step))))
-    budget = st.slider(label, min_value=lo, max_value=hi, step=step, key=wkey, format=f"%.{decimals}f",
+    budget = st.slider(label, min_value=lo, max_value=hi, value=current, step=step, key=wkey,
+                       format=f"%.{decimals}f", on_change=_budget_moved, args=(name, wkey),
                        help="The average compute you allow per image, in millions of multiply-adds (MFLOPs). "
                             "Thresholds are fitted on the validation images to spend at most this on average; "
                             "the numbers below are measured on the 10,000 test images.")
-    store[name] = budget
     full = float(costs[-1])
     st.caption(f"Budget {budget:.{decimals}f} MFLOPs = **{min(budget / full, 1):.0%}** of the full model's "
                f"{full:.{decimals}f} MFLOPs, an allowed speedup of **{max(full / budget, 1):.2f}x**.")
