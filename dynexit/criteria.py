@@ -11,12 +11,21 @@ calls it on the exits computed so far and reads the last column).
   "BERT Loses Patience", NeurIPS 2020), with the max-prob as a tie-breaker in [0, 1).
 - ``random``: a seeded uniform score, the control every criterion should beat.
 
+Per-sample criteria (``random``): a criterion may take a keyword ``rows``, int (N,), the sample id
+of each row of ``probs``: its row in the table, or its position in the original batch of real early
+exit. Its score must be a function of (sample id, exit, probabilities), never of the row's
+position in ``probs``, because :func:`dynexit.inference.early_exit` scores only the samples still
+running and passes their original positions as ``rows``; that is what makes early exit and the
+table path (:func:`dynexit.inference.exits_from_logits`, the solvers) pick the same exits. Without
+``rows`` the sample ids are ``0..N-1``. :func:`apply` passes ``rows`` to criteria that take it.
+
 Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) is fitted
 per exit on validation logits; ECE uses equal-width confidence bins.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -57,10 +66,25 @@ def patience(probs: np.ndarray) -> np.ndarray:
     return run + np.minimum(probs.max(axis=2), 1 - 1e-7)
 
 
-def random_score(probs: np.ndarray, seed: int = 0) -> np.ndarray:
+def _check_rows(rows, n: int) -> np.ndarray:
+    rows = np.asarray(rows)
+    if rows.shape != (n,) or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"rows must be {n} integer sample ids (one per row of probs), got {rows.dtype} {rows.shape}")
+    if n and rows.min() < 0:
+        raise ValueError(f"rows are sample ids (table rows / batch positions) and cannot be negative, got {rows.min()}")
+    return rows.astype(np.int64, copy=False)
+
+
+def random_score(probs: np.ndarray, seed: int = 0, rows=None) -> np.ndarray:
+    """Uniform scores in [0, 1), (N, K), keyed by sample: the score of sample id ``r`` at exit ``j`` is
+    draw ``r`` of the stream ``numpy.random.default_rng([seed, j])``, whatever other rows are present
+    (``rows``: the sample ids, default ``0..N-1``; see the module docstring)."""
     n, k = _check(probs).shape[:2]
-    # one stream per exit, so the score of exit k does not depend on how many exits were computed
-    return np.stack([np.random.default_rng([seed, j]).random(n) for j in range(k)], axis=1)
+    rows = np.arange(n) if rows is None else _check_rows(rows, n)
+    size = int(rows.max()) + 1 if n else 0
+    # one stream per exit, so the score of exit j does not depend on how many exits were computed;
+    # the first `size` draws of a stream do not depend on `size`, so every sample id keeps its draw
+    return np.stack([np.random.default_rng([seed, j]).random(size)[rows] for j in range(k)], axis=1).reshape(n, k)
 
 
 CRITERIA: dict[str, Criterion] = {
@@ -84,6 +108,23 @@ def get(criterion: str | Criterion) -> Criterion:
         return CRITERIA[criterion]
     except KeyError:
         raise ValueError(f"unknown exit criterion {criterion!r}: choose one of {', '.join(CRITERIA)}") from None
+
+
+def takes_rows(criterion: str | Criterion) -> bool:
+    """Whether a criterion takes the keyword ``rows`` (sample ids; see the module docstring)."""
+    try:
+        return "rows" in inspect.signature(get(criterion)).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def apply(criterion: str | Criterion, probs: np.ndarray, rows=None) -> np.ndarray:
+    """Scores (N, K) of ``probs`` (N, K, C); ``rows`` (N,) the sample ids, passed on to criteria that
+    take them (``random``) and ignored by the others."""
+    fn = get(criterion)
+    if rows is not None and takes_rows(fn):
+        return np.asarray(fn(probs, rows=rows))
+    return np.asarray(fn(probs))
 
 
 def scores(table, criterion: str | Criterion = "max_prob", temperature=None) -> np.ndarray:

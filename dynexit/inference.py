@@ -6,7 +6,8 @@ stores the logits of the samples whose score reaches ``thresholds[k]``, and cont
 rows of the others only (``select_state``). The last exit takes everyone left.
 
 The result equals applying the same thresholds to ``forward(x)`` (the table path); the tests check
-it for every family.
+it for every family. Per-sample criteria (``random``) are keyed by each sample's position in ``x``
+(``rows=``, see :mod:`dynexit.criteria`), so they agree with the table path too.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_
             leave = np.ones(len(remaining), dtype=bool)
         else:
             history.append(exit_probabilities(logits))
-            scores = np.asarray(score_fn(np.stack(history, axis=1)))[:, -1]
+            # rows: the original positions, so per-sample criteria (`random`) score the sample, not its row now
+            scores = criteria.apply(score_fn, np.stack(history, axis=1), rows=remaining.numpy())[:, -1]
             leave = scores >= t[k]
         leave_t = torch.from_numpy(leave)
         if leave.any():
@@ -89,7 +91,9 @@ def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_
 
 
 def exits_from_logits(logits_per_exit, thresholds, criterion="max_prob") -> tuple[np.ndarray, np.ndarray]:
-    """The table path: exits (N,) and chosen logits (N, C) from every exit's logits (list of (N, C))."""
+    """The table path: exits (N,) and chosen logits (N, C) from every exit's logits (list of (N, C)).
+
+    Per-sample criteria see row i as sample i, as :func:`early_exit` sees position i of its batch."""
     stacked = np.stack([lg.detach().float().cpu().numpy() if isinstance(lg, torch.Tensor) else np.asarray(lg)
                         for lg in logits_per_exit], axis=1)
     k_total = stacked.shape[1]

@@ -1,14 +1,23 @@
 """Attention capture: layers that can hand their attention weights to a recorder.
 
 A layer mixing in :class:`CapturesAttention` calls ``self.record_attention(weights, grid)`` with
-weights ``(B, heads, queries, keys)``; while a recorder is attached (see
-``MultiExitModel.capture_attention``) the detached weights are appended to it, otherwise nothing
-is kept (no cost on the normal path).
+weights ``(B, heads, queries, keys)``; inside a :func:`recording` context (what
+``MultiExitModel.capture_attention`` opens) that names the layer, the detached weights are
+appended to the context's recorder, otherwise nothing is kept (no cost on the normal path).
+
+Thread safety: a model object may be shared by several threads (the app's cached resources,
+DESIGN 6), so no recorder is ever stored on a module. The active recordings live in a
+:class:`contextvars.ContextVar`: each thread (and each asyncio task) sees only the recordings it
+opened itself, so a capture in one thread never records, nor slows down, another thread's forward
+passes on the same modules.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import torch
 
@@ -77,15 +86,63 @@ class AttentionRecorder:
         self.maps.clear()
 
 
+@dataclass(frozen=True, eq=False)
+class _Recording:
+    layer_ids: frozenset[int]  # id() of the recorded layers; ``layers`` keeps them alive meanwhile
+    layers: tuple
+    recorder: AttentionRecorder
+
+
+# The recordings open in this thread / task, outermost first. A new thread starts with an empty
+# context, so it sees none of them.
+_ACTIVE: contextvars.ContextVar[tuple[_Recording, ...]] = contextvars.ContextVar("dynexit_attention_recordings",
+                                                                                 default=())
+
+
+@contextlib.contextmanager
+def recording(layers: Iterable["CapturesAttention"], recorder: AttentionRecorder | None = None
+              ) -> Iterator[AttentionRecorder]:
+    """Record the attention of ``layers`` during the forward passes run inside, in this thread only.
+
+    Yields the recorder (a new :class:`AttentionRecorder` unless one is given). Only the layers
+    named here record, and only when called from the thread / asyncio task that opened the context;
+    the same layers called meanwhile from another thread run their normal (fused) path. Nested
+    recordings each get every map of their own layers (an outer capture also sees what an inner
+    one recorded); they may be closed in any order.
+    """
+    layers = tuple(layers)
+    for m in layers:
+        if not isinstance(m, CapturesAttention):
+            raise ValueError(f"recording() takes attention layers that mix in CapturesAttention, got {type(m).__name__}")
+    rec = AttentionRecorder() if recorder is None else recorder
+    entry = _Recording(frozenset(id(m) for m in layers), layers, rec)
+    _ACTIVE.set(_ACTIVE.get() + (entry,))
+    try:
+        yield rec
+    finally:
+        # remove this entry only (not a token reset), so out-of-order exits keep the others open
+        _ACTIVE.set(tuple(e for e in _ACTIVE.get() if e is not entry))
+
+
+def _recorders_for(layer) -> list[AttentionRecorder]:
+    active = _ACTIVE.get()
+    if not active:  # the normal path: one ContextVar read
+        return []
+    key = id(layer)
+    return [e.recorder for e in active if key in e.layer_ids]
+
+
 class CapturesAttention:
-    """Mixin for modules whose attention weights can be captured."""
+    """Mixin for modules whose attention weights can be captured (see :func:`recording`).
+
+    The module itself holds only static naming info (``attn_name``, ``attn_kind``, ...), never
+    per-call state, so one instance can serve several threads at once.
+    """
 
     attn_name: str = "attention"
     attn_kind: str = "attention"
     attn_stage: int = 0
     attn_grid_axis: str | None = None
-    _attn_recorder: AttentionRecorder | None = None
-
     attn_num_prefix_tokens: int = 0
 
     def set_attention_info(self, name: str, kind: str, stage: int, grid_axis: str | None,
@@ -95,14 +152,20 @@ class CapturesAttention:
 
     @property
     def capturing(self) -> bool:
-        return self._attn_recorder is not None
+        """Whether a recording in the calling thread / task covers this layer."""
+        return bool(_recorders_for(self))
 
     def record_attention(self, weights: torch.Tensor, grid=None):
-        if self._attn_recorder is not None:
-            self._attn_recorder.maps.append(AttentionMap(
-                self.attn_name, self.attn_kind, self.attn_stage, weights.detach(),
-                None if grid is None else (int(grid[0]), int(grid[1])), self.attn_grid_axis,
-                self.attn_num_prefix_tokens))
+        """Append ``weights`` (B, heads, queries, keys), detached, to every recording of this layer
+        open in the calling thread; a no-op outside one."""
+        recorders = _recorders_for(self)
+        if not recorders:
+            return
+        amap = AttentionMap(self.attn_name, self.attn_kind, self.attn_stage, weights.detach(),
+                            None if grid is None else (int(grid[0]), int(grid[1])), self.attn_grid_axis,
+                            self.attn_num_prefix_tokens)
+        for rec in recorders:
+            rec.maps.append(amap)
 
 
 def attention_rollout(maps: list[AttentionMap], residual: float = 0.5) -> torch.Tensor:

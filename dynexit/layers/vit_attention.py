@@ -5,8 +5,10 @@ their per-block attention comes out in the same :class:`~dynexit.layers.Attentio
 Dynamic Perceiver's cross-attention (``grid_axis="both"``: class-token attention with
 ``AttentionMap.spatial()``, rollout with :func:`~dynexit.layers.attention_rollout`).
 
-The normal path is timm's own (fused scaled-dot-product attention); only while a recorder is
-attached does the layer compute the softmax explicitly so the weights can be kept.
+The normal path is timm's own (fused scaled-dot-product attention); only inside a recording that
+covers the layer, opened by the calling thread (see :func:`~dynexit.layers.attention_capture.recording`),
+does the layer compute the softmax explicitly so the weights can be kept. Another thread running the
+same layer meanwhile keeps the fused path.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ class CapturingAttention(Attention, CapturesAttention):
         return self.explicit_forward(x, attn_mask)[0]
 
     def explicit_forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None):
-        """``(output, pre-softmax logits (B, heads, N, N))`` with the softmax computed explicitly; the
-        weights go to the recorder when one is attached. The logits include ``attn_mask``."""
+        """``(output, pre-softmax logits (B, heads, N, N))`` with the softmax computed explicitly (DVT
+        relationship reuse needs the logits); the weights go to the calling thread's recordings of this
+        layer, if any. The logits include ``attn_mask``."""
         if self.gate is not None:
             raise NotImplementedError("attention capture supports plain (non-causal, ungated) ViT attention")
         B, N, _ = x.shape

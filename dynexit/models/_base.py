@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynexit.layers.attention_capture import AttentionRecorder, CapturesAttention
+from dynexit.layers.attention_capture import CapturesAttention, recording
 
 State = dict[str, Any]
 
@@ -149,21 +149,19 @@ class MultiExitModel(nn.Module):
 
     @contextlib.contextmanager
     def capture_attention(self):
-        """Record the attention weights of every capturable layer during the forward passes inside.
+        """Record the attention weights of this model's capturable layers during the forward passes
+        inside, in the calling thread only.
 
         >>> with model.capture_attention() as rec:
         ...     model(x)
         >>> rec["x2z3"].weights.shape   # (B, heads, queries, keys); rec["x2z3"].grid == (7, 7)
+
+        Nothing is stored on the model (see :func:`dynexit.layers.attention_capture.recording`):
+        another thread running the same model object meanwhile records nothing and keeps the fused
+        attention kernels. Captures nest; with two models, each capture records its own model only.
         """
-        rec = AttentionRecorder()
-        layers = list(self.attention_layers().values())
-        for m in layers:
-            m._attn_recorder = rec
-        try:
+        with recording(self.attention_layers().values()) as rec:
             yield rec
-        finally:
-            for m in layers:
-                m._attn_recorder = None
 
     # ------------------------------------------------------------------ helpers
     def _label(self) -> str:
