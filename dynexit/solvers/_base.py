@@ -95,7 +95,12 @@ def check_budget(budget, costs: np.ndarray) -> float:
     if budget < costs[0] * (1 - 1e-9):
         raise ValueError(f"budget {budget:.4g} MFLOPs is below the cheapest exit ({costs[0]:.4g} MFLOPs): "
                          f"no policy can spend less; choose a budget in [{costs[0]:.4g}, {costs[-1]:.4g}]")
-    return budget
+    # a budget a rounding error below the cheapest exit means "everyone at exit 1", which costs costs[0]
+    return max(budget, float(costs[0]))
+
+
+# relative slack of the budget check after fit: a mean of N equal costs can round a few ulp above them
+BUDGET_RTOL = 1e-9
 
 
 class BaseSolver(BaseEstimator):
@@ -112,8 +117,20 @@ class BaseSolver(BaseEstimator):
     def _store(self, table, thresholds: np.ndarray, scores: np.ndarray | None = None):
         """Set the learned attributes from the chosen thresholds on the fitting table."""
         scores = self.scores(table) if scores is None else scores
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        if thresholds.shape != (table.num_exits,) or np.isnan(thresholds).any():
+            raise ValueError(f"{type(self).__name__} produced invalid thresholds {thresholds.tolist()} for "
+                             f"{table.num_exits} exits; this is a bug in the solver, please report it")
         result = evaluate_thresholds(table, scores, thresholds)
-        self.thresholds_ = np.asarray(thresholds, dtype=np.float64)
+        # the contract of every budgeted solver: it meets the budget on the table it was fitted on,
+        # or it raises; checked here once so that no solver can break it silently
+        budget = getattr(self, "budget", None)
+        if budget is not None and result.mean_cost > max(float(budget), table.costs[0]) * (1 + BUDGET_RTOL):
+            raise ValueError(f"{type(self).__name__} could not meet the budget of {float(budget):.6g} MFLOPs on "
+                             f"the fitting table (its thresholds cost {result.mean_cost:.6g} MFLOPs per image "
+                             f"on its {table.num_samples} samples); choose a larger budget or a larger "
+                             "validation table")
+        self.thresholds_ = thresholds
         self.costs_ = table.costs.copy()
         self.expected_cost_ = result.mean_cost
         self.expected_accuracy_ = result.accuracy

@@ -5,7 +5,8 @@ Recognition", NeurIPS 2021, Sec. 3.4 / Appendix: the thresholds maximise validat
 to validation cost <= budget, found with a genetic algorithm.
 
 Genome: one gene in [0, 1] per non-final exit, the quantile of that exit's validation scores used as
-threshold (a gene above ``1 - 1/N`` means +inf: nobody leaves there). Fitness is the validation
+threshold (a gene above ``1 - 1/N`` means +inf: nobody leaves there; on a one-sample table, where
+that bin would be the whole range, a gene above 0.5). Fitness is the validation
 accuracy when the cost fits, and a penalty below every feasible fitness otherwise. Tournament
 selection, uniform crossover, Gaussian mutation and elitism; seeded by ``random_state``.
 """
@@ -36,7 +37,10 @@ class GeneticSolver(BaseSolver):
         n = sorted_scores.shape[0]
         pos = np.clip(np.floor(genes * n).astype(int), 0, n - 1)
         thresholds = sorted_scores[pos, np.arange(genes.shape[1])[None, :]]
-        thresholds = np.where(genes >= 1 - 1 / n, np.inf, thresholds)
+        # the top quantile bin means "nobody leaves"; with one sample that bin would swallow the whole
+        # gene range and no gene could let the sample leave early, so split the range in half instead
+        nobody = genes >= (1 - 1 / n if n > 1 else 0.5)
+        thresholds = np.where(nobody, np.inf, thresholds)
         return np.concatenate([thresholds, np.full((len(genes), 1), -np.inf)], axis=1)
 
     def _fitness(self, thresholds, scores, correct, costs, budget):
@@ -64,6 +68,8 @@ class GeneticSolver(BaseSolver):
         genes[0] = 0.0          # everyone leaves at exit 1: always feasible
         genes[1] = 1.0          # everyone at the last exit
         fit, _, _ = self._fitness(self._decode(genes, sorted_scores), scores, correct, table.costs, budget)
+        # the best genome ever seen, so that the answer never gets worse (or infeasible) with elite=0
+        best_genes, best_fit = genes[int(np.argmax(fit))].copy(), float(np.max(fit))
         for _ in range(int(self.generations)):
             children = np.empty_like(genes)
             for c in range(p):  # tournament of three for each parent
@@ -78,7 +84,8 @@ class GeneticSolver(BaseSolver):
             children[: len(elite)] = genes[elite]
             genes = children
             fit, _, _ = self._fitness(self._decode(genes, sorted_scores), scores, correct, table.costs, budget)
-        best = int(np.argmax(fit))
-        thresholds = self._decode(genes[best: best + 1], sorted_scores)[0]
-        self.best_fitness_ = float(fit[best])
+            if fit.max() >= best_fit:  # ">=": with elitism this is exactly the last generation's best
+                best_genes, best_fit = genes[int(np.argmax(fit))].copy(), float(fit.max())
+        thresholds = self._decode(best_genes[None], sorted_scores)[0]
+        self.best_fitness_ = best_fit
         return self._store(table, thresholds, scores)
