@@ -12,6 +12,7 @@ table is picked up without restarting the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -42,6 +43,21 @@ def _mtime(path: Path) -> int:
 
 
 # ----------------------------------------------------------------------------- the zoo
+
+@contextlib.contextmanager
+def zoo_guard(name: str, what: str = ""):
+    """Run zoo loading (tables, weights, sidecars, bench results) inside this: a damaged or missing file
+    (the zoo's ValueError, which names the file and the command that rebuilds it) is shown in an error
+    box and the page stops cleanly, instead of a traceback.
+
+    Only loading belongs inside: a ValueError from the page's own code would be shown as a zoo problem.
+    """
+    try:
+        yield
+    except ValueError as err:
+        st.error(f"Cannot load {what or 'zoo model'} **{name}**: {err}", icon=":material/error:")
+        st.stop()
+
 
 def available_models() -> list[str]:
     """Zoo models whose weights and both tables are on disk (checked on every run: cheap stats)."""
@@ -102,6 +118,16 @@ def model_key(name: str) -> tuple[str, int]:
 def model(name: str):
     """The zoo model in eval mode (loaded once per file version)."""
     return _model(name, *model_key(name))
+
+
+def model_problem(name: str) -> str | None:
+    """None when the weights of ``name`` load; otherwise the zoo's message (the file, what is wrong, the
+    command that rebuilds it). The app shows it once on every page; the pages that run the model stop."""
+    try:
+        model(name)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -172,8 +198,8 @@ def sidebar() -> tuple[str, str, str]:
             st.caption(f"The {solver} solver learns its own exit score, so the criterion is not used.")
         try:
             st.caption(info(name)["summary"])
-        except ValueError as err:
-            st.warning(str(err))
+        except ValueError as err:  # a damaged sidecar: the page may still work from the tables
+            st.error(str(err))
         missing = missing_models()
         if missing:
             st.caption("Not in the zoo (yet): " + ", ".join(missing) + ". Build one with `dynexit zoo reproduce NAME`.")

@@ -28,12 +28,14 @@ if not common.available_models():
     st.stop()
 
 name, _, _ = common.sidebar()
-try:  # a damaged zoo file: say which and how to rebuild it (zoo's message) instead of a traceback
+with common.zoo_guard(name):  # a damaged zoo file: say which and how to rebuild it (zoo's message), never a traceback
     for split in ("val", "test"):
         common.table(name, split)
-except ValueError as err:
-    st.error(f"Cannot load **{name}**: {err}")
-    st.stop()
+problem = common.model_problem(name)
+if problem:  # the explorer and the comparison work from the tables; the other pages stop (they need the model)
+    st.error(f"Cannot load the weights of **{name}**: {problem}. The budget explorer and the model comparison "
+             "work from its tables; the image inspector's attention maps and your own image need the weights.",
+             icon=":material/error:")
 page = st.navigation([
     st.Page("views/explorer.py", title="Budget explorer", icon=":material/tune:", default=True),
     st.Page("views/inspector.py", title="Image inspector", icon=":material/image_search:"),

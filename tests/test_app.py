@@ -226,3 +226,45 @@ def test_missing_zoo_says_which_files_and_which_command(tmp_path, monkeypatch):
     listing = at.code[0].value
     for name in zoo.list():
         assert f"{name}.safetensors" in listing and f"dynexit zoo reproduce {name}" in listing
+
+
+PAGES = ("views/explorer.py", "views/inspector.py", "views/compare.py", "views/upload.py")
+
+
+def _sidecar_folder(zoo_dir: Path) -> str:
+    sidecar = zoo_dir / "dynperceiver_fmnist.json"
+    sidecar.unlink()
+    sidecar.mkdir()
+    return "dynperceiver_fmnist.json"
+
+
+def _truncated_table(zoo_dir: Path) -> str:
+    table = zoo_dir / "dynperceiver_fmnist.val.npz"
+    table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    return "dynperceiver_fmnist.val.npz"
+
+
+def _garbage_weights(zoo_dir: Path) -> str:
+    weights = zoo_dir / "dynperceiver_fmnist.safetensors"
+    weights.write_bytes(bytes(range(256)) * 64)
+    return "dynperceiver_fmnist.safetensors"
+
+
+@pytest.mark.parametrize("damage", [_sidecar_folder, _truncated_table, _garbage_weights])
+def test_damaged_zoo_files_are_error_boxes_on_every_page(damage, tiny_zoo_dir, tmp_path, monkeypatch):
+    """Each page shows the zoo's message (the file and the rebuild command) in an error box, never a traceback."""
+    import shutil
+    broken = tmp_path / "zoo"
+    shutil.copytree(tiny_zoo_dir, broken)
+    damaged = damage(broken)
+    (broken / "static_cnn_fmnist.bench.json").write_text("{not json")  # the comparison reads every model's bench
+    monkeypatch.setenv("DYNEXIT_ZOO", str(broken))
+    at = AppTest.from_file(ENTRY, default_timeout=180).run()
+    for page in PAGES:
+        if page != PAGES[0]:
+            at.switch_page(page).run()
+        ok(at)
+        errors = "\n".join(e.value for e in at.error)
+        assert damaged in errors and "dynexit zoo reproduce dynperceiver_fmnist" in errors, (page, errors)
+        if page == "views/compare.py" and damage is _garbage_weights:  # the tables are fine: the curves are drawn
+            assert "static_cnn_fmnist.bench.json" in errors and charts(at) >= 1

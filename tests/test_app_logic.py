@@ -169,8 +169,9 @@ def test_upload_odd_modes_are_converted_with_a_note(mode):
     fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode == "I" else "PNG"
     out = prepare_image(_bytes(img, fmt))
     assert out.array.shape == (28, 28) and np.isfinite(out.array).all() and out.original_mode == mode
-    if mode in ("RGBA", "LA"):  # fully transparent: composited on white, then inverted to black
-        assert any("composited on a white background" in n for n in out.notes) and out.inverted
+    if mode in ("RGBA", "LA"):  # fully transparent: filled with white, inverted to black, flagged as blank
+        assert any("filled with white (nothing is opaque)" in n for n in out.notes) and out.inverted
+        assert out.warnings and "blank" in out.warnings[0] and out.warnings[0] in out.notes
     if mode == "CMYK":
         assert any("CMYK" in n for n in out.notes)
 

@@ -21,7 +21,18 @@ if not chosen:
     st.info("Choose at least one model.")
     st.stop()
 
-tests = {n: common.table(n, "test") for n in chosen}
+tests, damaged = {}, {}
+for n in chosen:  # a damaged zoo file drops that model (in an error box), the others are still compared
+    try:
+        tests[n] = common.table(n, "test")
+        common.table(n, "val")
+    except ValueError as err:
+        damaged[n] = err
+for n, err in damaged.items():
+    st.error(f"Cannot load zoo model **{n}**, left out: {err}", icon=":material/error:")
+chosen = [n for n in chosen if n in tests]
+if not chosen:
+    st.stop()
 curves = {n: common.solver_curve(n, solver, criterion) for n in chosen}
 multi = {n: (c["cost"], c["accuracy"]) for n, c in curves.items() if tests[n].num_exits > 1}
 static = {n: (tests[n].costs, tests[n].exit_accuracy(), list(tests[n].exit_names))
@@ -73,7 +84,13 @@ st.subheader("Measured speedups (`dynexit bench`)")
 st.caption("MFLOPs are a proxy. `dynexit bench` times real early exit on CPU (images that leave stop being "
            "computed) against the full model, on the test images, at the budget where the model keeps its final "
            "exit's validation accuracy. Theoretical = full MFLOPs / mean MFLOPs spent.")
-benches = {n: zoo.load_bench(n) for n in chosen}
+benches = {}
+for n in chosen:
+    try:
+        benches[n] = zoo.load_bench(n)
+    except ValueError as err:  # a damaged bench file: say which and how to rebuild it, show the rest
+        st.error(str(err), icon=":material/error:")
+        benches[n] = None
 rows = [logic.bench_row(n, b) for n, b in benches.items() if b]
 if rows:
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -7,7 +7,9 @@ from app import common, logic
 from dynexit import viz
 
 name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
-test = common.table(name, "test")
+with common.zoo_guard(name):
+    test = common.table(name, "test")
+    common.table(name, "val")  # the solvers fit on it
 names = list(test.exit_names)
 K = test.num_exits
 

@@ -8,7 +8,9 @@ from app import common, logic
 from dynexit import explain, viz
 
 name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
-test = common.table(name, "test")
+with common.zoo_guard(name):
+    test = common.table(name, "test")
+    common.table(name, "val")  # the solvers fit on it
 names = list(test.exit_names)
 K, N = test.num_exits, test.num_samples
 HOW = ["from the gallery", "by index", "by class", "hardest", "easiest"]
@@ -104,6 +106,8 @@ budget_dependent()
 
 key = common.model_key(name)
 st.subheader("Where the model looks")
+if common.model_problem(name):  # damaged weights: the error box above the page says which file and how to rebuild it
+    st.stop()
 views = attention(name, row, *key)
 if not views:
     st.caption(f"{name} has no attention layers (it is a CNN); the attribution below shows which pixels matter.")

@@ -1,17 +1,19 @@
 """Your own image: convert an upload to what the model sees and run it through real early exit."""
 
-import io
-
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from app import common
 from dynexit import explain, images, viz
 
 name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
-test = common.table(name, "test")
+with common.zoo_guard(name):
+    test = common.table(name, "test")
+    common.table(name, "val")  # the solvers fit on it
+if common.model_problem(name):  # damaged weights: the error box above the page says which file and how to rebuild it
+    st.stop()
+model = common.model(name)
 names = list(test.exit_names)
 K = test.num_exits
 
@@ -27,36 +29,31 @@ polarity = c2.radio("Invert (Fashion-MNIST is light on black)", ["auto", "invert
 
 
 @st.cache_data(show_spinner="Converting the image ...", max_entries=8)
-def convert(data: bytes, polarity: str) -> tuple[images.PreparedImage | str, np.ndarray | None]:
-    """(what the model sees, or the reason the file is refused; a small RGB preview or None), once per upload:
-    moving the budget slider does not decode the file again."""
+def convert(data: bytes, polarity: str) -> images.PreparedImage | str:
+    """What the model sees (with a preview of the decoded upload), or the reason the file is refused;
+    once per upload: moving the budget slider does not decode the file again. prepare_image turns every
+    decoder failure into ImageRejected, so nothing else can escape from a user's file."""
     try:
-        prepared = images.prepare_image(data, invert={"auto": "auto", "invert": True, "keep": False}[polarity])
+        return images.prepare_image(data, invert={"auto": "auto", "invert": True, "keep": False}[polarity])
     except images.ImageRejected as err:
-        return str(err), None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (256, 256))
-            im.thumbnail((256, 256))
-            small = np.asarray(im.convert("RGB"))
-    except Exception:  # odd modes (16-bit, CMYK) may not preview; prepare_image has accepted the file
-        small = None
-    return prepared, small
+        return str(err)
 
 
 if upload is None:
     st.info("Upload an image to start.")
     st.stop()
 
-prepared, small = convert(upload.getvalue(), polarity)
+prepared = convert(upload.getvalue(), polarity)
 if isinstance(prepared, str):
     st.error(f"Cannot use **{upload.name}**: {prepared}.")
     st.stop()
+for warning in prepared.warnings:
+    st.warning(f"**{upload.name}**: {warning}.", icon=":material/warning:")
 
 a, b, c = st.columns([1, 1, 2])
 with a:
-    if small is not None:
-        st.image(small, caption=f"your image ({prepared.original_size[0]} x {prepared.original_size[1]})")
+    st.image(prepared.preview, caption=f"your image ({prepared.original_size[0]} x {prepared.original_size[1]}, "
+                                       f"{prepared.original_mode}), as decoded")
 with b:
     st.image(np.kron(prepared.array, np.ones((6, 6))), clamp=True, caption="what the model sees (28 x 28)")
 with c:
@@ -68,7 +65,7 @@ view = common.budget_view(name, solver, criterion, budget)  # cached: shared wit
 thresholds, rule = view.thresholds, view.rule
 show_all = st.checkbox("Also compute the exits after the one it leaves at (to compare; they do not change the exit)",
                        key="upload_all")
-trace = explain.traced_early_exit(common.model(name), prepared.array, thresholds, rule, run_all=show_all)
+trace = explain.traced_early_exit(model, prepared.array, thresholds, rule, run_all=show_all)
 k = trace.exit
 pred = trace.prediction
 st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of {test.costs[-1]:.1f} "
