@@ -173,3 +173,62 @@ def test_easy_hard_overthinking():
     sets = metrics.easy_hard(t, result)
     assert sets["overthinking"].tolist() == [1]
     assert sets["hard"].tolist() == [0, 1, 2] and sets["easy"].tolist() == []
+
+
+def _tiny_table(kind, n, k=3, c=3, seed=0):
+    from dynexit.table import ExitTable
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, k, c))
+    labels = rng.integers(0, c, n)
+    costs = np.cumsum(rng.uniform(0.5, 2.0, k))
+    if kind == "identical":
+        logits[:] = logits[:1]          # every sample scores the same at every exit
+    elif kind == "one_class":
+        labels[:] = 0
+    elif kind == "ties":
+        logits = np.round(logits)       # many equal scores
+        costs[1] = costs[0]             # and two exits that cost the same
+    return ExitTable(logits, labels, costs)
+
+
+@pytest.mark.parametrize("name", solvers.available())
+@pytest.mark.parametrize("n", [1, 2, 3, 12])
+@pytest.mark.parametrize("kind", ["random", "identical", "one_class", "ties"])
+def test_tiny_tables_meet_the_budget_or_raise(name, n, kind):
+    """On 1, 2, 3 or 12 samples every solver returns thresholds within the budget or raises ValueError."""
+    table = _tiny_table(kind, n)
+    met = 0
+    for share in (0.0, 1e-12, 0.5, 0.999):
+        budget = table.costs[0] + share * (table.costs[-1] - table.costs[0])
+        small = {"learned": {"n_folds": 2}, "genetic": {"population": 8, "generations": 5}}.get(name, {})
+        solver = solvers.make(name, budget=budget, **small)
+        try:
+            solver.fit(table)
+        except ValueError as err:
+            assert name == "learned" and n < 4 and "samples per fold" in str(err)  # the only allowed refusal
+            continue
+        met += 1
+        assert solver.evaluate(table).mean_cost <= budget * (1 + 1e-9)
+        assert solver.thresholds_[-1] == -np.inf
+    assert met or (name == "learned" and n < 4)
+
+
+def test_genetic_one_sample_regression():
+    """A one-sample table used to decode every gene to +inf: all at the last exit, over the budget."""
+    table = _tiny_table("random", 1)
+    fitted = solvers.GeneticSolver(budget=float(table.costs[0])).fit(table)
+    assert fitted.evaluate(table).exits.tolist() == [0]
+
+
+def test_base_refuses_a_solver_over_budget():
+    class Greedy(solvers.BaseSolver):  # ignores its budget: everyone at the last exit
+        def __init__(self, budget=None, criterion="max_prob"):
+            self.budget, self.criterion = budget, criterion
+
+        def fit(self, table):
+            return self._store(table, np.r_[np.full(table.num_exits - 1, np.inf), -np.inf])
+
+    table = random_table(n=20)
+    with pytest.raises(ValueError, match="could not meet the budget"):
+        Greedy(budget=float(table.costs[0])).fit(table)
+    assert Greedy(budget=float(table.costs[-1])).fit(table).expected_cost_ == pytest.approx(table.costs[-1])
