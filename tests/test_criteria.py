@@ -44,3 +44,27 @@ def test_temperature_scaling_improves_calibration():
     before = criteria.expected_calibration_error(over)
     after = criteria.expected_calibration_error(over, temps)
     assert np.all(after < before / 2)
+
+
+def test_random_score_is_keyed_by_sample_id():
+    probs = random_table(n=50, k=3, c=4, seed=5).probabilities()
+    full = criteria.random_score(probs)
+    assert full.shape == (50, 3) and ((full >= 0) & (full < 1)).all()
+    rows = np.array([7, 3, 49, 0])
+    np.testing.assert_array_equal(criteria.random_score(probs[rows], rows=rows), full[rows])
+    np.testing.assert_array_equal(criteria.apply("random", probs[rows], rows=rows), full[rows])
+    # without rows, row i is sample i (the old, position-keyed scores of the table path are unchanged)
+    np.testing.assert_array_equal(criteria.random_score(probs[:10]), full[:10])
+    # the score at exit j does not depend on how many exits were computed
+    np.testing.assert_array_equal(criteria.random_score(probs[rows, :2], rows=rows), full[rows, :2])
+    assert not np.array_equal(criteria.random_score(probs, seed=1), full)
+    # criteria without rows ignore them
+    np.testing.assert_array_equal(criteria.apply("max_prob", probs[rows], rows=rows), probs[rows].max(axis=2))
+    assert criteria.takes_rows("random") and not criteria.takes_rows("max_prob")
+    assert criteria.random_score(probs[:0], rows=np.array([], dtype=int)).shape == (0, 3)
+    with pytest.raises(ValueError, match="integer sample ids"):
+        criteria.random_score(probs[:2], rows=[0.5, 1.5])
+    with pytest.raises(ValueError, match="cannot be negative"):
+        criteria.random_score(probs[:2], rows=[0, -1])
+    with pytest.raises(ValueError, match="integer sample ids"):
+        criteria.random_score(probs[:2], rows=[0, 1, 2])
