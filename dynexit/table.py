@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 import zipfile
 from pathlib import Path
 
@@ -24,6 +25,21 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def _is_real(arr: np.ndarray) -> bool:
+    """Integer or floating dtype (not bool, complex, string or object)."""
+    return arr.dtype.kind in "iuf"
+
+
+def _integers(arr: np.ndarray, name: str) -> np.ndarray:
+    """``arr`` unchanged if integer, or float values that are whole numbers; ValueError otherwise."""
+    if arr.dtype.kind in "iu":
+        return arr
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(np.mod(arr, 1) == 0):
+        return arr
+    raise ValueError(f"{name} must be integers, got dtype {arr.dtype}"
+                     + (" with non-integer values" if arr.dtype.kind == "f" else ""))
 
 
 class ExitTable:
@@ -47,28 +63,30 @@ class ExitTable:
         n, k, c = logits.shape
         if n == 0 or k == 0 or c < 2:
             raise ValueError(f"logits shape {logits.shape}: need N >= 1 samples, K >= 1 exits, C >= 2 classes")
-        if not np.issubdtype(logits.dtype, np.number):
-            raise ValueError(f"logits must be numeric, got dtype {logits.dtype}")
-        logits = logits.astype(np.float32, copy=False)
+        if not _is_real(logits):
+            raise ValueError(f"logits must be real numbers, got dtype {logits.dtype}")
+        with np.errstate(over="ignore"):  # a float64 beyond the float32 range becomes inf and is reported below
+            logits = logits.astype(np.float32, copy=False)
         bad = ~np.isfinite(logits)
         if bad.any():
             where = np.argwhere(bad)[0]
-            raise ValueError(f"logits contain {int(bad.sum())} NaN or inf values "
+            raise ValueError(f"logits contain {int(bad.sum())} NaN or inf values (in float32) "
                              f"(first at sample {where[0]}, exit {where[1]}); the model diverged or the input was bad")
 
         labels = np.asarray(labels)
         if labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},) to match logits, got {labels.shape}")
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            if not np.all(np.mod(labels, 1) == 0):
-                raise ValueError("labels must be integers")
-        labels = labels.astype(np.int64)
+        labels = _integers(labels, "labels")
         if labels.min() < 0 or labels.max() >= c:
             raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got range [{labels.min()}, {labels.max()}]")
+        labels = labels.astype(np.int64)
 
-        costs = np.asarray(costs, dtype=np.float64)
+        costs = np.asarray(costs)
         if costs.shape != (k,):
             raise ValueError(f"costs must have shape ({k},), one per exit, got {costs.shape}")
+        if not _is_real(costs):
+            raise ValueError(f"costs must be real numbers (MFLOPs), got dtype {costs.dtype}")
+        costs = costs.astype(np.float64)
         if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
             raise ValueError(f"costs must be positive and finite, got {costs.tolist()}")
         if np.any(np.diff(costs) < 0):
@@ -76,19 +94,29 @@ class ExitTable:
 
         if exit_names is None:
             exit_names = [f"exit{i + 1}" for i in range(k)]
-        exit_names = [str(s) for s in np.asarray(exit_names).tolist()]
+        names = np.asarray(exit_names)
+        if names.ndim != 1 or names.dtype.kind not in "UO" or not all(isinstance(s, str) for s in names.tolist()):
+            raise ValueError(f"exit_names must be a list of {k} strings, got an array of dtype {names.dtype} "
+                             f"and shape {names.shape}")
+        exit_names = names.tolist()
         if len(exit_names) != k:
             raise ValueError(f"exit_names must have {k} entries, got {len(exit_names)}")
 
         index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
         if index.shape != (n,):
             raise ValueError(f"index must have shape ({n},), got {index.shape}")
+        index = _integers(index, "index")
+        if index.min() < 0 or index.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"index holds positions in a dataset split: non-negative integers, got range "
+                             f"[{index.min()}, {index.max()}]")
         index = index.astype(np.int64)
 
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
         meta = {} if meta is None else dict(meta)
         try:
             json.dumps(meta)
-        except TypeError as err:
+        except (TypeError, ValueError, RecursionError) as err:
             raise ValueError(f"meta must be JSON-serialisable: {err}") from err
 
         for arr in (logits, labels, costs, index):
@@ -202,33 +230,95 @@ class ExitTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExitTable":
-        """Read a table written by :meth:`save`; ValueError for a missing, corrupt or foreign file."""
+        """Read a table written by :meth:`save`.
+
+        Never unpickles anything. ValueError ``"{file}: {problem}; {what to do}"`` for a missing
+        file, a folder, an empty or damaged file, a ``.npy`` or other file renamed ``.npz``, missing
+        arrays, wrong dtypes (object, string or complex arrays; labels and index must be integers,
+        logits and costs real floats) and any value the constructor refuses (shapes, NaN / inf,
+        costs, label range).
+        """
         path = Path(path)
         if not path.exists():
-            raise ValueError(f"{path}: no such file")
+            raise ValueError(f"{path}: no such file; check the path")
+        if not path.is_file():
+            raise ValueError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}, not an "
+                             f"ExitTable .npz; {_FIX}")
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not magic:
+            raise ValueError(f"{path}: empty file, not an ExitTable .npz; {_FIX}")
+        if magic == b"\x93NUMPY":
+            raise ValueError(f"{path}: a single numpy array (.npy) renamed .npz, not an ExitTable; {_FIX}")
+        if not magic.startswith(b"PK"):
+            raise ValueError(f"{path}: not an ExitTable .npz (not a zip archive); {_FIX}")
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                missing = [k for k in _REQUIRED_KEYS if k not in npz.files]
-                if missing:
-                    raise ValueError(f"{path}: not a dynexit ExitTable (missing arrays: {', '.join(missing)})")
-                arrays = {k: npz[k] for k in _REQUIRED_KEYS}
-        except ValueError as err:
-            if str(path) in str(err):
-                raise
-            raise ValueError(f"{path}: not a readable ExitTable .npz ({err})") from err
-        except (OSError, zipfile.BadZipFile, EOFError) as err:
-            raise ValueError(f"{path}: not a readable ExitTable .npz ({err})") from err
+            arrays = _read_npz(path)
+        except _TableFileError as err:
+            raise ValueError(f"{path}: {err}; {_FIX}") from None
+        except Exception as err:  # noqa: BLE001 - zipfile / zlib / numpy on untrusted bytes: any failure is damage
+            raise ValueError(f"{path}: damaged ExitTable .npz ({_describe(err)}); {_FIX}") from err
         try:
-            meta = json.loads(str(arrays["meta"]))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: corrupt meta field ({err})") from err
+            meta = json.loads(str(arrays["meta"][()]))
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"{path}: corrupt meta field ({_describe(err)}); {_FIX}") from err
         if not isinstance(meta, dict) or meta.pop("format", None) != "dynexit.ExitTable":
-            raise ValueError(f"{path}: not a dynexit ExitTable (meta has no dynexit format tag)")
+            raise ValueError(f"{path}: not a dynexit ExitTable (meta has no dynexit format tag); {_FIX}")
         version = meta.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: ExitTable format version {version}, this dynexit reads {FORMAT_VERSION}")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            raise ValueError(f"{path}: ExitTable format version {reprlib.repr(version)}, this dynexit reads "
+                             f"{FORMAT_VERSION}; {_FIX}")
         try:
             return cls(arrays["logits"], arrays["labels"], arrays["costs"], arrays["exit_names"],
                        arrays["index"], meta)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise ValueError(f"{path}: {err}; {_FIX}") from err
+
+
+# what each stored array must be: allowed dtype kinds and number of dimensions
+_STORED = {"logits": ("f", 3), "labels": ("iu", 1), "costs": ("f", 1), "exit_names": ("U", 1),
+           "index": ("iu", 1), "meta": ("U", 0)}
+_FIX = "rebuild the table (dynexit.tables_build) or restore the file"
+
+
+class _TableFileError(Exception):
+    """A problem found in a table file, worded for the user (``load`` adds the path)."""
+
+
+def _describe(err: Exception) -> str:
+    """A library error in a few words, never numpy's advice to load with allow_pickle."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    if "pickle" in text:
+        return "it holds pickled Python objects, which dynexit never loads"
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The six arrays of a table file, each header checked (dtype, rank, size) before its data is read."""
+    arrays = {}
+    with zipfile.ZipFile(path) as zf:
+        members = set(zf.namelist())
+        missing = [k for k in _REQUIRED_KEYS if f"{k}.npy" not in members]
+        if missing:
+            raise _TableFileError(f"not a dynexit ExitTable (missing arrays: {', '.join(missing)})")
+        for key, (kinds, ndim) in _STORED.items():
+            info = zf.getinfo(f"{key}.npy")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(f)
+                if dtype.hasobject or dtype.kind not in kinds or len(shape) != ndim:
+                    what = "Python objects" if dtype.hasobject else f"dtype {dtype}"
+                    raise _TableFileError(f"array {key!r} holds {what} with {len(shape)} dimensions; an "
+                                          f"ExitTable stores it as {ndim}-dimensional {_KIND_NAMES[kinds]}")
+                # the header must not promise more data than the member holds (no huge allocations)
+                if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
+                    raise _TableFileError(f"array {key!r}: its header says shape {shape} of {dtype}, more than "
+                                          "the file holds (damaged header)")
+            with zf.open(info) as f:  # read_array wants the member from its start
+                arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    return arrays
+
+
+_KIND_NAMES = {"f": "floats", "iu": "integers", "U": "strings"}

@@ -76,3 +76,84 @@ def test_bad_files(tmp_path):
     truncated.write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match="truncated.npz"):
         ExitTable.load(truncated)
+
+
+def _saved_arrays(tmp_path):
+    path = random_table(n=12, k=3, c=4).save(tmp_path / "t.npz")
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("labels", np.array(["a"] * 12), "'labels' holds dtype <U1"),
+    ("labels", np.arange(12, dtype=np.float64) % 4, "'labels' holds dtype float64"),
+    ("logits", np.ones((12, 3, 4), dtype=np.complex64), "'logits' holds dtype complex64"),
+    ("logits", np.ones((12, 3, 4), dtype=np.int32), "'logits' holds dtype int32"),
+    ("logits", np.ones((12, 3), dtype=np.float32), "'logits' holds dtype float32 with 2 dimensions"),
+    ("costs", np.array([1, 2, 3], dtype=object), "'costs' holds Python objects"),
+    ("costs", np.array([1.0, np.nan, 3.0]), "costs must be positive and finite"),
+    ("meta", np.array('{"format": "dynexit.ExitTable", "format_version": 1, "x": ' + "[" * 50_000 + "]" * 50_000
+                      + "}"), "corrupt meta field"),
+    ("exit_names", np.array([1.0, 2.0, 3.0]), "'exit_names' holds dtype float64"),
+    ("index", -np.arange(12), "non-negative"),
+])
+def test_bad_arrays_in_a_file(tmp_path, key, value, message):
+    data = _saved_arrays(tmp_path)
+    data[key] = value
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, **data)
+    with pytest.raises(ValueError, match=message) as err:
+        ExitTable.load(bad)
+    assert str(err.value).startswith(str(bad)) and "allow_pickle" not in str(err.value)
+
+
+def test_renamed_empty_folder_and_pickle(tmp_path):
+    npy = tmp_path / "array.npz"
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.npy").rename(npy)
+    with pytest.raises(ValueError, match=r"single numpy array \(.npy\) renamed .npz"):
+        ExitTable.load(npy)
+    objects = tmp_path / "objects.npz"
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "objects.npy").rename(objects)
+    with pytest.raises(ValueError, match="renamed") as err:
+        ExitTable.load(objects)
+    assert "allow_pickle" not in str(err.value)
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty file"):
+        ExitTable.load(empty)
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        ExitTable.load(folder)
+
+
+def test_damaged_header_promising_huge_array(tmp_path):
+    data = _saved_arrays(tmp_path)
+    path = tmp_path / "t.npz"
+    np.savez(path, **data)  # stored, not compressed: the header is plain bytes in the file
+    raw = path.read_bytes()
+    old = b"'shape': (12, 3, 4)"
+    assert old in raw
+    path.write_bytes(raw.replace(old, b"'shape': (12, 3, 9)"))  # same length, more data promised
+    with pytest.raises(ValueError, match="damaged"):
+        ExitTable.load(path)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(logits=np.ones((4, 2, 3), dtype=np.complex128)), "real numbers"),
+    (dict(logits=np.full((4, 2, 3), 1e300)), "NaN or inf"),
+    (dict(labels=np.array([0, 1, 2.5, 0])), "labels must be integers"),
+    (dict(labels=np.array([0, 1, 1e30, 0])), "range"),
+    (dict(labels=np.array(["0", "1", "2", "0"])), "labels must be integers"),
+    (dict(costs=np.array(["1", "2"])), "costs must be real"),
+    (dict(index=np.array([0.5, 1, 2, 3])), "index must be integers"),
+    (dict(exit_names=[["a"], ["b"]]), "exit_names must be a list"),
+    (dict(meta=[1, 2]), "meta must be a dict"),
+])
+def test_more_bad_construction(change, message):
+    args = dict(logits=np.zeros((4, 2, 3)), labels=np.array([0, 1, 2, 0]), costs=[1.0, 2.0])
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        ExitTable(**args)
