@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,11 +32,14 @@ def _encode(t: float):
 
 
 def _decode(t) -> float:
-    if t in ("inf", "-inf"):
+    if isinstance(t, str) and t in ("inf", "-inf"):
         return float(t)
-    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
-        return float(t)
-    raise ValueError(f"a threshold must be a finite number, 'inf' or '-inf', got {t!r}")
+    try:
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t):
+            return float(t)
+    except OverflowError:  # an int beyond the float range
+        pass
+    raise ValueError(f"a threshold must be a finite number, 'inf' or '-inf', got {reprlib.repr(t)}")
 
 
 @dataclass
@@ -45,6 +49,35 @@ class ExitRule:
     thresholds: np.ndarray
     criterion: str | ExitScorer
     meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        """Validate: thresholds (K,) without NaN (+inf: nobody leaves there; -inf: everyone does),
+        a known criterion name or a learned score with K exits, a JSON-serialisable dict ``meta``."""
+        try:
+            thresholds = np.array(self.thresholds, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"thresholds must be numbers, got {reprlib.repr(self.thresholds)}") from None
+        if thresholds.ndim != 1 or thresholds.size == 0:
+            raise ValueError(f"an exit rule needs one threshold per exit (shape (K,)), got shape {thresholds.shape}")
+        if np.isnan(thresholds).any():
+            raise ValueError(f"thresholds must not be NaN, got {thresholds.tolist()}")
+        thresholds.setflags(write=False)
+        self.thresholds = thresholds
+        if isinstance(self.criterion, str):
+            criteria.get(self.criterion)  # an unknown name fails here, not at deployment
+        elif isinstance(self.criterion, ExitScorer):
+            if len(self.criterion.models) != thresholds.size:
+                raise ValueError(f"the learned exit score has {len(self.criterion.models)} exits but there are "
+                                 f"{thresholds.size} thresholds")
+        else:
+            raise ValueError("the criterion must be a criterion name or a learned exit score, got "
+                             f"{type(self.criterion).__name__}")
+        if not isinstance(self.meta, dict):
+            raise ValueError(f"meta must be a dict, got {type(self.meta).__name__}")
+        try:
+            json.dumps(self.meta)
+        except (TypeError, ValueError, RecursionError) as err:
+            raise ValueError(f"meta must be JSON-serialisable: {err}") from None
 
     @classmethod
     def from_solver(cls, solver, **meta) -> "ExitRule":
@@ -57,7 +90,8 @@ class ExitRule:
                              f"got {type(crit).__name__}")
         if isinstance(crit, str):
             criteria.get(crit)  # unknown names fail here, not at deployment
-        info = {"solver": type(solver).__name__, "budget": getattr(solver, "budget", None),
+        budget = getattr(solver, "budget", None)
+        info = {"solver": type(solver).__name__, "budget": None if budget is None else float(budget),
                 "expected_cost_on_fit_table": float(solver.expected_cost_),
                 "expected_accuracy_on_fit_table": float(solver.expected_accuracy_), **meta}
         return cls(np.asarray(solver.thresholds_, dtype=np.float64), crit, info)
@@ -69,21 +103,26 @@ class ExitRule:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExitRule":
+        """The rule written by :meth:`to_dict`; ValueError saying which field is wrong."""
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"not a dynexit exit rule (no format tag {FORMAT!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"exit rule format version {data.get('format_version')}, this dynexit reads {FORMAT_VERSION}")
-        thresholds = np.array([_decode(t) for t in data.get("thresholds") or []], dtype=np.float64)
-        if thresholds.size == 0:
-            raise ValueError("an exit rule needs one threshold per exit, got none")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            raise ValueError(f"exit rule format version {reprlib.repr(version)}, this dynexit reads {FORMAT_VERSION}")
+        raw = data.get("thresholds")
+        if not isinstance(raw, list) or not raw:
+            raise ValueError(f"an exit rule needs a list of thresholds, one per exit, got {reprlib.repr(raw)}")
+        thresholds = np.array([_decode(t) for t in raw], dtype=np.float64)
         crit = data.get("criterion")
-        if isinstance(crit, str):
-            criteria.get(crit)  # an unknown name fails here, not at deployment
-        else:
+        if isinstance(crit, dict):
             crit = ExitScorer.from_dict(crit)
-        if isinstance(crit, ExitScorer) and len(crit.models) != thresholds.size:
-            raise ValueError(f"the learned exit score has {len(crit.models)} exits but there are {thresholds.size} thresholds")
-        return cls(thresholds, crit, dict(data.get("meta") or {}))
+        elif not isinstance(crit, str):
+            raise ValueError("the criterion must be a criterion name or a learned exit score object, got "
+                             f"{reprlib.repr(crit)}")
+        meta = data.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"meta must be an object, got {reprlib.repr(meta)}")
+        return cls(thresholds, crit, dict(meta or {}))
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -95,17 +134,26 @@ class ExitRule:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ExitRule":
+        """Read a rule written by :meth:`save`; ValueError ``"{file}: {problem}; {what to do}"``."""
         path = Path(path)
+        fix = "fit the rule again and save it with ExitRule.from_solver(...).save(path)"
+        if not path.exists():
+            raise ValueError(f"{path}: no such exit rule file; check the path")
+        if not path.is_file():
+            raise ValueError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}, not an exit "
+                             f"rule file; {fix}")
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{path}: no such exit rule file") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a JSON exit rule ({err})") from err
+            raise ValueError(f"{path}: not a JSON exit rule ({err}); {fix}") from err
+        except RecursionError:
+            raise ValueError(f"{path}: not a JSON exit rule (nested too deeply to read); {fix}") from None
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the exit rule ({err.strerror or err}); {fix}") from err
         try:
             return cls.from_dict(data)
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path}: {err}") from err
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}; {fix}") from err
 
     def apply(self, model, x, return_costs: bool = False):
         """Real early exit of ``x`` through ``model`` with this rule (see :func:`dynexit.early_exit`)."""

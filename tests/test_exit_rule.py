@@ -62,3 +62,55 @@ def test_bad_rules_give_clear_errors(model_and_val, tmp_path):
         ExitRule.from_dict(data)
     with pytest.raises(ValueError, match="another model"):
         rule.apply(model, images(model, 2))
+
+
+@pytest.fixture(scope="module")
+def learned_rule_dict(model_and_val):
+    _, val = model_and_val
+    budget = float(val.costs[0] + 0.5 * (val.costs[-1] - val.costs[0]))
+    return ExitRule.from_solver(solvers.make("learned", budget, n_folds=3).fit(val)).to_dict()
+
+
+def _first_linear_exit(data):
+    return next(m for m in data["criterion"]["exits"] if isinstance(m, dict))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: _first_linear_exit(d)["coef"].__setitem__(0, float("nan")), "'coef' must be a list of .* finite"),
+    (lambda d: _first_linear_exit(d)["mean"].append(1.0), "'mean' must be a list of"),
+    (lambda d: _first_linear_exit(d).__setitem__("scale", [0.0] * len(_first_linear_exit(d)["scale"])),
+     "'scale' must be positive"),
+    (lambda d: _first_linear_exit(d).__setitem__("intercept", float("inf")), "'intercept' must be a finite"),
+    (lambda d: _first_linear_exit(d).pop("coef"), "missing coef"),
+    (lambda d: d["criterion"]["exits"].__setitem__(0, "x"), "exit 1: expected a finite number"),
+    (lambda d: d["criterion"]["exits"].pop(), "exits but there are"),
+    (lambda d: d.__setitem__("criterion", "no_such_criterion"), "unknown exit criterion"),
+    (lambda d: d.__setitem__("criterion", 7), "criterion must be"),
+    (lambda d: d["thresholds"].__setitem__(0, 10 ** 400), "finite number"),
+    (lambda d: d.__setitem__("thresholds", {"a": 1}), "list of thresholds"),
+    (lambda d: d.__setitem__("meta", [1]), "meta must be an object"),
+    (lambda d: d.__setitem__("format_version", True), "format version True"),
+])
+def test_damaged_rule_files(learned_rule_dict, tmp_path, damage, message):
+    data = json.loads(json.dumps(learned_rule_dict))
+    damage(data)
+    path = tmp_path / "rule.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as err:
+        ExitRule.load(path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_rule_validates_on_construction_and_odd_files(tmp_path):
+    with pytest.raises(ValueError, match="NaN"):
+        ExitRule(np.array([np.nan, -np.inf]), "max_prob")
+    with pytest.raises(ValueError, match="shape"):
+        ExitRule(np.zeros((2, 2)), "max_prob")
+    with pytest.raises(ValueError, match="unknown exit criterion"):
+        ExitRule(np.array([0.5, -np.inf]), "nope")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        ExitRule.load(tmp_path / "deep.json")
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        ExitRule.load(tmp_path / "folder.json")

@@ -19,6 +19,9 @@ the whole validation table score every other table (test, live early exit).
 
 from __future__ import annotations
 
+import math
+import reprlib
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold
@@ -87,13 +90,54 @@ class ExitScorer:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExitScorer":
+        """The scorer written by :meth:`to_dict`; ValueError naming the exit and field that is wrong.
+
+        Each exit is a finite number (a constant score) or ``{"mean", "scale", "coef"}`` lists of
+        the exit's feature count (4 at the first exit, 10 after; finite, scale > 0) and a finite
+        ``"intercept"``.
+        """
         if not isinstance(data, dict) or data.get("kind") != "dynexit.learned_exit_score":
             raise ValueError("not a learned exit score (no kind 'dynexit.learned_exit_score')")
+        exits = data.get("exits")
+        if not isinstance(exits, list) or not exits:
+            raise ValueError("a learned exit score needs a non-empty list 'exits', one entry per exit")
         scorer = cls([])
-        scorer.models = [float(m) if isinstance(m, (int, float)) else
-                         {k: np.asarray(m[k], dtype=np.float64) if k != "intercept" else float(m[k])
-                          for k in ("mean", "scale", "coef", "intercept")} for m in data["exits"]]
+        scorer.models = [_exit_model_from_json(m, k) for k, m in enumerate(exits)]
         return scorer
+
+
+def _finite(value) -> bool:
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _exit_model_from_json(model, k: int):
+    """One exit of :meth:`ExitScorer.from_dict`: a constant or the arrays of its linear model."""
+    if _finite(model):
+        return float(model)
+    where = f"learned exit score, exit {k + 1}"
+    if not isinstance(model, dict):
+        raise ValueError(f"{where}: expected a finite number or an object with mean, scale, coef, intercept; "
+                         f"got {reprlib.repr(model)}")
+    missing = [key for key in ("mean", "scale", "coef", "intercept") if key not in model]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}")
+    n_features = 4 if k == 0 else 10  # see exit_features
+    out = {}
+    for key in ("mean", "scale", "coef"):
+        values = model[key]
+        if not (isinstance(values, list) and len(values) == n_features and all(_finite(v) for v in values)):
+            raise ValueError(f"{where}: {key!r} must be a list of {n_features} finite numbers, "
+                             f"got {reprlib.repr(values)}")
+        out[key] = np.asarray(values, dtype=np.float64)
+    if np.any(out["scale"] <= 0):
+        raise ValueError(f"{where}: 'scale' must be positive, got {out['scale'].tolist()}")
+    if not _finite(model["intercept"]):
+        raise ValueError(f"{where}: 'intercept' must be a finite number, got {reprlib.repr(model['intercept'])}")
+    out["intercept"] = float(model["intercept"])
+    return out
 
 
 def _fit_exit_model(x, y, c):
