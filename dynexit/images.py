@@ -127,11 +127,16 @@ def _decode(data: bytes, max_pixels: int, notes: list[str]) -> _Decoded:
     return _Decoded(gray, rgb, alpha, fmt, mode, size, upright)
 
 
+def _exception_name(err: Exception) -> str:
+    kind = type(err)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
 def _damaged_message(err: Exception) -> str:
-    detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    detail = f"{_exception_name(err)}: {err}" if str(err) else _exception_name(err)
     if len(detail) > 160:
         detail = detail[:157] + "..."
-    if isinstance(err, ValueError) and "text chunk" in str(err).lower():
+    if isinstance(err, ValueError) and "MAX_TEXT" in str(err):  # PngImagePlugin's limits on text chunks
         return (f"the image carries a text (metadata) chunk larger than is safe to read ({detail}); "
                 "save a copy without metadata (e.g. export as a new PNG or JPEG) and upload that")
     return (f"the image file is damaged or truncated, or uses a variant the decoder cannot read ({detail}); "
@@ -139,12 +144,13 @@ def _damaged_message(err: Exception) -> str:
 
 
 def _first_frame(img: Image.Image, notes: list[str]):
-    if not getattr(img, "is_animated", False):
-        return
+    """Seek to the first frame of an animation (noted); a damaged later frame does not refuse the first."""
     try:
-        frames = f"{img.n_frames} frames"  # walks every frame; a damaged later frame must not refuse the first
-    except Exception:  # noqa: BLE001 - only the count is lost; the first frame is still checked by load()
-        frames = "later frames unreadable"
+        if not getattr(img, "is_animated", False):  # reads the start of the second frame
+            return
+        frames = f"{img.n_frames} frames"            # walks every frame
+    except Exception as err:  # noqa: BLE001 - only later frames are lost; load() still checks the first
+        frames = f"its later frames are damaged: {_exception_name(err)}"
     img.seek(0)
     notes.append(f"animated image ({frames}): only the first frame is used")
 
@@ -153,7 +159,7 @@ def _upright(img: Image.Image, notes: list[str]) -> Image.Image:
     try:
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
     except Exception as err:  # noqa: BLE001 - a damaged EXIF block; the pixels themselves are fine
-        notes.append(f"its EXIF orientation could not be read ({type(err).__name__}): used as stored")
+        notes.append(f"its EXIF orientation could not be read ({_exception_name(err)}): used as stored")
         return img
     if orientation not in (2, 3, 4, 5, 6, 7, 8):
         return img
