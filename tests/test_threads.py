@@ -15,6 +15,7 @@ from torch.overrides import TorchFunctionMode
 
 from dynexit import explain
 from dynexit.inference import early_exit
+from dynexit.layers.attention_capture import recording
 from dynexit.models.timm_exits import attach_exits
 from _tiny_models import images, tiny
 
@@ -168,6 +169,9 @@ def test_nested_captures_and_two_models_in_one_thread():
         b(xb)
     assert len(r1) == 0 and len(r2) == n_b
     assert not any(layer.capturing for m in (a, b) for layer in m.attention_layers().values())
+    with pytest.raises(ValueError, match="CapturesAttention"):
+        with recording([torch.nn.Linear(2, 2)]):
+            pass
 
 
 def _modes(m):

@@ -94,7 +94,8 @@ class _Recording:
 
 
 # The recordings open in this thread / task, outermost first. A new thread starts with an empty
-# context, so it sees none of them.
+# context, so it sees none of them (on builds where threads inherit the starting thread's context,
+# Python >= 3.14 free-threaded, a thread started inside a recording joins it).
 _ACTIVE: contextvars.ContextVar[tuple[_Recording, ...]] = contextvars.ContextVar("dynexit_attention_recordings",
                                                                                  default=())
 
