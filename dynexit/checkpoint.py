@@ -107,6 +107,9 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
     }
     if extra:
         side.update(_jsonable(extra))
+    problem = _check_sidecar_fields(side)
+    if problem:  # never write a checkpoint that load_checkpoint would refuse
+        raise ValueError(f"{path}: cannot save this checkpoint: {problem}")
     tmp_w = path.with_name(path.name + ".tmp")
     # the header repeats arch and kwargs, so a damaged sidecar is caught before it builds a model
     save_file(weights, str(tmp_w), metadata={"format": FORMAT, "arch": config["arch"],

@@ -224,3 +224,10 @@ def test_header_damage(saved):
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="damaged safetensors header|corrupt or truncated"):
         load_checkpoint(path)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    m = tiny("multiexit_cnn_two")
+    with pytest.raises(ValueError, match="cannot save.*'val_accuracy' has 1 entries but num_exits is 2"):
+        save_checkpoint(m, tmp_path / "c", val_accuracy=[0.5])
+    assert not list(tmp_path.iterdir())

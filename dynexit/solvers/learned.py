@@ -106,6 +106,9 @@ class ExitScorer:
         return scorer
 
 
+_LIMIT = 1e6
+
+
 def _finite(value) -> bool:
     try:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -136,6 +139,12 @@ def _exit_model_from_json(model, k: int):
         raise ValueError(f"{where}: 'scale' must be positive, got {out['scale'].tolist()}")
     if not _finite(model["intercept"]):
         raise ValueError(f"{where}: 'intercept' must be a finite number, got {reprlib.repr(model['intercept'])}")
+    # the features are bounded (probabilities, clipped logits, entropies), so a fitted model's numbers
+    # are far inside these limits; beyond them the score would overflow to NaN on some inputs
+    if (np.abs(out["mean"]).max() > _LIMIT or np.abs(out["coef"]).max() > _LIMIT or abs(model["intercept"]) > _LIMIT
+            or out["scale"].min() < 1 / _LIMIT ** 2 or out["scale"].max() > _LIMIT ** 2):
+        raise ValueError(f"{where}: numbers out of range (|mean|, |coef|, |intercept| <= {_LIMIT:g}, "
+                         f"scale in [{1 / _LIMIT ** 2:g}, {_LIMIT ** 2:g}]): not a fitted exit score")
     out["intercept"] = float(model["intercept"])
     return out
 
