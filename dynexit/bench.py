@@ -13,14 +13,16 @@ mean cost of the exits taken) and ``measured_speedup`` (throughput ratio), with 
 from __future__ import annotations
 
 import json
+import math
+import os
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dynexit.inference import early_exit
+# torch is imported inside the functions that run models: checking a request (a bad budget, a
+# missing data folder) must answer in a second, not after the seconds torch takes to import.
 
 
 def fit_thresholds(val_table, budget: float, solver: str | None = None, criterion: str = "max_prob"):
@@ -43,10 +45,20 @@ def _timed(fn, batches, repeats: int) -> float:
     return best
 
 
-@torch.no_grad()
-def benchmark(model, images: torch.Tensor, labels: torch.Tensor, thresholds, criterion="max_prob",
+def benchmark(model, images, labels, thresholds, criterion="max_prob",
               batch_sizes=(256, 1), batch1_limit: int = 300, repeats: int = 3, threads: int | None = None) -> dict:
-    """Time the full model and early exit on ``images``; thresholds given directly."""
+    """Time the full model and early exit on ``images`` (float (N, C, H, W)); thresholds given directly."""
+    import torch
+
+    with torch.no_grad():
+        return _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit, repeats, threads)
+
+
+def _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit, repeats, threads) -> dict:
+    import torch
+
+    from dynexit.inference import early_exit
+
     if threads:
         torch.set_num_threads(int(threads))
     model.eval()
@@ -101,25 +113,144 @@ def benchmark(model, images: torch.Tensor, labels: torch.Tensor, thresholds, cri
     return result
 
 
-def run_bench(model, budget: float | None = None, solver: str | None = None, thresholds=None,
-              criterion: str = "max_prob", val_table=None, limit: int | None = None, batch_sizes=(256, 1),
-              batch1_limit: int = 300, repeats: int = 3, threads: int | None = None, data_root=None,
-              json_path: str | None = None) -> dict:
-    """The whole benchmark: resolve the model, fit thresholds on val (unless given), time on test."""
-    from dynexit.checkpoint import resolve_model
-    from dynexit.table import ExitTable
-    from dynexit.tables_build import build_table, load_split_images
+def _positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
-    name = model if isinstance(model, str) else getattr(model, "arch_name", "model")
-    model = resolve_model(model) if isinstance(model, (str, Path)) else model.eval()
-    info: dict = {"model": name}
+
+def check_budget(budget, costs) -> float:
+    """``budget`` (MFLOPs per image) when it lies in ``[costs[0], costs[-1]]``; ValueError naming the range.
+
+    Below the first exit no policy can spend so little; above the last exit every image can take
+    the whole network, so there is nothing to trade and nothing to benchmark.
+    """
+    lo, hi = float(costs[0]), float(costs[-1])
+    if budget < lo * (1 - 1e-9) or budget > hi * (1 + 1e-9):
+        where = f"below the cheapest exit ({lo:.4g} MFLOPs)" if budget < lo else f"above the full model's cost ({hi:.4g} MFLOPs)"
+        raise ValueError(f"budget {budget:.4g} MFLOPs is {where}; choose a budget in [{lo:.4g}, {hi:.4g}]")
+    return float(budget)
+
+
+def check_request(model, budget=None, thresholds=None, criterion: str = "max_prob", val_table=None,
+                  limit=None, batch_sizes=(256, 1), batch1_limit: int = 300, repeats: int = 3, threads=None,
+                  data_root=None, json_path=None):
+    """Every check of :func:`run_bench` that needs no model; returns ``(costs or None, val table or None)``.
+
+    ``costs``: the cumulative per-exit MFLOPs, from the val table or the checkpoint's sidecar when
+    they can be read without building the model. ValueError for the first problem found.
+    """
+    from dynexit import criteria, zoo
+    from dynexit.data import check_fashion_mnist_root
+
     if thresholds is None:
         if budget is None:
             raise ValueError("give a budget (average MFLOPs per image) or explicit thresholds")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) or not math.isfinite(budget) \
+                or budget <= 0:
+            raise ValueError(f"budget must be a positive, finite number of MFLOPs per image, got {budget!r}")
+    else:
+        if budget is not None:
+            raise ValueError("give a budget or thresholds, not both")
+        th = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        if th.size == 0 or np.isnan(th).any():
+            raise ValueError(f"thresholds must be numbers (inf and -inf allowed), got {list(thresholds)}")
+        if isinstance(criterion, str) and criterion not in criteria.available():
+            raise ValueError(f"unknown criterion {criterion!r}: choose one of {', '.join(criteria.available())}")
+    _positive_int("limit", limit, allow_none=True)
+    _positive_int("batch1_limit", batch1_limit)
+    _positive_int("repeats", repeats)
+    _positive_int("threads", threads, allow_none=True)
+    if not batch_sizes:
+        raise ValueError("batch_sizes must hold at least one batch size")
+    for b in batch_sizes:
+        _positive_int("every batch size", b)
+    if json_path is not None:
+        check_output_path(json_path)
+    if data_root is not None:
+        check_fashion_mnist_root(data_root, "test")
+        if thresholds is None and val_table is None:
+            check_fashion_mnist_root(data_root, "val")
+    if isinstance(val_table, (str, os.PathLike)):
+        from dynexit.table import ExitTable
+
+        val_table = ExitTable.load(val_table)
+    if thresholds is not None:
+        val_table = None  # not used with given thresholds
+    costs = val_table.costs if val_table is not None else (
+        zoo.declared_costs(model) if isinstance(model, (str, os.PathLike)) else None)
+    if costs is not None:
+        check_model_costs(costs, budget, thresholds)
+    return costs, val_table
+
+
+def check_model_costs(costs, budget=None, thresholds=None) -> None:
+    """The budget in the model's cost range, or one threshold per exit (the last may be omitted)."""
+    k = len(costs)
+    if thresholds is not None:
+        n = np.asarray(thresholds, dtype=np.float64).reshape(-1).size
+        if n not in (k, k - 1):
+            raise ValueError(f"thresholds must have one value per exit ({k}; the last may be omitted), got {n}")
+    elif budget is not None:
+        check_budget(budget, costs)
+
+
+def check_output_path(path) -> Path:
+    """``path`` as a Path when a file can be written there: its folder exists and it is no folder itself."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{p} is a folder; give a file name (e.g. {p / 'result.json'})")
+    if not p.parent.is_dir():
+        raise ValueError(f"cannot write {p}: the folder {p.parent} does not exist; create it first")
+    return p
+
+
+def _shipped_val_table(source):
+    """The zoo's val table of exactly these weights (its recorded SHA-256 matches), else None."""
+    from dynexit import zoo
+
+    if not isinstance(source, dict) or not source.get("zoo") or not zoo.table_path(source["zoo"], "val").is_file():
+        return None
+    table = zoo.load_table(source["zoo"], "val")
+    return table if table.meta.get("checkpoint_sha256") == source["sha256"] else None
+
+
+def run_bench(model, budget: float | None = None, solver: str | None = None, thresholds=None,
+              criterion: str = "max_prob", val_table=None, limit: int | None = None, batch_sizes=(256, 1),
+              batch1_limit: int = 300, repeats: int = 3, threads: int | None = None, data_root=None,
+              json_path: str | None = None, *, untrained: bool = False) -> dict:
+    """The whole benchmark: check the request, resolve the model, fit thresholds on val (unless given), time on test.
+
+    The val table: ``val_table`` (an ExitTable or its path), else a zoo model's shipped val table
+    when it was built from the same weights file (SHA-256 recorded in its meta), else built here.
+
+    ``model``: a MultiExitModel or a name for :func:`dynexit.zoo.resolve_model` (a zoo name runs
+    its shipped weights; an architecture name only with ``untrained=True``). Every argument is
+    checked (:func:`check_request`) before the model is built; the budget is checked against the
+    costs in the val table or the checkpoint's sidecar when they exist. The result's ``"weights"``
+    says which weights ran. ValueError for any bad argument or file.
+    """
+    from dynexit import zoo
+
+    costs, val_table = check_request(model, budget, thresholds, criterion, val_table, limit, batch_sizes,
+                                     batch1_limit, repeats, threads, data_root, json_path)
+    from dynexit.tables_build import build_table, load_split_images  # torch: only once the request is sound
+
+    name = str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "arch_name", "model")
+    model = zoo.resolve_model(model, untrained=untrained) if isinstance(model, (str, os.PathLike)) else model.eval()
+    source = zoo.weights_source(model)
+    if costs is None:  # an untrained architecture or a model object: now its costs are known
+        check_model_costs(model.exit_costs(), budget, thresholds)
+    info: dict = {"model": name, "weights": source if source is not None else "in memory (not loaded from a file by dynexit)"}
+    if thresholds is None:
+        if val_table is None and data_root is None:
+            val_table = _shipped_val_table(source)
+            if val_table is not None:
+                info["val_table"] = str(zoo.table_path(source["zoo"], "val"))
         if val_table is None:
             val_table = build_table(model, "val", data_root=data_root)
-        elif isinstance(val_table, (str, Path)):
-            val_table = ExitTable.load(val_table)
         if val_table.num_exits != model.num_exits:
             raise ValueError(f"val table has {val_table.num_exits} exits, the model {model.num_exits}")
         thresholds, criterion, fitted = fit_thresholds(val_table, budget, solver, criterion)
@@ -133,13 +264,15 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     result = {**info, **benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit,
                                   repeats, threads)}
     if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(result, indent=2))
+        Path(json_path).expanduser().write_text(json.dumps(result, indent=2))
     return result
 
 
 def format_result(r: dict) -> str:
+    from dynexit.zoo import describe_weights
+
     lines = [f"model {r['model']}  solver {r.get('solver')}  budget {r.get('budget_mflops')} MFLOPs",
+             *([describe_weights(r["weights"])] if "weights" in r else []),  # results written before it was recorded
              f"exits taken: {r['exit_histogram']}  mean cost {r['mean_cost_mflops']:.2f} / {r['full_cost_mflops']:.2f} MFLOPs",
              f"accuracy: full {r['accuracy_full']:.4f}  early exit {r['accuracy_early_exit']:.4f}",
              f"theoretical_speedup {r['theoretical_speedup']:.3f}"]

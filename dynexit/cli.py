@@ -1,25 +1,114 @@
 """The ``dynexit`` command line: solve, curve, demo (and the model commands when present).
 
-Every bad argument or file ends in one clear line on stderr and exit code 2, never a traceback.
+Every bad argument or file ends in one clear line on stderr, ``dynexit CMD: error: ...``, and exit
+code 2, never a traceback: argparse errors, :class:`UsageError`, and any ValueError or OSError a
+command raises all go through :func:`run`. Arguments are checked as they are parsed (the types
+below), so a bad one is refused before any model or data loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 
-class UsageError(Exception):
-    """A problem with what the user asked for: printed as one line, exit 2."""
+class UsageError(ValueError):
+    """A problem with what the user asked for: printed as one line, exit 2.
+
+    ``prog`` is the command it belongs to (``dynexit bench``); :func:`run` fills it in.
+    """
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
+    """Exact option names only (``--data`` is not ``--data-root``), and errors as UsageError."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
-        raise UsageError(message)
+        raise UsageError(message, self.prog)
+
+
+# ----------------------------------------------------------------------------- argument types
+# Each checks one value as argparse reads it, so a bad one is refused before anything loads.
+
+def budget_arg(text: str) -> float:
+    """A budget: a positive, finite number of MFLOPs per image."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r} (a budget is MFLOPs per image)") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"a budget is a positive, finite number of MFLOPs per image, got {text!r}")
+    return value
+
+
+def floats_arg(text: str) -> list[float]:
+    """Comma- or space-separated numbers (``inf`` and ``-inf`` allowed, ``nan`` not)."""
+    try:
+        values = [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(math.isnan(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (inf and -inf allowed), got {text!r}")
+    return values
+
+
+def positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def positive_ints_arg(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. batch sizes ``256,1``."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    try:
+        return [positive_int_arg(p) for p in parts]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+
+
+def output_file_arg(text: str) -> str:
+    """A file to write: not a folder, and its folder exists (nothing is created silently)."""
+    from dynexit.bench import check_output_path
+
+    try:
+        check_output_path(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def directory_arg(text: str) -> str:
+    """An existing folder (what it must hold is checked by the command, before it loads anything)."""
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path}: {'not a folder' if path.exists() else 'no such folder'}")
+    return str(path)
+
+
+def existing_file_arg(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path}: {'a folder, not a file' if path.exists() else 'no such file'}")
+    return str(path)
 
 
 def _load_table(path):
@@ -149,21 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("solve", help="fit thresholds for a budget and evaluate them")
     table_pair(p)
-    p.add_argument("--budget", type=float, required=True, help="average MFLOPs per image")
-    p.add_argument("--json", help="write the result as JSON here")
+    p.add_argument("--budget", type=budget_arg, required=True, help="average MFLOPs per image")
+    p.add_argument("--json", type=output_file_arg, help="write the result as JSON here")
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("curve", help="accuracy vs budget over a sweep of budgets")
     table_pair(p)
     p.add_argument("--points", type=int, default=20, help="budgets between the first and last exit's cost")
-    p.add_argument("--csv", help="write the curve as CSV here")
-    p.add_argument("--json", help="write the curve as JSON here")
+    p.add_argument("--csv", type=output_file_arg, help="write the curve as CSV here")
+    p.add_argument("--json", type=output_file_arg, help="write the curve as JSON here")
     p.set_defaults(func=cmd_curve)
 
     p = sub.add_parser("calibrate", help="per-exit temperature scaling on val, ECE on test")
     p.add_argument("val", help="validation ExitTable (.npz): temperatures are fitted here")
     p.add_argument("test", help="test ExitTable (.npz): ECE is reported here")
-    p.add_argument("--json", help="write temperatures and ECE as JSON here")
+    p.add_argument("--json", type=output_file_arg, help="write temperatures and ECE as JSON here")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="train a toy multi-exit net on digits (seconds) and print its budget curve")
@@ -180,15 +269,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def run(parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse ``argv`` and run the chosen command; every user error is one stderr line and exit 2."""
+    args = None
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # argparse would blame the top-level parser; name the subcommand they were given to
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args) or 0)
-    except UsageError as err:
-        print(f"dynexit: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # UsageError is a ValueError
+        prog = getattr(err, "prog", None) or (f"{parser.prog} {args.command}" if args is not None else parser.prog)
+        if isinstance(err, OSError) and err.strerror:
+            msg = f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+        else:
+            msg = " ".join(str(err).split()) or type(err).__name__
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv=None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 ``dynexit.cli`` calls :func:`add_subcommands`; ``python -m dynexit.cli_models ...`` runs them alone
 (``torchrun --nproc_per_node N -m dynexit.cli_models train ...`` for DDP). Bad arguments or files
-print one line on stderr and exit with status 2.
+print one line on stderr and exit with status 2 (:func:`dynexit.cli.run`); every argument is checked
+before a model or data set loads. A model name is resolved by :func:`dynexit.zoo.resolve_model`: a
+zoo name runs its shipped weights, an architecture name only with ``--untrained``.
 """
 
 from __future__ import annotations
@@ -10,17 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
-class _Fail(Exception):
-    pass
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+from dynexit.cli import (UsageError, _Parser, budget_arg, directory_arg, existing_file_arg, floats_arg,
+                         output_file_arg, positive_int_arg, positive_ints_arg, run)
 
 
 def _json_dict(text: str) -> dict:
@@ -33,31 +29,39 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
+def _check_model_name(args) -> None:
+    """A zoo name, an existing checkpoint, or (with --untrained) an architecture; cheap, before any load."""
+    from dynexit import zoo
+
+    text = args.model
+    if args.untrained:
+        return  # resolve_model says at once when it is not a registered architecture
+    if text in zoo.ENTRIES:
+        path = zoo.weights_path(text)
+        if not path.is_file():
+            raise UsageError(f"{path}: missing weights of zoo model {text!r}; rebuild them with "
+                             f"`dynexit zoo reproduce {text}` (or restore data/zoo from git)")
+    elif zoo._looks_like_path(text):
+        path = Path(text).expanduser()
+        if path.suffix == ".json":
+            path = path.with_suffix(".safetensors")
+        if not path.is_file():
+            raise UsageError(f"{path}: {'a folder, not a checkpoint file' if path.exists() else 'no such checkpoint file'}")
 
 
-def _guard(cmd: str, fn):
-    """Run a handler; user errors become one stderr line and exit status 2."""
-    def run(args) -> int:
-        try:
-            return int(fn(args) or 0)
-        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, _Fail) as err:
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            print(f"dynexit {cmd}: error: {msg}", file=sys.stderr)
-            return 2
-    return run
+def _check_data_root(root, *splits) -> None:
+    if root is not None:
+        from dynexit.data import check_fashion_mnist_root
+
+        for split in splits:
+            check_fashion_mnist_root(root, split)
 
 
 # ----------------------------------------------------------------------------- handlers
 
 def cmd_train(args) -> int:
+    if args.data in ("fashion-mnist", "fmnist", "fashion_mnist"):
+        _check_data_root(args.data_root, "train")
     from dynexit.models import is_model
     from dynexit.train import config_from_args, train
 
@@ -79,12 +83,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_table(args) -> int:
+    _check_model_name(args)
+    _check_data_root(args.data_root, args.split)
     from dynexit.tables_build import build_table
+    from dynexit.zoo import describe_weights
 
     table = build_table(args.model, split=args.split, batch_size=args.batch_size, device=args.device,
-                        limit=args.limit, data_root=args.data_root, progress=not args.quiet)
+                        limit=args.limit, data_root=args.data_root, progress=not args.quiet, untrained=args.untrained)
     path = table.save(args.out)
     acc = table.exit_accuracy()
+    print(describe_weights(table.meta["weights"]))
     print(f"wrote {path}: {table.num_samples} samples, exits {list(table.exit_names)}, "
           f"costs {[round(c, 3) for c in table.costs.tolist()]} MFLOPs, accuracy {[round(a, 4) for a in acc.tolist()]}")
     return 0
@@ -93,13 +101,14 @@ def cmd_table(args) -> int:
 def cmd_bench(args) -> int:
     from dynexit.bench import format_result, run_bench
 
-    if args.budget is None and args.thresholds is None:
-        raise ValueError("give --budget B (average MFLOPs per image) or --thresholds T1,T2,...")
-    batch_sizes = tuple(int(b) for b in args.batch_sizes)
-    result = run_bench(args.model, budget=args.budget, solver=args.solver, thresholds=args.thresholds,
-                       criterion=args.criterion, val_table=args.val_table, limit=args.limit,
-                       batch_sizes=batch_sizes, batch1_limit=args.batch1_limit, repeats=args.repeats,
-                       threads=args.threads, data_root=args.data_root, json_path=args.json)
+    if (args.budget is None) == (args.thresholds is None):
+        raise UsageError("give either --budget B (average MFLOPs per image) or --thresholds T1,T2,...")
+    _check_model_name(args)
+    # run_bench checks all of it (the budget against the checkpoint's declared costs) before it loads a model
+    request = dict(budget=args.budget, thresholds=args.thresholds, criterion=args.criterion, val_table=args.val_table,
+                   limit=args.limit, batch_sizes=tuple(args.batch_sizes), batch1_limit=args.batch1_limit,
+                   repeats=args.repeats, threads=args.threads, data_root=args.data_root, json_path=args.json)
+    result = run_bench(args.model, solver=args.solver, untrained=args.untrained, **request)
     print(format_result(result))
     if args.json:
         print(f"wrote {args.json}")
@@ -116,7 +125,7 @@ def cmd_zoo(args) -> int:
             print(f"{name:24s} {state:22s} {e.summary}")
         return 0
     if not args.name:
-        raise _Fail(f"`dynexit zoo {args.action}` needs a model name: one of {', '.join(zoo.list())}")
+        raise UsageError(f"`dynexit zoo {args.action}` needs a model name: one of {', '.join(zoo.list())}")
     if args.action == "info":
         print(json.dumps(zoo.info(args.name), indent=2))
         return 0
@@ -141,22 +150,24 @@ def cmd_report(args) -> int:
 # ----------------------------------------------------------------------------- parsers
 
 def add_subcommands(subparsers) -> None:
-    """Register ``train``, ``table`` and ``bench`` on an argparse subparsers object."""
+    """Register ``train``, ``table``, ``bench``, ``zoo`` and ``report`` on an argparse subparsers object."""
+    from dynexit import criteria, solvers
+
     p = subparsers.add_parser("train", help="train a multi-exit model (DDP under torchrun)",
                               description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch.")
     p.add_argument("--model", required=True, help="registered model name, e.g. dynperceiver_fmnist")
     p.add_argument("--model-kwargs", type=_json_dict, default=None, help='JSON kwargs for the model, e.g. \'{"drop_rate": 0.1}\'')
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or cifar100")
-    p.add_argument("--data-root", default=None, help="directory with the dataset files")
+    p.add_argument("--data-root", type=directory_arg, default=None, help="folder with the dataset files")
     p.add_argument("--out", default="runs/train", help="output directory (checkpoint, resume state, log)")
     p.add_argument("--epochs", type=float, default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int_arg, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--min-lr", type=float, default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-epochs", type=float, default=None)
     p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--loss-weights", type=_floats, default=None, help="one weight per exit, comma-separated")
+    p.add_argument("--loss-weights", type=floats_arg, default=None, help="one weight per exit, comma-separated")
     p.add_argument("--distill-alpha", type=float, default=None, help="self-distillation weight (0 disables)")
     p.add_argument("--distill-temperature", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (0 disables)")
@@ -165,42 +176,59 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--train-subset", type=_positive_int, default=None, help="use only the first N training images")
-    p.add_argument("--val-subset", type=_positive_int, default=None, help="use only the first N validation images")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--train-subset", type=positive_int_arg, default=None, help="use only the first N training images")
+    p.add_argument("--val-subset", type=positive_int_arg, default=None, help="use only the first N validation images")
+    p.add_argument("--max-steps", type=positive_int_arg, default=None, help="stop after N optimiser steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume.safetensors")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_guard("train", cmd_train))
+    p.set_defaults(func=cmd_train)
+
+    def model_args(p):
+        p.add_argument("--model", required=True,
+                       help="zoo model name (runs its shipped weights, e.g. dvt_fmnist), or a checkpoint "
+                            "(.safetensors with its .json sidecar)")
+        p.add_argument("--untrained", action="store_true",
+                       help="run an architecture name from the registry with RANDOM weights (timing, smoke tests); "
+                            "without it an architecture name is refused")
 
     p = subparsers.add_parser("table", help="run a model over a split and write its ExitTable",
                               description="Write the ExitTable (.npz) of a model on the fashion-mnist val or test split.")
-    p.add_argument("--model", required=True, help="registered model name or checkpoint (.safetensors)")
+    model_args(p)
     p.add_argument("--split", choices=("val", "test"), required=True)
-    p.add_argument("--out", required=True, help="output .npz path")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--out", type=output_file_arg, required=True, help="output .npz path (its folder must exist)")
+    p.add_argument("--batch-size", type=positive_int_arg, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N images of the split")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--limit", type=positive_int_arg, default=None, help="only the first N images of the split")
+    p.add_argument("--data-root", type=directory_arg, default=None,
+                   help="folder holding the Fashion-MNIST IDX files (default: DYNEXIT_DATA, the Debian package, "
+                        "the shipped test split)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_guard("table", cmd_table))
+    p.set_defaults(func=cmd_table)
 
     p = subparsers.add_parser("bench", help="time the full model against real early exit (CPU)",
                               description="Fit thresholds on val for a budget, then time full vs early-exit "
                                           "inference on the test images at batch 256 and 1.")
-    p.add_argument("--model", required=True, help="registered model name or checkpoint (.safetensors)")
-    p.add_argument("--budget", type=float, default=None, help="average MFLOPs per image")
-    p.add_argument("--solver", default=None, help="threshold solver (default: dynexit.solvers.DEFAULT)")
-    p.add_argument("--criterion", default="max_prob", help="exit criterion for solvers that take one")
-    p.add_argument("--thresholds", type=_floats, default=None, help="explicit thresholds instead of a solver")
-    p.add_argument("--val-table", default=None, help="precomputed val ExitTable (.npz) of the same model")
-    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N test images")
-    p.add_argument("--batch-sizes", type=_floats, default=[256, 1], help="default 256,1")
-    p.add_argument("--batch1-limit", type=_positive_int, default=300, help="images timed at batch 1")
-    p.add_argument("--repeats", type=_positive_int, default=3)
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--json", default=None, help="write the results as JSON here")
-    p.set_defaults(func=_guard("bench", cmd_bench))
+    model_args(p)
+    p.add_argument("--budget", type=budget_arg, default=None,
+                   help="average MFLOPs per image, between the first and the last exit's cost")
+    p.add_argument("--solver", default=None, choices=solvers.available(),
+                   help=f"threshold solver (default: {solvers.DEFAULT})")
+    p.add_argument("--criterion", default="max_prob", choices=criteria.available(),
+                   help="exit criterion for solvers that take one")
+    p.add_argument("--thresholds", type=floats_arg, default=None, help="explicit thresholds instead of a solver")
+    p.add_argument("--val-table", type=existing_file_arg, default=None,
+                   help="precomputed val ExitTable (.npz) of the same model (default: a zoo model's shipped one when its "
+                        "weights hash matches, else built)")
+    p.add_argument("--limit", type=positive_int_arg, default=None, help="only the first N test images")
+    p.add_argument("--batch-sizes", type=positive_ints_arg, default=[256, 1], help="default 256,1")
+    p.add_argument("--batch1-limit", type=positive_int_arg, default=300, help="images timed at batch 1")
+    p.add_argument("--repeats", type=positive_int_arg, default=3)
+    p.add_argument("--threads", type=positive_int_arg, default=None, help="torch CPU threads")
+    p.add_argument("--data-root", type=directory_arg, default=None,
+                   help="folder holding the Fashion-MNIST IDX files (default: DYNEXIT_DATA, the Debian package, "
+                        "the shipped test split)")
+    p.add_argument("--json", type=output_file_arg, default=None, help="write the results as JSON here (its folder must exist)")
+    p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser("zoo", help="the pretrained Fashion-MNIST zoo: list, info, reproduce",
                               description="List the zoo, show one model, or rebuild its weights, tables and "
@@ -212,21 +240,20 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--skip-train", action="store_true", help="export the finished checkpoint in the work dir")
     p.add_argument("--no-bench", action="store_true", help="skip the CPU speed benchmark")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_guard("zoo", cmd_zoo))
+    p.set_defaults(func=cmd_zoo)
 
     p = subparsers.add_parser("report", help="write docs/results.md and its figures from the shipped zoo",
                               description="Compute the results page (curves, per-exit tables, exit histograms, "
                                           "criteria, the papers' claims, CPU speedups) from data/zoo.")
     p.add_argument("--out", default="docs/results.md", help="the Markdown page (figures go to figures/ next to it)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (they need Chromium)")
-    p.set_defaults(func=_guard("report", cmd_report))
+    p.set_defaults(func=cmd_report)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dynexit-models")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    parser = _Parser(prog="dynexit")
+    add_subcommands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

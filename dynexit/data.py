@@ -59,11 +59,20 @@ def val_indices(n_train: int = 60000) -> np.ndarray:
     return np.sort(rng.permutation(n_train)[:VAL_SIZE])
 
 
+class DataNotFoundError(ValueError, FileNotFoundError):
+    """The dataset files are not where they were looked for (a ValueError, and a FileNotFoundError)."""
+
+
 def fashion_mnist_sources(root: str | os.PathLike | None = None) -> list[Path]:
-    """Directories searched for the IDX files, in order."""
-    places = []
+    """Directories searched for the IDX files, in order.
+
+    An explicit ``root`` is the only place searched: data the user pointed at is never silently
+    replaced by another copy. ``root=None`` searches ``$DYNEXIT_DATA`` (and its ``fashion-mnist``
+    subfolder), the repository's ``data/fashion-mnist`` (test split only) and the Debian package.
+    """
     if root is not None:
-        places.append(Path(root))
+        return [Path(root).expanduser()]
+    places = []
     if os.environ.get("DYNEXIT_DATA"):
         env = Path(os.environ["DYNEXIT_DATA"])
         places += [env, env / "fashion-mnist"]
@@ -71,33 +80,65 @@ def fashion_mnist_sources(root: str | os.PathLike | None = None) -> list[Path]:
     return places
 
 
-def _find_raw(part: str, root) -> tuple[np.ndarray, np.ndarray]:
+def _part(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    return "test" if split == "test" else "train"  # val is held out of the training file
+
+
+def check_fashion_mnist_root(root: str | os.PathLike, split: str) -> Path:
+    """``root`` as a Path when it holds the IDX files of ``split``; DataNotFoundError naming them otherwise.
+
+    Cheap (no file is read): the CLI calls it before loading any model.
+    """
+    part = _part(split)
+    place = Path(root).expanduser()
+    names = _FILES[part]
+    if not place.is_dir():
+        raise DataNotFoundError(f"data root {place}: {'not a directory' if place.exists() else 'no such directory'}; "
+                                f"it should hold the Fashion-MNIST files {' and '.join(names)}")
+    missing = [n for n in names if not (place / n).is_file()]
+    if missing:
+        raise DataNotFoundError(f"data root {place} does not hold the Fashion-MNIST {split} split: "
+                                f"missing {' and '.join(missing)}")
+    return place
+
+
+def _find_raw(part: str, root, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     image_name, label_name = _FILES[part]
+    if root is not None:
+        place = check_fashion_mnist_root(root, split or part)
+        return _read_pair(place / image_name, place / label_name)
     tried = []
-    for place in fashion_mnist_sources(root):
+    for place in fashion_mnist_sources(None):
         images, labels = place / image_name, place / label_name
-        if images.exists() and labels.exists():
-            x, y = read_idx(images), read_idx(labels).astype(np.int64)
-            if x.shape[1:] != (28, 28) or len(x) != len(y):
-                raise ValueError(f"{images}: expected (N, 28, 28) images matching {len(y)} labels, got {x.shape}")
-            return x, y
+        if images.is_file() and labels.is_file():
+            return _read_pair(images, labels)
         tried.append(str(place))
-    downloaded = _try_torchvision(part, root)
+    downloaded = _try_torchvision(part, None)
     if downloaded is not None:
         return downloaded
     tried.append("torchvision download (offline or failed)")
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"Fashion-MNIST {part} split not found. Tried: {'; '.join(tried)}. "
         f"Get it with `apt-get install dataset-fashion-mnist`, or put {image_name} and {label_name} "
-        "in a directory and pass it as root= or set DYNEXIT_DATA."
+        "in a directory and pass it as root= (--data-root) or set DYNEXIT_DATA."
     )
 
 
+def _read_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
+    x, y = read_idx(images), read_idx(labels).astype(np.int64)
+    if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"{images}: expected (N, 28, 28) images matching the {len(y)} labels of {labels.name}, "
+                         f"got {x.shape}")
+    return x, y
+
+
 def _try_torchvision(part: str, root) -> tuple[np.ndarray, np.ndarray] | None:
-    """Last resort for online users: torchvision's downloader into ~/.cache/dynexit."""
+    """Last resort for online users without an explicit root: torchvision's downloader into ~/.cache/dynexit."""
     try:
         from torchvision.datasets import FashionMNIST
-        target = Path(root) if root else Path.home() / ".cache" / "dynexit"
+        target = Path.home() / ".cache" / "dynexit"
         ds = FashionMNIST(str(target), train=(part == "train"), download=True)
         return ds.data.numpy().astype(np.uint8), ds.targets.numpy().astype(np.int64)
     except Exception:  # offline, no torchvision, blocked: the caller lists it as tried
@@ -105,12 +146,16 @@ def _try_torchvision(part: str, root) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` for split train / val / test."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    if split == "test":
+    """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` for split train / val / test.
+
+    ``root``: a directory holding the IDX files (``train-*`` for train and val, ``t10k-*`` for
+    test); when given, it is the only place read, and :class:`DataNotFoundError` (a ValueError)
+    names the missing files. ``root=None`` searches :func:`fashion_mnist_sources`.
+    """
+    part = _part(split)
+    if part == "test":
         return _find_raw("test", root)
-    x, y = _find_raw("train", root)
+    x, y = _find_raw("train", root, split)
     held_out = np.zeros(len(y), dtype=bool)
     held_out[val_indices(len(y))] = True
     keep = held_out if split == "val" else ~held_out

@@ -16,6 +16,8 @@ its own branch). :func:`select_branches` then turns the table into an ``exits=``
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from dynexit.metrics import practical_exits
@@ -67,11 +69,12 @@ def select_branches(rows, max_branches: int | None = None) -> dict:
 
 def branch_study(model_name_or_backbone, loader, val_loader, blocks=None, types=None, epochs: int = 1, *,
                  lr: float = 1e-3, weight_decay: float = 0.0, device="cpu", max_steps: int | None = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, untrained: bool = False) -> list[dict]:
     """Train every (block, type) candidate branch on a frozen backbone; one row per candidate.
 
-    ``model_name_or_backbone``: a trained Multi-Exit ViT, a checkpoint path, or a registry name
-    (an untrained backbone: only for smoke tests). Its own branches are ignored; its backbone
+    ``model_name_or_backbone``: a trained Multi-Exit ViT, or a name for
+    :func:`dynexit.zoo.resolve_model` (a zoo name, a checkpoint path, or with ``untrained=True`` a
+    registry name: an untrained backbone, only for smoke tests). Its own branches are ignored; its backbone
     (``model.vit``) is copied and frozen. ``blocks`` (0-based) default to every block, ``types``
     to every type in ``BRANCH_TYPES``.
 
@@ -79,14 +82,15 @@ def branch_study(model_name_or_backbone, loader, val_loader, blocks=None, types=
     the branch alone)}``, candidates ordered by block then type, then one row of type ``"head"``
     for the backbone's own exit (for reference lines in plots).
     """
-    from dynexit.checkpoint import resolve_model
     from dynexit.exit_training import train_exits
     from dynexit.layers.vit_exit_branches import BRANCH_TYPES
     from dynexit.models.multiexit_vit import MultiExitViT
 
     backbone = model_name_or_backbone
-    if isinstance(backbone, str):
-        backbone = resolve_model(backbone)
+    if isinstance(backbone, (str, os.PathLike)):
+        from dynexit.zoo import resolve_model
+
+        backbone = resolve_model(backbone, untrained=untrained)
     if not isinstance(backbone, MultiExitViT):
         raise ValueError(f"branch_study needs a Multi-Exit ViT (a mevit_* model or checkpoint), "
                          f"got {type(backbone).__name__}")

@@ -125,7 +125,12 @@ def build_datasets(cfg: TrainConfig):
         from dynexit.data import torchvision_dataset
         if not cfg.data_root:
             raise ValueError(f"--data {cfg.data} needs --data-root (a directory with the torchvision download)")
-        full = torchvision_dataset(cfg.data, cfg.data_root, train=True)
+        if not Path(cfg.data_root).expanduser().is_dir():
+            raise ValueError(f"data root {cfg.data_root}: no such directory (it should hold the torchvision {cfg.data} download)")
+        try:
+            full = torchvision_dataset(cfg.data, str(Path(cfg.data_root).expanduser()), train=True)
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+            raise ValueError(f"data root {cfg.data_root} does not hold the torchvision {cfg.data} files ({err})") from None
         perm = np.random.default_rng(12345).permutation(len(full))
         train, val = torch.utils.data.Subset(full, perm[5000:].tolist()), torch.utils.data.Subset(full, perm[:5000].tolist())
     else:

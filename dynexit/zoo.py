@@ -13,11 +13,15 @@ seed included):
 >>> zoo.list()
 >>> model = zoo.load_model("dynperceiver_fmnist")      # eval mode, float [0, 1] input (B, 1, 28, 28)
 >>> table = zoo.load_table("dynperceiver_fmnist", "test")
+>>> model = zoo.resolve_model("dvt_fmnist")    # a zoo name, a checkpoint path, or (untrained=True) an architecture
+>>> zoo.describe_weights(model.weights_source)  # 'weights: data/zoo/dvt_fmnist.safetensors (sha256 55fdca3fdb05, ...)'
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -113,26 +117,37 @@ def _missing(path: Path, name: str, what: str) -> ValueError:
 
 
 def _damaged(path: Path, name: str, err: Exception) -> ValueError:
-    return ValueError(f"{path}: damaged zoo file ({err}); rebuild it with `{_entry(name).reproduce_command()}` "
+    # the loaders' messages usually start with the path already: say it once
+    text = " ".join(str(err).split("\n")) or type(err).__name__
+    if isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+    text = text.removeprefix(f"{path}: ")
+    return ValueError(f"{path}: damaged zoo file ({text}); rebuild it with `{_entry(name).reproduce_command()}` "
                       "(or restore it with `git checkout -- data/zoo`)")
 
 
 def available(name: str) -> bool:
     """True when the weights and both tables of ``name`` are on disk."""
-    return weights_path(name).exists() and all(table_path(name, s).exists() for s in SPLITS)
+    return weights_path(name).is_file() and all(table_path(name, s).is_file() for s in SPLITS)
 
 
 def load_model(name: str, device: str = "cpu"):
-    """The trained model in eval mode; input float images in [0, 1], shape (B, 1, 28, 28)."""
+    """The trained model in eval mode; input float images in [0, 1], shape (B, 1, 28, 28).
+
+    ``model.weights_source`` records the file and its SHA-256 (see :func:`weights_record`).
+    ValueError naming the file and the rebuild command when the weights are missing or damaged.
+    """
     from dynexit.checkpoint import load_checkpoint
 
     path = weights_path(name)
     if not path.exists():
         raise _missing(path, name, "weights")
     try:
-        return load_checkpoint(path, map_location=device)
-    except ValueError as err:
+        model = load_checkpoint(path, map_location=device)
+        model.weights_source = weights_record(path, zoo=name)
+    except (ValueError, OSError) as err:
         raise _damaged(path, name, err) from None
+    return model
 
 
 def load_table(name: str, split: str = "test"):
@@ -144,7 +159,7 @@ def load_table(name: str, split: str = "test"):
         raise _missing(path, name, f"{split} table")
     try:
         return ExitTable.load(path)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         raise _damaged(path, name, err) from None
 
 
@@ -154,9 +169,12 @@ def load_bench(name: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError(f"expected a JSON object, got {type(result).__name__}")
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _damaged(path, name, err) from None
+    return result
 
 
 def branch_study_path(name: str) -> Path:
@@ -180,7 +198,7 @@ def load_branch_study(name: str) -> dict:
         study = json.loads(path.read_text())
         if not isinstance(study, dict) or not isinstance(study.get("rows"), builtins.list):
             raise ValueError("no list of rows")
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
+    except (ValueError, OSError) as err:
         raise _damaged(path, name, err) from None
     return study
 
@@ -191,20 +209,162 @@ def info(name: str) -> dict:
 
     e = _entry(name)
     out = {"name": e.name, "arch": e.arch, "summary": e.summary, "recipe": dict(e.recipe),
-           "pipeline": e.pipeline, "study": dict(e.study), "reproduce": e.reproduce_command(),
-           "available": available(name),
+           "pipeline": e.pipeline, "reproduce": e.reproduce_command(),
            "files": {"weights": str(weights_path(name)), **{s: str(table_path(name, s)) for s in SPLITS},
                      "bench": str(bench_path(name))}}
     if weights_path(name).exists():
         try:
             side = read_sidecar(weights_path(name))
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             raise _damaged(weights_path(name), name, err) from None
         out.update(exit_names=side.get("exit_names"), costs_mflops=side.get("costs_mflops"),
                    val_accuracy=side.get("val_accuracy"), train=side.get("train"), trained_on=side.get("trained_on"))
     if table_path(name, "test").exists():
         out["test_accuracy"] = load_table(name, "test").exit_accuracy().tolist()
     return out
+
+
+# ----------------------------------------------------------------------------- model names
+
+HASH_CHARS = 12  # the SHA-256 prefix printed next to a weights file
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full SHA-256 of a file (hex), computed once per (path, mtime, size) in this process."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha256(str(p), st.st_mtime_ns, st.st_size)
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (no home folders in results)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def weights_record(path: str | os.PathLike, zoo: str | None = None) -> dict:
+    """``{"path", "sha256" (full hex), "zoo" (entry name or None)}`` of a weights file."""
+    return {"path": _display_path(Path(path)), "sha256": file_sha256(path), "zoo": zoo}
+
+
+UNTRAINED = "untrained"
+
+
+def describe_weights(source) -> str:
+    """One line for the output of every command that runs a model: which weights ran."""
+    if source == UNTRAINED:
+        return "weights: UNTRAINED (random initialisation, asked for with --untrained / untrained=True)"
+    if isinstance(source, dict) and source.get("path"):
+        zoo_name = f", zoo model {source['zoo']}" if source.get("zoo") else ""
+        return f"weights: {source['path']} (sha256 {source['sha256'][:HASH_CHARS]}{zoo_name})"
+    return "weights: a model object given in memory (its file is not known)"
+
+
+def weights_source(model):
+    """What :func:`resolve_model` / :func:`load_model` recorded for ``model``: a dict, "untrained" or None."""
+    return getattr(model, "weights_source", None)
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith((".safetensors", ".json")) or os.sep in text or "/" in text or Path(text).exists()
+
+
+def _is_registered(name: str) -> bool:
+    from dynexit.models import is_model
+
+    return is_model(name)
+
+
+def _unknown(text: str) -> ValueError:
+    return ValueError(f"{text!r} is not a zoo model ({', '.join(ENTRIES)}), an existing checkpoint file "
+                      "(.safetensors with its .json sidecar), nor a registered architecture "
+                      "(dynexit.models.list_models())")
+
+
+def resolve_model(name_or_path: str | os.PathLike, *, untrained: bool = False, **kwargs):
+    """The model a name stands for, in eval mode, with ``model.weights_source`` saying which weights ran.
+
+    - a zoo model name (``dvt_fmnist``): its shipped weights, ``data/zoo/NAME.safetensors``;
+      ValueError with the rebuild command (``dynexit zoo reproduce NAME``) when that file is missing;
+    - a checkpoint path (``.safetensors`` with its ``.json`` sidecar): that file;
+    - a registered architecture name: only with ``untrained=True`` (random weights, e.g. for smoke
+      tests and timing); ``kwargs`` go to ``dynexit.models.create_model``. Without it, ValueError:
+      an untrained network is never run by accident.
+
+    ``model.weights_source`` is ``{"path", "sha256", "zoo"}`` for loaded weights, ``"untrained"`` otherwise.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"resolve_model takes a model name or a checkpoint path, got {type(name_or_path).__name__}")
+    text = os.fspath(name_or_path)
+    if untrained:
+        if text in ENTRIES or _is_registered(text):
+            from dynexit.models import create_model
+
+            if not _is_registered(text):  # a zoo entry named apart from its architecture
+                kwargs = {**ENTRIES[text].recipe.get("model_kwargs", {}), **kwargs}
+                text = ENTRIES[text].arch
+            model = create_model(text, **kwargs).eval()
+            model.weights_source = UNTRAINED
+            return model
+        raise ValueError(f"untrained=True (--untrained) builds a registered architecture with random weights; "
+                         f"{text!r} is not one (see dynexit.models.list_models())")
+    if kwargs:
+        raise ValueError(f"model kwargs ({', '.join(kwargs)}) only apply to an untrained architecture "
+                         "(untrained=True); trained weights come with the configuration they were trained with")
+    if text in ENTRIES:
+        return load_model(text)
+    if _looks_like_path(text):
+        from dynexit.checkpoint import load_checkpoint
+
+        path = Path(text).expanduser()
+        if path.suffix == ".json":
+            path = path.with_suffix(".safetensors")
+        if not path.exists():
+            raise ValueError(f"{path}: no such checkpoint file")
+        try:
+            model = load_checkpoint(path)
+            model.weights_source = weights_record(path)
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the checkpoint ({err.strerror or err})") from None
+        return model
+    if _is_registered(text):
+        raise ValueError(f"{text!r} is an architecture without trained weights: the zoo has {', '.join(ENTRIES)}; "
+                         "give a zoo model, a checkpoint (.safetensors), or add --untrained "
+                         "(untrained=True) to run it with random weights")
+    raise _unknown(text)
+
+
+def declared_costs(name_or_path: str | os.PathLike) -> np.ndarray | None:
+    """Cumulative per-exit MFLOPs a zoo model or checkpoint declares in its sidecar, read cheaply.
+
+    For refusing a budget before any model is built. None when they cannot be read here (a
+    registry name, a missing or damaged sidecar): the real loader then gives the precise error.
+    """
+    text = os.fspath(name_or_path)
+    if text in ENTRIES:
+        side = weights_path(text).with_suffix(".json")
+    elif _looks_like_path(text):
+        side = Path(text).expanduser().with_suffix(".json")
+    else:
+        return None
+    try:
+        costs = np.asarray(json.loads(side.read_text())["costs_mflops"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if costs.ndim != 1 or costs.size == 0 or not np.all(np.isfinite(costs)):
+        return None
+    return costs
 
 
 # ----------------------------------------------------------------------------- reproduce

@@ -39,13 +39,34 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing2")
     monkeypatch.setattr(data, "_try_torchvision", lambda part, root: None)
     monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path / "env"))
-    with pytest.raises(FileNotFoundError) as err:
-        data.load_fashion_mnist("test", root=tmp_path / "explicit")
+    with pytest.raises(data.DataNotFoundError) as err:
+        data.load_fashion_mnist("test")
+    assert isinstance(err.value, ValueError) and isinstance(err.value, FileNotFoundError)
     text = str(err.value)
-    for place in ("explicit", "env", "nothing", "nothing2", "torchvision", "apt-get install dataset-fashion-mnist"):
+    for place in ("env", "nothing", "nothing2", "torchvision", "apt-get install dataset-fashion-mnist"):
         assert place in text
     with pytest.raises(ValueError, match="unknown split"):
         data.load_fashion_mnist("training")
+
+
+def test_an_explicit_root_is_the_only_place_read(tmp_path, monkeypatch):
+    # the repository's test split is there, but a root the user named must never be replaced by it
+    called = []
+    monkeypatch.setattr(data, "_try_torchvision", lambda part, root: called.append(part))
+    with pytest.raises(ValueError, match=r"data root .*nowhere: no such directory.*t10k-images-idx3-ubyte\.gz"):
+        data.load_fashion_mnist("test", root=tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        data.load_fashion_mnist("test", root=tmp_path / "file")
+    with pytest.raises(ValueError, match=r"does not hold the Fashion-MNIST test split: missing t10k-images"):
+        data.load_fashion_mnist("test", root=tmp_path)
+    import shutil
+    for name in data._FILES["test"]:
+        shutil.copy(data.REPO_DATA_DIR / name, tmp_path / name)
+    assert data.check_fashion_mnist_root(tmp_path, "test") == tmp_path
+    with pytest.raises(ValueError, match=r"does not hold the Fashion-MNIST val split: missing train-images"):
+        data.load_fashion_mnist("val", root=tmp_path)  # val is held out of the training file
+    assert called == []
 
 
 def test_explicit_dir_and_bad_idx(tmp_path):

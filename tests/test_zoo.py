@@ -140,3 +140,50 @@ def test_load_branch_study_names_the_file_and_the_fix(tmp_path, monkeypatch):
     zoo.branch_study_path("mevit_fmnist").write_text('{"rows": 3}')
     with pytest.raises(ValueError, match="damaged zoo file"):
         zoo.load_branch_study("mevit_fmnist")
+
+
+# ----------------------------------------------------------------------------- names -> weights
+
+def test_a_folder_in_place_of_a_zoo_file_is_a_value_error_with_the_rebuild_command(tiny_zoo):
+    name = tiny_zoo.name
+    for path in (zoo.weights_path(name), zoo.table_path(name, "test"), zoo.bench_path(name)):
+        path.mkdir(parents=True)
+    fix = rf"damaged zoo file.*dynexit zoo reproduce {name}"
+    with pytest.raises(ValueError, match=rf"{name}\.safetensors: {fix}"):
+        zoo.load_model(name)
+    with pytest.raises(ValueError, match=rf"{name}\.safetensors: {fix}"):
+        zoo.resolve_model(name)
+    with pytest.raises(ValueError, match=rf"{name}\.test\.npz: {fix}"):
+        zoo.load_table(name, "test")
+    with pytest.raises(ValueError, match=rf"{name}\.bench\.json: {fix}"):
+        zoo.load_bench(name)
+    assert not zoo.available(name)
+
+
+def test_resolve_model_names_the_missing_file_and_never_falls_back_to_random_weights(tiny_zoo, tmp_path):
+    # tiny_cnn_fmnist is a zoo entry without files: its name must not quietly build the architecture
+    with pytest.raises(ValueError, match=r"tiny_cnn_fmnist\.safetensors: missing file.*dynexit zoo reproduce tiny_cnn_fmnist"):
+        zoo.resolve_model("tiny_cnn_fmnist")
+    with pytest.raises(ValueError, match=r"'multiexit_cnn' is an architecture without trained weights.*untrained=True"):
+        zoo.resolve_model("multiexit_cnn")
+    with pytest.raises(ValueError, match=r"'nope' is not a zoo model"):
+        zoo.resolve_model("nope")
+    with pytest.raises(ValueError, match=r"only apply to an untrained architecture"):
+        zoo.resolve_model("tiny_cnn_fmnist", backbone="resnet10_quarter")
+    with pytest.raises(ValueError, match=r"no such checkpoint file"):
+        zoo.resolve_model(tmp_path / "gone.safetensors")
+    model = zoo.resolve_model("tiny_cnn_fmnist", untrained=True)  # the entry's architecture and kwargs, random weights
+    assert model.arch_name == "multiexit_cnn" and model.arch_kwargs["backbone"] == "resnet10_quarter"
+    assert zoo.weights_source(model) == "untrained" and "UNTRAINED" in zoo.describe_weights("untrained")
+    assert zoo.declared_costs("tiny_cnn_fmnist") is None  # no sidecar: the loader gives the precise error later
+
+
+@pytest.mark.skipif("dvt_fmnist" not in SHIPPED, reason="dvt_fmnist is not shipped in data/zoo")
+def test_a_zoo_name_resolves_to_the_shipped_weights_its_tables_came_from():
+    model = zoo.resolve_model("dvt_fmnist")
+    source = zoo.weights_source(model)
+    assert source["zoo"] == "dvt_fmnist" and source["path"].endswith("dvt_fmnist.safetensors")
+    assert source["sha256"] == zoo.load_table("dvt_fmnist", "val").meta["checkpoint_sha256"]
+    assert zoo.resolve_model(zoo.weights_path("dvt_fmnist")).weights_source["sha256"] == source["sha256"]
+    np.testing.assert_allclose(zoo.declared_costs("dvt_fmnist"), model.exit_costs(), rtol=1e-6)
+    assert f"sha256 {source['sha256'][:12]}" in zoo.describe_weights(source)
