@@ -103,6 +103,12 @@ def count_mflops(fn, *args, **kwargs) -> tuple[float, object]:
     return counter.get_total_flops() / 2 / 1e6, out
 
 
+def module_mflops(module, *inputs) -> float:
+    """MFLOPs of one call ``module(*inputs)`` in eval mode (the module's mode is restored)."""
+    with _eval(module):
+        return count_mflops(module, *inputs)[0]
+
+
 def stage_flops(model, x: torch.Tensor | None = None) -> np.ndarray:
     """MFLOPs of each stage of the staged form for one image (not cumulative), shape (K,).
 

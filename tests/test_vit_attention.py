@@ -4,7 +4,7 @@ import timm
 import torch
 
 from dynexit.layers import AttentionMap, attention_rollout, make_attention_capturable
-from dynexit.layers.attention_capture import AttentionRecorder
+from dynexit.layers.attention_capture import recording
 
 
 @pytest.fixture(scope="module")
@@ -18,14 +18,8 @@ def test_capture_keeps_outputs_and_records_class_token_maps(tiny_vit):
     x = torch.rand(3, 1, 28, 28)
     ref = tiny_vit(x)
     layers = make_attention_capturable(tiny_vit.blocks, (7, 7), num_prefix_tokens=1)
-    rec = AttentionRecorder()
-    for layer in layers:
-        layer._attn_recorder = rec
-    try:
+    with recording(layers) as rec:
         out = tiny_vit(x)
-    finally:
-        for layer in layers:
-            layer._attn_recorder = None
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert rec.names() == ["block0", "block1"]
     w = rec[0].weights

@@ -177,13 +177,12 @@ class MultiExitViT(MultiExitModel):
         ``exit_costs()`` counts every earlier branch too (they run on the early-exit path); this is
         the cost to compare candidate branches by (the branch study).
         """
-        from dynexit.flops import _eval_no_grad, count_mflops, stage_flops
+        from dynexit.flops import module_mflops, stage_flops
 
         per_stage = stage_flops(self)
         tokens = torch.zeros(1, self.num_prefix_tokens + self.grid[0] * self.grid[1], self.vit.embed_dim,
                              device=next(self.parameters()).device)
-        with _eval_no_grad(self):
-            own = np.array([count_mflops(b, tokens)[0] for b in self.branches] + [0.0])
+        own = np.array([module_mflops(b, tokens) for b in self.branches] + [0.0])
         backbone = np.cumsum(per_stage - own)  # the head's cost stays in the last stage
         return backbone + own
 
