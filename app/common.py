@@ -206,6 +206,11 @@ def sidebar() -> tuple[str, str, str]:
     return name, solver, criterion
 
 
+def current_budget(name: str) -> float | None:
+    """The budget (MFLOPs per image) last set for ``name`` on any page; None before any slider was shown."""
+    return st.session_state.get("budgets", {}).get(name)
+
+
 def _budget_moved(name: str, wkey: str):
     """The user moved a budget slider: the one place the budget changes."""
     st.session_state["budgets"][name] = float(st.session_state[wkey])

@@ -18,8 +18,9 @@ records every step as a plain-language note the app shows next to the result:
    then makes it light on black either way);
 5. fit the longest side to 28 pixels (aspect kept) and pad the short side with the image's own
    background colour;
-6. polarity: with ``invert="auto"`` a light background (a dark object on white paper) is inverted
-   so the object is light on black, as in Fashion-MNIST; the background level is then set to black;
+6. polarity: with ``invert="auto"`` an object darker than its background (a dark object on white
+   paper, or on mid-gray) is inverted so the object is light on black, as in Fashion-MNIST; the
+   background level is then set to black;
 7. a blank or nearly uniform result (nothing to classify) is kept but flagged in
    :attr:`PreparedImage.warnings`, so the app shows a warning next to the meaningless prediction.
 
@@ -293,7 +294,8 @@ def prepare_image(data: bytes, invert: bool | str = "auto", size: int = SIZE, ma
                   max_bytes: int = MAX_BYTES) -> PreparedImage:
     """Convert uploaded bytes to a (size, size) float32 image in [0, 1], light object on black.
 
-    ``invert``: ``"auto"`` inverts when the background (the median of the border pixels) is light;
+    ``invert``: ``"auto"`` inverts when the image is on average darker than its background (the median
+    of the border pixels), i.e. the object is dark (a uniform image: when the background is light);
     ``True`` / ``False`` force it (anything else: ``ValueError``). Raises :class:`ImageRejected` (a
     ``ValueError``) with a message for the user for an empty, oversized, unreadable or damaged file and
     for NaN / infinite pixels; never any other exception for any bytes. A blank or nearly uniform
@@ -311,14 +313,18 @@ def prepare_image(data: bytes, invert: bool | str = "auto", size: int = SIZE, ma
     decoded = _decode(data, max_pixels, notes)
     gray, rgb = _fill_transparent(decoded, notes)
     arr, background = _fit(gray, size, notes, decoded.upright)
-    do_invert = background > 0.5 if invert == "auto" else bool(invert)
+    if invert == "auto":  # the object is what differs from the background: invert when it is the darker side
+        mean = float(arr.mean())
+        do_invert = mean < background if abs(mean - background) > 1e-3 else background > 0.5
+    else:
+        do_invert = bool(invert)
     if do_invert:
         arr, background = 1.0 - arr, 1.0 - background
-        notes.append("inverted: the background was light, Fashion-MNIST objects are light on black"
+        notes.append("inverted: the object is darker than its background (Fashion-MNIST objects are light on black)"
                      if invert == "auto" else "inverted (your choice)")
     elif invert == "auto":
-        notes.append("not inverted: the background is already dark, as in Fashion-MNIST")
-    if 0.02 < background < 0.5:
+        notes.append("not inverted: the object is already lighter than its background, as in Fashion-MNIST")
+    if 0.02 < background < 0.98:  # a gray background would hide a dark object or dim a light one
         arr = np.clip((arr - background) / (1.0 - background), 0.0, 1.0)
         notes.append(f"background level {background:.2f} set to black (as in Fashion-MNIST)")
     found = []

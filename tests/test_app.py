@@ -191,9 +191,17 @@ def test_upload_runs_real_early_exit_and_rejects_bad_files(app_zoo):
     photo.paste((40, 40, 40), (40, 20, 80, 60))  # a dark object on white paper
     at.file_uploader(key="upload").set_value(("photo.png", png(photo), "image/png")).run()
     ok(at)
-    assert "It leaves at exit" in texts(at) and "inverted: the background was light" in texts(at)
+    assert "It leaves at exit" in texts(at) and "inverted: the object is darker than its background" in texts(at)
+    import struct
+    import zlib
+    text = zlib.compress(b" " * 2**21)  # a zTXt chunk inflating past Pillow's 1 MB limit: a bare ValueError before
+    ztxt = struct.pack(">I", len(text) + 9) + b"zTXtComment\x00\x00" + text
+    ztxt += struct.pack(">I", zlib.crc32(ztxt[4:]))
+    tiff = bytearray(png(photo, "TIFF"))
+    tiff[96] = 12  # "invalid extents" out of the TIFF decoder
     bad = {"notes.txt": b"just some text", "empty.png": b"", "broken.png": png(photo)[:60],
-           "huge.png": png(Image.new("1", (8000, 6000)))}
+           "huge.png": png(Image.new("1", (8000, 6000))), "text.png": png(photo)[:33] + ztxt + png(photo)[33:],
+           "extents.tif": bytes(tiff)}
     for name, data in bad.items():
         at.file_uploader(key="upload").set_value((name, data, "application/octet-stream")).run()
         ok(at)
@@ -205,6 +213,10 @@ def test_upload_runs_real_early_exit_and_rejects_bad_files(app_zoo):
     at.file_uploader(key="upload").set_value(("anim.gif", buf.getvalue(), "image/gif")).run()
     ok(at)
     assert "only the first frame is used" in texts(at) and not at.error
+    # a uniform image runs, with a visible warning that the answer means nothing
+    at.file_uploader(key="upload").set_value(("gray.png", png(Image.new("L", (40, 40), 128)), "image/png")).run()
+    ok(at)
+    assert at.warning and "blank or nearly uniform" in at.warning[0].value and "It leaves at exit" in texts(at)
 
 
 def test_damaged_zoo_file_says_which_and_how_to_rebuild(tiny_zoo_dir, tmp_path, monkeypatch):

@@ -75,3 +75,68 @@ def test_slider_moved_with_the_keyboard_changes_the_accuracy(chromium, tmp_path_
             assert shot.stat().st_size > 10_000
         finally:
             chromium_browser.close()
+
+
+SLIDER = "[data-testid=stSlider] input[type=range]"
+
+
+def _png(level: int, mode: str = "RGB") -> bytes:
+    import io
+
+    from PIL import Image
+    img = Image.new(mode, (60, 40), "white" if mode == "RGB" else 0)
+    img.paste(level, (20, 10, 40, 30)) if mode != "RGB" else img.paste((level, level, level), (20, 10, 40, 30))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_uploads_keep_the_budget_and_every_page_shows_it(chromium, tmp_path_factory, tmp_path):
+    """Issue 13: uploads reset the budget slider to its minimum, and the reset spread to the other pages."""
+    from playwright.sync_api import expect, sync_playwright
+
+    zoo_dir = build_tiny_zoo(tmp_path_factory.getbasetemp() / "app_zoo",
+                             models=("dynperceiver_fmnist", "static_cnn_fmnist", "mevit_fmnist"))
+    uploads = [("shirt.png", _png(30)), ("damaged.png", _png(60)[:80]), ("bag.png", _png(200, "L")),
+               ("shoe.png", _png(90)), ("boot.png", _png(150, "L"))]
+    with browser.serve(env={"DYNEXIT_ZOO": str(zoo_dir)}, log_path=tmp_path / "streamlit.log") as url, \
+            sync_playwright() as p:
+        chromium_browser = browser.launch(p, chromium)
+        try:
+            page = chromium_browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{url}/upload")
+            page.get_by_role("heading", name="Your own image").wait_for(timeout=120_000)
+            chooser = page.locator("[data-testid=stFileUploader] input[type=file]")
+            chooser.set_input_files(files=[{"name": "first.png", "mimeType": "image/png", "buffer": _png(10)}])
+            slider = page.locator(SLIDER).first
+            slider.wait_for(timeout=120_000)
+            browser.wait_idle(page, settle_ms=500)
+            default = slider.input_value()
+            slider.focus()
+            for _ in range(7):
+                page.keyboard.press("ArrowRight")
+            expect(slider).not_to_have_value(default)
+            browser.wait_idle(page, settle_ms=500)
+            budget = slider.input_value()
+            caption = f"Budget {budget} MFLOPs"
+            expect(page.get_by_text(caption)).to_be_visible()  # the server has the new budget
+            for name, data in uploads:
+                chooser.set_input_files(files=[{"name": name, "mimeType": "image/png", "buffer": data}])
+                expect(page.get_by_text(name).first).to_be_visible()
+                browser.wait_idle(page, settle_ms=500)
+                if name == "damaged.png":
+                    expect(page.get_by_text("Cannot use **damaged.png**".replace("**", ""))).to_be_visible()
+                    continue
+                expect(page.locator(SLIDER).first).to_have_value(budget)
+                expect(page.get_by_text(caption)).to_be_visible()
+            for title in ("Budget explorer", "Image inspector"):
+                page.locator("[data-testid=stSidebarNav] a", has_text=title).click()
+                page.get_by_role("heading", name=title).wait_for(timeout=120_000)
+                browser.wait_idle(page, settle_ms=500)
+                expect(page.locator(SLIDER).first).to_have_value(budget)
+                expect(page.get_by_text(caption)).to_be_visible()
+            page.locator("[data-testid=stSidebarNav] a", has_text="Compare models").click()
+            page.get_by_role("heading", name="Compare models").wait_for(timeout=120_000)
+            expect(page.get_by_text(f"{budget} MFLOPs per image")).to_be_visible(timeout=60_000)
+        finally:
+            chromium_browser.close()

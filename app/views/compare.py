@@ -16,6 +16,10 @@ st.markdown("Every zoo model on the same axes. A model is better where its curve
             f"and criterion chosen in the sidebar (**{solver}**"
             + (f", {criterion}" if solver != "learned" else "") + "), fitted on validation images, measured on test.")
 
+budget = common.current_budget(st.session_state.model)
+if budget is not None:  # the sidebar model's budget, as set on the other pages (the curves span every budget)
+    st.caption(f"Your budget for **{st.session_state.model}**: **{budget:g} MFLOPs** per image "
+               "(set with the slider of the budget explorer, the inspector or your own image).")
 chosen = st.multiselect("Models", available, default=available, key="compare_models")
 if not chosen:
     st.info("Choose at least one model.")
