@@ -179,7 +179,7 @@ def _shrink(img: Image.Image) -> Image.Image:
 def _float_pixels(img: Image.Image, notes: list[str]) -> np.ndarray:
     """Gray in [0, 1] of a 16-bit, 32-bit integer or float image; NaN / inf refused."""
     mode = img.mode
-    a = np.asarray(img, dtype=np.float64)
+    a = np.asarray(img, dtype=np.float32)  # full resolution (up to MAX_PIXELS): float32 halves the memory
     if mode == "F":
         bad = ~np.isfinite(a)
         if bad.any():
@@ -211,7 +211,7 @@ def _pixels(img: Image.Image, notes: list[str]) -> tuple[np.ndarray, np.ndarray,
     if mode in _INT_MODES or mode == "F":
         gray = _float_pixels(img, notes)  # full resolution: NaN must be seen before averaging hides or spreads it
         small = _shrink(Image.fromarray(gray.astype(np.float32)))
-        gray = np.clip(np.asarray(small, dtype=np.float64), 0.0, 1.0)
+        gray = np.clip(np.asarray(small, dtype=np.float64), 0.0, 1.0)  # small from here on: float64
         return gray, np.repeat(gray[..., None], 3, axis=2), None
     has_alpha = mode in _ALPHA_MODES or "transparency" in img.info
     if has_alpha:
