@@ -179,8 +179,12 @@ def check_request(model, budget=None, thresholds=None, criterion: str = "max_pro
         val_table = ExitTable.load(val_table)
     if thresholds is not None:
         val_table = None  # not used with given thresholds
-    costs = val_table.costs if val_table is not None else (
-        zoo.declared_costs(model) if isinstance(model, (str, os.PathLike)) else None)
+    declared = zoo.declared_costs(model) if isinstance(model, (str, os.PathLike)) else None
+    if val_table is not None and declared is not None and (
+            len(declared) != val_table.num_exits or not np.allclose(declared, val_table.costs, rtol=1e-4)):
+        raise ValueError(f"the val table is not a table of this model: its exits cost {np.round(val_table.costs, 3).tolist()} "
+                         f"MFLOPs, the model's {np.round(declared, 3).tolist()}")
+    costs = val_table.costs if val_table is not None else declared
     if costs is not None:
         check_model_costs(costs, budget, thresholds)
     return costs, val_table
@@ -273,6 +277,8 @@ def format_result(r: dict) -> str:
 
     lines = [f"model {r['model']}  solver {r.get('solver')}  budget {r.get('budget_mflops')} MFLOPs",
              *([describe_weights(r["weights"])] if "weights" in r else []),  # results written before it was recorded
+             *([f"thresholds fitted on {r['val_table']} (the shipped val table of these weights)"]
+               if r.get("val_table") else []),
              f"exits taken: {r['exit_histogram']}  mean cost {r['mean_cost_mflops']:.2f} / {r['full_cost_mflops']:.2f} MFLOPs",
              f"accuracy: full {r['accuracy_full']:.4f}  early exit {r['accuracy_early_exit']:.4f}",
              f"theoretical_speedup {r['theoretical_speedup']:.3f}"]

@@ -76,6 +76,13 @@ def test_bench_bad_input_is_one_line_and_exit_2(extra, match, tmp_path, capsys, 
     fails(argv, capsys, match=match)
 
 
+@needs_dvt
+def test_bench_refuses_the_val_table_of_another_model(tmp_path, capsys, no_model_loads):
+    random_table(n=50, k=4, c=10).save(tmp_path / "other.npz")
+    fails(["bench", "--model", DVT, "--budget", "10", "--val-table", str(tmp_path / "other.npz")], capsys,
+          match=r"the val table is not a table of this model: its exits cost .* the model's \[1.531, 11.202, 24.782\]")
+
+
 BAD_MODEL = [
     (["--model", "dynperceiver_tiny"], r"'dynperceiver_tiny' is an architecture without trained weights.*--untrained"),
     (["--model", "no_such_model"], r"'no_such_model' is not a zoo model .*nor a registered architecture"),
