@@ -39,7 +39,7 @@ def exit1_thresholds(model, images, fraction: float, criterion="max_prob") -> np
 
 def main(argv=None) -> int:
     from dynexit.bench import benchmark, format_result, run_bench
-    from dynexit.checkpoint import resolve_model
+    from dynexit.zoo import describe_weights, resolve_model
     from dynexit.tables_build import load_split_images
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,9 +62,11 @@ def main(argv=None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         model = resolve_model(args.model)
+        print(describe_weights(model.weights_source))
         images, labels = load_split_images("test", limit=args.limit)
         t = exit1_thresholds(model, images, args.exit1_fraction)
-        r = {"model": args.model, "solver": f"exit1 fraction {args.exit1_fraction}", "budget_mflops": None,
+        r = {"model": args.model, "weights": model.weights_source,
+             "solver": f"exit1 fraction {args.exit1_fraction}", "budget_mflops": None,
              **benchmark(model, images, labels, t, batch1_limit=args.batch1_limit, repeats=args.repeats)}
         if args.json:
             with open(args.json, "w") as f:

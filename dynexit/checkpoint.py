@@ -417,16 +417,3 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model.checkpoint_meta = meta
     model.to(map_location)
     return model.eval() if eval else model
-
-
-def resolve_model(name_or_path: str, **kwargs):
-    """A registry name (untrained model) or a checkpoint path (trained model)."""
-    from dynexit.models import create_model, is_model
-
-    p = Path(name_or_path)
-    if p.suffix in (".safetensors", ".json") or p.exists():
-        return load_checkpoint(p)
-    if is_model(name_or_path):
-        return create_model(name_or_path, **kwargs).eval()
-    raise ValueError(f"{name_or_path!r} is neither a registered model (see `dynexit.models.list_models()`) nor a "
-                     "checkpoint file (.safetensors with its .json sidecar)")

@@ -122,6 +122,8 @@ def _damaged(path: Path, name: str, err: Exception) -> ValueError:
     if isinstance(err, OSError) and err.strerror:
         text = err.strerror
     text = text.removeprefix(f"{path}: ")
+    # a loader's own advice ("...; restore the file or save it again") gives way to the zoo's rebuild command
+    text = text.rsplit("; ", 1)[0] if "; " in text else text
     return ValueError(f"{path}: damaged zoo file ({text}); rebuild it with `{_entry(name).reproduce_command()}` "
                       "(or restore it with `git checkout -- data/zoo`)")
 

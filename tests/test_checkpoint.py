@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynexit.checkpoint import load_checkpoint, load_weights, read_sidecar, resolve_model, save_checkpoint
+from dynexit.checkpoint import load_checkpoint, load_weights, read_sidecar, save_checkpoint
+from dynexit.zoo import resolve_model
 from _tiny_models import images, tiny
 
 
@@ -116,7 +117,7 @@ def test_corrupt_sidecar(saved):
 def test_missing_file_and_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "nope.safetensors")
-    with pytest.raises(ValueError, match="neither a registered model"):
+    with pytest.raises(ValueError, match="not_a_model"):
         resolve_model("not_a_model")
 
 

@@ -187,3 +187,22 @@ def test_a_zoo_name_resolves_to_the_shipped_weights_its_tables_came_from():
     assert zoo.resolve_model(zoo.weights_path("dvt_fmnist")).weights_source["sha256"] == source["sha256"]
     np.testing.assert_allclose(zoo.declared_costs("dvt_fmnist"), model.exit_costs(), rtol=1e-6)
     assert f"sha256 {source['sha256'][:12]}" in zoo.describe_weights(source)
+
+
+@pytest.mark.skipif(not zoo.available("dvt_fmnist"), reason="no shipped zoo")
+def test_shipped_sidecars_carry_the_weights_checksum(tmp_path):
+    """A flipped byte in a shipped weights file is refused, not loaded as a silently different model."""
+    import hashlib
+    import shutil
+    for name in zoo.list():
+        w = zoo.weights_path(name)
+        side = json.loads(w.with_suffix(".json").read_text())
+        assert side["weights_sha256"] == hashlib.sha256(w.read_bytes()).hexdigest(), name
+    src = zoo.weights_path("dvt_fmnist")
+    dst = tmp_path / src.name
+    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    data = bytearray(src.read_bytes())
+    data[-100] ^= 0x01  # inside the tensor data, after the header
+    dst.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha|SHA|checksum|changed"):
+        zoo.resolve_model(str(dst))
