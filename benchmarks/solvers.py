@@ -1,58 +1,63 @@
-"""Solver benchmark: every solver against geometric (MSDNet) and the oracle, on real tables.
+"""Solver benchmark: every threshold solver against MSDNet's geometric rule and the oracle, on the zoo's tables.
 
-For each val/test table pair and 20 budgets spread between the first and last exit's cost, fit every
-solver on val and evaluate on test; print test accuracy, test cost and fit time, then per solver the
-wins / ties / losses against geometric at matched test cost (a tie is within 0.1 point; curves
-linearly interpolated on a common cost grid) and the share of the geometric-to-oracle gap closed.
-Also times the fit on a 5,000 x 4 x 10 table and the slider path (fit at a budget + evaluate +
-histogram) on a 10,000 x 4 x 10 table, median over 20 budgets after the first (cached) fit.
+Protocol (:func:`dynexit.metrics.compare_solvers`, the comparison the results page uses too): for each
+val / test table pair, fit every solver on val at 40 budgets spread from the first to the last exit's
+cost; read each solver's test curve and geometric's at 100 matched test costs (both linearly
+interpolated over the costs both reach); count wins / ties / losses (a tie is within 0.1 point), the
+mean and worst gain, the costs where it loses, and the share of the geometric-to-oracle gap it closes
+(the oracle limited to the same mean cost); time each fit (the first, cold, and the median of the rest).
 
-Tables: ``--val/--test`` pairs given on the command line, or by default the toy multi-exit MLP of
-``dynexit.testing`` on scikit-learn digits (3 seeds) and on Fashion-MNIST (2 sizes; needs the
-training split, e.g. ``apt-get install dataset-fashion-mnist``), cached in ``.cache/bench_tables``.
+Tables: by default the shipped multi-exit pairs of ``data/zoo`` (the static CNN has one exit: nothing
+to choose); ``--pair VAL TEST`` (repeatable) benchmarks your own tables instead. Writes
+``docs/solver_benchmark.md`` for the zoo run (``--md PATH`` elsewhere or for your tables) and
+``--json PATH`` with every number. The genetic solver takes about a second per budget on the zoo's
+5,000 validation images: ``--solvers`` picks a subset.
 
-    python benchmarks/solvers.py [--pair VAL TEST ...] [--json out.json]
+    python benchmarks/solvers.py [--solvers geometric,crossval] [--pair VAL TEST ...] [--md PATH] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import os
+import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from dynexit import metrics, solvers
+from dynexit import metrics, solvers, zoo
 from dynexit.table import ExitTable
-from dynexit.testing import digits_tables, fashion_mnist_tables
 
-CACHE = Path(".cache/bench_tables")
-
-
-def cached(name, make):
-    val_path, test_path = CACHE / f"{name}_val.npz", CACHE / f"{name}_test.npz"
-    if not (val_path.exists() and test_path.exists()):
-        val, test = make()
-        val.save(val_path)
-        test.save(test_path)
-    return ExitTable.load(val_path), ExitTable.load(test_path)
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "solver_benchmark.md"
+N_BUDGETS, N_GRID, REFERENCE = 40, 100, "geometric"
+# Part 5 of issue 14: the paper and the released code solve DVT's thresholds differently.
+GENETIC_NOTE = ("The DVT paper (Wang et al., NeurIPS 2021) solves its thresholds with a genetic algorithm; "
+                "DVT's released code uses MSDNet's geometric procedure.")
 
 
-def default_tables():
-    pairs = {f"digits_seed{s}": cached(f"digits_seed{s}", lambda s=s: digits_tables(s)) for s in (0, 1, 2)}
-    try:
-        pairs["fmnist_mlp_small"] = cached("fmnist_mlp_small", lambda: fashion_mnist_tables(0))
-        pairs["fmnist_mlp_wide"] = cached("fmnist_mlp_wide",
-                                          lambda: fashion_mnist_tables(1, widths=(8, 32, 128, 512), epochs=4))
-    except FileNotFoundError as err:
-        print(f"(skipping Fashion-MNIST tables: {err})")
+def zoo_pairs() -> dict[str, tuple[ExitTable, ExitTable]]:
+    """The shipped val / test pairs with more than one exit, by zoo name."""
+    pairs = {}
+    for name in zoo.list():
+        if not all(zoo.table_path(name, split).exists() for split in zoo.SPLITS):
+            continue
+        val, test = zoo.load_table(name, "val"), zoo.load_table(name, "test")
+        if val.num_exits > 1:
+            pairs[name] = (val, test)
+    if not pairs:
+        sys.exit(f"no multi-exit val/test tables in {zoo.zoo_dir()}: run `dynexit zoo reproduce NAME`, "
+                 "or give your own with --pair VAL TEST")
     return pairs
 
 
-def slider_path_ms(table, solver_name, n_budgets=20):
-    """Median ms of fit + evaluate + histogram on one table, after a first fit fills the caches."""
+def slider_path_ms(table: ExitTable, solver_name: str, n_budgets: int = 20) -> float:
+    """Median ms of fit + evaluate + histogram on one table (the app's slider), after a first fit fills the caches."""
     budgets = metrics.budget_grid(table, n_budgets)
     solvers.make(solver_name, float(budgets[1])).fit(table)
     times = []
@@ -64,48 +69,157 @@ def slider_path_ms(table, solver_name, n_budgets=20):
     return statistics.median(times)
 
 
+def _solver_note(name: str) -> str:
+    first = (solvers.get(name).__doc__ or "").strip().splitlines()[0].rstrip(".").replace("``", "`")
+    note = f"`{name}`{' (default)' if name == solvers.DEFAULT else ''}: {first}."
+    return note + (" " + GENETIC_NOTE if name == "genetic" else "")
+
+
+def _gap(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x + 0.0:.1f}".replace("-0.0", "0.0")
+
+
+def _rows(comparison: dict) -> list[list[str]]:
+    rows = []
+    for name, c in comparison.items():
+        loss = "-" if not c["loss_costs"] else f"{c['loss_costs'][0]:.2f}-{c['loss_costs'][1]:.2f}"
+        label = f"{name} (default)" if name == solvers.DEFAULT else (f"{name} (reference)" if name == REFERENCE else name)
+        rows.append([label, f"{c['wins']} / {c['ties']} / {c['losses']}", f"{100 * c['mean_gain']:+.2f}",
+                     f"{100 * c['worst']:+.2f}", loss, _gap(c["gap_closed"]), f"{1e3 * c['fit_first_s']:.0f}",
+                     f"{1e3 * c['fit_median_s']:.1f}"])
+    return rows
+
+
+def _table(header, rows) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+HEADER = ["solver", "wins / ties / losses (of 100 costs)", "mean gain (pt)", "worst (pt)", "losses at MFLOPs",
+          "gap closed (%)", "first fit (ms)", "median fit (ms)"]
+
+
+def render(report: dict, command: str) -> str:
+    models = report["models"]
+    names = report["solvers"]
+    L = ["# Solver benchmark", "",
+         f"Made by `{command}` on {report['date']} ({report['machine']}) in {report['seconds'] / 60:.1f} minutes. "
+         "Every number is measured on the test table; thresholds are fitted on the val table.", "",
+         "## How it was measured", "",
+         f"`dynexit.metrics.compare_solvers` (the comparison the results page `docs/results.md` uses too): each "
+         f"solver is fitted on val at {N_BUDGETS} budgets spread evenly from the first to the last exit's cost, and "
+         f"its test curve (accuracy vs mean MFLOPs per image) is compared with the `{REFERENCE}` solver's (MSDNet's "
+         f"rule) at {N_GRID} test costs spread over the range both curves reach, each curve linearly interpolated "
+         "(after taking, at each cost, the best accuracy at or below it). At each cost the solver wins when it is "
+         "more than 0.1 point more accurate, loses when it is more than 0.1 point less accurate, and ties otherwise.",
+         "",
+         "- **mean gain / worst**: mean and smallest accuracy difference (solver minus geometric) over the 100 "
+         "costs, in points; **losses at MFLOPs**: the lowest and highest cost where it loses;",
+         "- **gap closed**: mean gain divided by the mean gap between geometric and the oracle at the same costs "
+         "(the oracle sends each image to its first correct exit, buying the cheapest images first until the mean "
+         "cost is spent: no threshold policy can do better); 100% = as good as the oracle, negative = worse than "
+         "geometric;",
+         "- **first fit**: the fit at the first budget on a fresh copy of val (it computes the scores and caches the "
+         "later fits reuse); **median fit**: the median over the other 39 budgets. Single-threaded Python on a "
+         "shared CPU: compare the times with each other, not with another machine.", "",
+         "Solvers:", ""]
+    L += [f"- {_solver_note(n)}" for n in names]
+    L += ["", "## Summary over the models", "",
+          "Wins / ties / losses summed over the models; mean gain and gap closed averaged over them; worst over them.",
+          ""]
+    rows = []
+    for s in names:
+        cs = [m["comparison"][s] for m in models.values()]
+        gaps = [c["gap_closed"] for c in cs if c["gap_closed"] is not None and np.isfinite(c["gap_closed"])]
+        label = f"{s} (default)" if s == solvers.DEFAULT else (f"{s} (reference)" if s == REFERENCE else s)
+        rows.append([label, f"{sum(c['wins'] for c in cs)} / {sum(c['ties'] for c in cs)} / "
+                            f"{sum(c['losses'] for c in cs)}", f"{100 * np.mean([c['mean_gain'] for c in cs]):+.2f}",
+                     f"{100 * min(c['worst'] for c in cs):+.2f}", _gap(np.mean(gaps)) if gaps else "n/a",
+                     f"{1e3 * np.median([c['fit_median_s'] for c in cs]):.1f}",
+                     f"{sum(c['fit_total_s'] for c in cs):.1f}"])
+    L += _table(["solver", f"wins / ties / losses (of {N_GRID * len(models)})", "mean gain (pt)", "worst (pt)",
+                 "gap closed (%)", "median fit (ms)", f"all {N_BUDGETS * len(models)} fits (s)"], rows)
+    for name, m in models.items():
+        L += ["", f"## {name}", "",
+              f"val {m['val_samples']:,} images, test {m['test_samples']:,}; {m['exits']} exits at "
+              f"{', '.join(f'{c:.2f}' for c in m['costs'])} MFLOPs; per-exit test accuracy "
+              f"{', '.join(f'{100 * a:.2f}' for a in m['test_exit_accuracy'])}%; oracle (every image at its first "
+              f"correct exit) {100 * m['oracle_accuracy']:.2f}%. Matched test costs "
+              f"{m['comparison'][REFERENCE]['cost_range'][0]:.2f}-{m['comparison'][REFERENCE]['cost_range'][1]:.2f} "
+              "MFLOPs.", ""]
+        L += _table(HEADER, _rows(m["comparison"]))
+    t = report.get("timing")
+    if t:
+        L += ["", "## The app's slider path", "",
+              f"`{t['solver']}` on `{t['table']}`'s test table ({t['shape']}): fit at a budget + evaluate + exit "
+              f"histogram, median {t['slider_path_median_ms']:.2f} ms over 20 budgets after a first fit."]
+    return "\n".join(L) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pair", nargs=2, action="append", metavar=("VAL", "TEST"))
-    parser.add_argument("--json")
+    parser.add_argument("--pair", nargs=2, action="append", metavar=("VAL", "TEST"),
+                        help="a val and a test ExitTable (.npz) of one model; repeat for more models")
+    parser.add_argument("--solvers", help=f"comma-separated solvers (default: all, {', '.join(solvers.available())})")
+    parser.add_argument("--md", help=f"write the markdown page here (default for the zoo run: {DOC.relative_to(ROOT)})")
+    parser.add_argument("--json", help="write every number as JSON here")
     args = parser.parse_args(argv)
-    pairs = ({Path(v).stem: (ExitTable.load(v), ExitTable.load(t)) for v, t in args.pair}
-             if args.pair else default_tables())
-    report = {}
+    names = solvers.available() if not args.solvers else [s.strip() for s in args.solvers.split(",") if s.strip()]
+    unknown = [s for s in names if s not in solvers.available()]
+    if unknown or not names:
+        parser.error(f"--solvers: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+                     f"choose from {', '.join(solvers.available())}")
+    names = [REFERENCE] + [s for s in names if s != REFERENCE]
+    if args.pair:
+        try:
+            pairs = {Path(v).name.removesuffix(".npz"): (ExitTable.load(v), ExitTable.load(t)) for v, t in args.pair}
+        except (OSError, ValueError) as err:
+            parser.error(f"--pair: {err}")
+    else:
+        pairs = zoo_pairs()
+    md = args.md or (None if args.pair else DOC)
+
+    start = time.perf_counter()
+    report = {"date": _dt.date.today().isoformat(),
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "solvers": names, "default": solvers.DEFAULT, "n_budgets": N_BUDGETS, "n_grid": N_GRID,
+              "tie": metrics.TIE, "reference": REFERENCE, "models": {}}
     for name, (val, test) in pairs.items():
-        print(f"\n== {name}: val {val.num_samples} x {val.num_exits}, test {test.num_samples}; "
-              f"per-exit test accuracy {np.round(test.exit_accuracy(), 4).tolist()}; "
-              f"oracle {metrics.oracle(test).accuracy:.4f}")
-        budgets = metrics.budget_grid(val, 20)
-        curves = {s: metrics.budget_curve(val, test, s, budgets) for s in solvers.available()}
-        print(f"{'budget':>10s} " + " ".join(f"{s:>22s}" for s in curves))
-        for i, b in enumerate(budgets):
-            print(f"{b:10.4g} " + " ".join(f"{c.test_accuracy[i]:9.4f} @{c.test_cost[i]:10.4g}" for c in curves.values()))
-        report[name] = {}
-        for s, c in curves.items():
-            cmp = metrics.compare_at_matched_cost(c, curves["geometric"], test)
-            cmp.pop("grid")
-            cmp["median_fit_ms"] = statistics.median(c.fit_seconds) * 1e3
-            cmp["max_fit_ms"] = max(c.fit_seconds) * 1e3
-            report[name][s] = cmp
-            print(f"  {s:10s} vs geometric at matched test cost: W/T/L {cmp['wins']}/{cmp['ties']}/{cmp['losses']}"
-                  f"  mean {cmp['mean_gain'] * 100:+.2f} pt  worst {cmp['worst'] * 100:+.2f} pt"
-                  f"  gap to oracle closed {cmp['gap_closed'] * 100:.1f}%  fit median {cmp['median_fit_ms']:.1f} ms,"
-                  f" max {cmp['max_fit_ms']:.0f} ms")
-    big = [(n, t) for n, t in pairs.items() if t[1].num_samples >= 10000]
-    if big:
-        name, (val, test) = big[0]
-        start = time.perf_counter()
-        solvers.make(solvers.DEFAULT, float(np.mean(val.costs[:2]))).fit(
-            ExitTable(val.logits, val.labels, val.costs))  # a fresh table: no cached work
-        cold = time.perf_counter() - start
+        print(f"\n== {name}: val {val.num_samples} x {val.num_exits}, test {test.num_samples}; per-exit test accuracy "
+              f"{np.round(test.exit_accuracy(), 4).tolist()}; oracle {metrics.oracle(test).accuracy:.4f}", flush=True)
+        try:
+            comparison = metrics.compare_solvers(val, test, names, reference=REFERENCE, n_budgets=N_BUDGETS,
+                                                 n_grid=N_GRID)
+        except ValueError as err:
+            sys.exit(f"{name}: {err}")
+        report["models"][name] = {
+            "val_samples": val.num_samples, "test_samples": test.num_samples, "exits": test.num_exits,
+            "costs": test.costs.tolist(), "test_exit_accuracy": test.exit_accuracy().tolist(),
+            "oracle_accuracy": metrics.oracle(test).accuracy,
+            "comparison": {s: c.to_dict() for s, c in comparison.items()},
+            "curves": {s: c.curve.to_dict() for s, c in comparison.items()}}
+        for r in _rows(report["models"][name]["comparison"]):
+            print(f"  {r[0]:22s} W/T/L {r[1]:>15s}  mean {r[2]:>6s} pt  worst {r[3]:>6s} pt  losses at {r[4]:>11s}"
+                  f"  gap closed {r[5]:>5s}%  fit first {r[6]:>5s} ms, median {r[7]:>6s} ms", flush=True)
+    default_pairs = [(n, t) for n, (_, t) in pairs.items() if t.num_samples >= 10000]
+    if default_pairs and solvers.DEFAULT in names:
+        name, test = default_pairs[0]
         ms = slider_path_ms(test, solvers.DEFAULT)
-        report["timing"] = {"table": name, "cold_fit_s_val": cold, "slider_path_median_ms_test": ms}
-        print(f"\n{solvers.DEFAULT}: cold fit on {name} val ({val.num_samples} x {val.num_exits} x "
-              f"{val.num_classes}) {cold:.3f} s; slider path (fit + evaluate + histogram) on "
-              f"{test.num_samples} x {test.num_exits} x {test.num_classes}: median {ms:.2f} ms over 20 budgets")
+        report["timing"] = {"solver": solvers.DEFAULT, "table": name, "slider_path_median_ms": ms,
+                            "shape": f"{test.num_samples} x {test.num_exits} x {test.num_classes}"}
+        print(f"\n{solvers.DEFAULT}: slider path (fit + evaluate + histogram) on {name} test: median {ms:.2f} ms")
+    report["seconds"] = time.perf_counter() - start
+    print(f"\nfull run: {report['seconds']:.0f} s")
+    if md:
+        command = "python benchmarks/solvers.py" + (f" --solvers {args.solvers}" if args.solvers else "")
+        if args.pair:
+            command += "".join(f" --pair {v} {t}" for v, t in args.pair)
+        Path(md).parent.mkdir(parents=True, exist_ok=True)
+        Path(md).write_text(render(report, command))
+        print(f"wrote {md}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=1, default=float))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

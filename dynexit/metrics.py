@@ -152,27 +152,145 @@ def accuracy_at_cost(costs, accuracies, grid) -> np.ndarray:
     return np.where((grid < costs[0] - 1e-12) | (grid > costs[-1] + 1e-12), np.nan, out)
 
 
-def compare_at_matched_cost(curve, reference, test_table, n_grid: int = 50) -> dict:
-    """Wins / ties / losses of ``curve`` vs ``reference`` at matched test cost, and gap closed.
+TIE = 1e-3  # 0.1 point: a difference this small between two accuracies is a tie
 
-    Both test curves are read on a common grid of costs (where both are defined); a tie is within
-    0.1 point. ``gap_closed`` is the mean share of the reference-to-oracle gap the curve closes.
+
+def _test_points(curve) -> tuple[np.ndarray, np.ndarray]:
+    """(test costs, test accuracies) of a :class:`BudgetCurve` or of a mapping with those two keys."""
+    if isinstance(curve, dict):
+        cost, acc = curve.get("test_cost"), curve.get("test_accuracy")
+    else:
+        cost, acc = getattr(curve, "test_cost", None), getattr(curve, "test_accuracy", None)
+    if cost is None or acc is None:
+        raise ValueError("a curve needs test_cost and test_accuracy (a BudgetCurve or a dict with those keys), "
+                         f"got {type(curve).__name__}")
+    cost, acc = np.asarray(cost, dtype=np.float64).reshape(-1), np.asarray(acc, dtype=np.float64).reshape(-1)
+    if cost.size == 0 or cost.shape != acc.shape or not (np.isfinite(cost).all() and np.isfinite(acc).all()):
+        raise ValueError(f"a curve needs as many finite test costs as test accuracies (at least one), got "
+                         f"{cost.size} costs and {acc.size} accuracies")
+    return cost, acc
+
+
+def compare_at_matched_cost(curve, reference, test_table=None, n_grid: int = 100, tie: float = TIE) -> dict:
+    """Compare two test curves at matched test cost: wins / ties / losses, mean and worst gain, gap closed.
+
+    The one curve comparison of dynexit (the benchmark, the results page and the acceptance tests use
+    it). Both curves (:class:`BudgetCurve`, or dicts with ``test_cost`` / ``test_accuracy``) are read
+    with :func:`accuracy_at_cost` on ``n_grid`` costs evenly spread over the costs both reach; at each
+    cost ``diff = curve - reference`` (accuracy as a fraction) is a win above ``tie``, a loss below
+    ``-tie``, else a tie (default 0.001 = 0.1 point).
+
+    With ``test_table`` (the table both curves were measured on), ``gap_closed`` is the share of the
+    reference-to-oracle gap the curve closes, ``mean(diff) / mean(oracle - reference)`` over the grid,
+    where the oracle is the budget-limited one (:func:`oracle_curve`: the best accuracy any exit
+    assignment reaches at that mean cost, knowing the labels); 1.0 = as good as the oracle, negative =
+    worse than the reference; nan when the reference already is at the oracle, None without a table.
+
+    Returns a dict: ``wins``, ``ties``, ``losses`` (counts of grid costs, summing to ``n_grid``),
+    ``mean_gain``, ``worst`` (accuracy fractions), ``worst_cost``, ``loss_costs`` ([lowest, highest]
+    grid cost with a loss, or None), ``gap_closed``, ``cost_range`` ([lo, hi]) and ``grid``, ``diff``
+    (lists of ``n_grid`` floats). Costs are in the tables' unit (MFLOPs per image for the zoo).
+
+    Raises ValueError when the curves share no cost range (one ends before the other starts) or
+    ``n_grid < 2``.
     """
-    lo = max(min(curve.test_cost), min(reference.test_cost))
-    hi = min(max(curve.test_cost), max(reference.test_cost))
+    if n_grid < 2:
+        raise ValueError(f"n_grid must be at least 2, got {n_grid}")
+    (ca, aa), (cb, ab) = _test_points(curve), _test_points(reference)
+    lo, hi = max(ca.min(), cb.min()), min(ca.max(), cb.max())
+    if lo > hi:
+        raise ValueError(f"the two curves share no test cost: one spans {ca.min():.4g}-{ca.max():.4g}, the other "
+                         f"{cb.min():.4g}-{cb.max():.4g}; compare curves over a common budget range")
     grid = np.linspace(lo, hi, n_grid)
-    a = accuracy_at_cost(curve.test_cost, curve.test_accuracy, grid)
-    b = accuracy_at_cost(reference.test_cost, reference.test_accuracy, grid)
-    top = oracle_curve(test_table, grid)
-    diff = a - b
-    gap = top - b
-    closed = np.where(gap > 1e-12, diff / np.where(gap > 1e-12, gap, 1), 0.0)
+    diff = accuracy_at_cost(ca, aa, grid) - accuracy_at_cost(cb, ab, grid)
+    lost = diff < -tie
+    gap_closed = None
+    if test_table is not None:
+        gap = float(np.mean(oracle_curve(test_table, grid) - accuracy_at_cost(cb, ab, grid)))
+        gap_closed = float(np.mean(diff)) / gap if gap > 1e-12 else float("nan")
+    worst = int(np.argmin(diff))
     return {
-        "wins": int(np.sum(diff > 1e-3)), "ties": int(np.sum(np.abs(diff) <= 1e-3)),
-        "losses": int(np.sum(diff < -1e-3)), "mean_gain": float(np.mean(diff)),
-        "worst": float(np.min(diff)), "gap_closed": float(np.mean(closed)),
-        "grid": grid.tolist(),
+        "wins": int(np.sum(diff > tie)), "ties": int(np.sum(np.abs(diff) <= tie)), "losses": int(np.sum(lost)),
+        "mean_gain": float(np.mean(diff)), "worst": float(diff[worst]), "worst_cost": float(grid[worst]),
+        "loss_costs": [float(grid[lost].min()), float(grid[lost].max())] if lost.any() else None,
+        "gap_closed": gap_closed, "cost_range": [float(lo), float(hi)], "grid": grid.tolist(), "diff": diff.tolist(),
     }
+
+
+@dataclass
+class SolverComparison:
+    """One solver against the reference on a val / test pair (see :func:`compare_solvers`).
+
+    Gains are accuracy fractions (0.01 = 1 point), costs in the tables' unit, times in seconds.
+    ``fit_first_s`` is the fit at the first budget on a fresh copy of val (it pays for the caches the
+    later fits reuse); ``fit_median_s`` the median of the others.
+    """
+    solver: str
+    reference: str
+    wins: int
+    ties: int
+    losses: int
+    mean_gain: float
+    worst: float
+    worst_cost: float
+    loss_costs: list | None
+    gap_closed: float | None
+    cost_range: list
+    fit_first_s: float
+    fit_median_s: float
+    fit_total_s: float
+    curve: BudgetCurve = field(repr=False)
+
+    def to_dict(self, with_curve: bool = False) -> dict:
+        out = asdict(self)
+        if not with_curve:
+            out.pop("curve")
+        return out
+
+
+def compare_solvers(val, test, solvers=None, reference: str = "geometric", n_budgets: int = 40,
+                    n_grid: int = 100, tie: float = TIE, criterion: str = "max_prob") -> dict[str, SolverComparison]:
+    """Fit each solver on ``val`` at ``n_budgets`` budgets and compare it on ``test`` with ``reference``.
+
+    The measuring protocol of dynexit's solver benchmark and results page: budgets
+    :func:`budget_grid` (first to last exit's cost, on val), thresholds fitted on val, each test curve
+    compared with the reference's by :func:`compare_at_matched_cost` (``n_grid`` matched test costs,
+    a tie within ``tie``, gap closed against the budget-limited oracle).
+
+    ``solvers``: names (default :func:`dynexit.solvers.available`). Each solver is fitted on its own
+    copy of val so its first fit is timed cold, whatever ran before. Returns ``{name: SolverComparison}``
+    in the order given, with the reference added (first) when missing; the reference against itself is
+    all ties. Raises ValueError for an unknown solver or criterion, a table with one exit (nothing to
+    choose), val and test with different exit costs, or ``n_budgets < 2``.
+    """
+    from dynexit.table import ExitTable
+
+    names = list(_solvers.available() if solvers is None else solvers)
+    for name in [reference, *names]:
+        _solvers.get(name)  # an unknown name fails here, before any fit
+    if reference not in names:
+        names.insert(0, reference)
+    if n_budgets < 2:
+        raise ValueError(f"n_budgets must be at least 2, got {n_budgets}")
+    if val.num_exits < 2:
+        raise ValueError(f"the tables have {val.num_exits} exit: no threshold to choose, nothing to compare")
+    if val.num_exits != test.num_exits or not np.allclose(val.costs, test.costs):
+        raise ValueError(f"val and test tables differ in exits or costs ({val.costs.tolist()} vs "
+                         f"{test.costs.tolist()}): give the val and test tables of one model")
+    budgets = budget_grid(val, n_budgets)
+    curves = {}
+    for name in names:
+        fresh = ExitTable(val.logits, val.labels, val.costs, val.exit_names)  # no cache from another solver
+        curves[name] = budget_curve(fresh, test, name, budgets, criterion)
+    out = {}
+    for name, curve in curves.items():
+        cmp = compare_at_matched_cost(curve, curves[reference], test, n_grid=n_grid, tie=tie)
+        secs = curve.fit_seconds
+        out[name] = SolverComparison(
+            name, reference, cmp["wins"], cmp["ties"], cmp["losses"], cmp["mean_gain"], cmp["worst"],
+            cmp["worst_cost"], cmp["loss_costs"], cmp["gap_closed"], cmp["cost_range"], secs[0],
+            float(np.median(secs[1:])), float(np.sum(secs)), curve)
+    return out
 
 
 def write_curve(curve: BudgetCurve, csv_path=None, json_path=None):

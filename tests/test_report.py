@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dynexit import report, zoo
+from dynexit import report, solvers, zoo
 from dynexit.table import ExitTable
 
 from conftest import random_table
@@ -38,8 +38,13 @@ def test_report_writes_page_with_claims_tables_and_figures(synthetic_zoo):
                     "## Exit criteria compared", "## Dynamic Perceiver vs conventional multi-exit CNN vs static CNN"):
         assert heading in page
     dp = results["dynperceiver_fmnist"]
-    assert len(dp["curves"]["learned"]["test_accuracy"]) == report.N_BUDGETS
-    assert set(dp["criteria"]["accuracy"]) == {*report.CRITERIA, "learned (default)"}
+    assert len(dp["curves"][solvers.DEFAULT]["test_accuracy"]) == report.N_BUDGETS == 40
+    assert set(dp["criteria"]["accuracy"]) == {*report.CRITERIA, f"{solvers.DEFAULT} (default)"}
+    # the default-vs-geometric table is the library's comparison at 100 matched test costs
+    cmp = dp["default_vs_geometric"]
+    assert cmp["wins"] + cmp["ties"] + cmp["losses"] == 100 and cmp["reference"] == "geometric"
+    assert (f"| dynperceiver_fmnist | {cmp['wins']} / {cmp['ties']} / {cmp['losses']} | "
+            f"{100 * cmp['mean_gain']:+.2f} | {100 * cmp['worst']:+.2f} |") in page
     # the last-exit claim is stated with the measured numbers
     a, s = dp["test_exit_accuracy"][-1], results["static_cnn_fmnist"]["test_exit_accuracy"][-1]
     assert f"{100 * a:.2f}% vs {100 * s:.2f}%" in page
