@@ -40,6 +40,8 @@ class ExitResult:
     correct: np.ndarray      # (N,) bool, right at the exit it took
     thresholds: np.ndarray   # (K,)
     costs: np.ndarray        # (K,) cumulative MFLOPs per exit
+    budget: float | None = None    # the budget the rule was fitted for (MFLOPs per image), if any
+    fit_cost: float | None = None  # what the rule spent on its fitting (validation) table
     histogram: np.ndarray = field(init=False)          # (K,) samples leaving at each exit
     histogram_correct: np.ndarray = field(init=False)  # (K,) of which right
 
@@ -62,6 +64,27 @@ class ExitResult:
         return float(self.costs[-1] / self.mean_cost)
 
     @property
+    def unspent(self) -> float:
+        """MFLOPs per image of the budget the rule left unspent on its fitting table (0 without a budget)."""
+        if self.budget is None or self.fit_cost is None:
+            return 0.0
+        return max(0.0, float(self.budget) - float(self.fit_cost))
+
+    @property
+    def underspends(self) -> bool:
+        """True when the rule spends clearly less than its budget on the fitting table: more than 1% of
+        the model's cost range (exits 1..K) is left, because spending it did not help there."""
+        span = float(self.costs[-1] - self.costs[0])
+        return span > 0 and self.unspent > 0.01 * span
+
+    def spending_note(self) -> str | None:
+        """A sentence for users when the rule underspends (see :attr:`underspends`), else None."""
+        if not self.underspends:
+            return None
+        return (f"spends {self.fit_cost:.1f} of the {self.budget:.1f} MFLOPs allowed: spending more did not help "
+                "on the validation images")
+
+    @property
     def histogram_wrong(self) -> np.ndarray:
         return self.histogram - self.histogram_correct
 
@@ -73,6 +96,8 @@ class ExitResult:
             "thresholds": [float(t) for t in self.thresholds],
             "histogram": self.histogram.tolist(),
             "histogram_correct": self.histogram_correct.tolist(),
+            "budget": self.budget,
+            "unspent_on_fit": self.unspent,
         }
 
 
@@ -135,6 +160,9 @@ class BaseSolver(BaseEstimator):
         self.expected_cost_ = result.mean_cost
         self.expected_accuracy_ = result.accuracy
         self.n_exits_ = table.num_exits
+        # what was asked for and what of it the rule leaves unspent on val (reported by evaluate())
+        self.budget_ = None if budget is None else check_budget(budget, table.costs)
+        self.budget_shortfall_ = 0.0 if budget is None else max(0.0, self.budget_ - result.mean_cost)
         return self
 
     def evaluate(self, table) -> ExitResult:
@@ -142,4 +170,6 @@ class BaseSolver(BaseEstimator):
         self._check_fitted()
         if table.num_exits != self.n_exits_:
             raise ValueError(f"solver fitted for {self.n_exits_} exits, table has {table.num_exits}")
-        return evaluate_thresholds(table, self.scores(table), self.thresholds_)
+        result = evaluate_thresholds(table, self.scores(table), self.thresholds_)
+        result.budget, result.fit_cost = self.budget_, self.expected_cost_
+        return result

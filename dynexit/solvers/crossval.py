@@ -45,44 +45,14 @@ from sklearn.model_selection import KFold
 
 from dynexit import criteria
 from dynexit.solvers._base import BaseSolver, check_budget
+from dynexit.solvers.geometric import LOG_Q_GRID as _LOG_Q, geometric_thresholds_grid
 from dynexit.solvers.learned import ExitScorer, _fit_exit_model, exit_features
 
 ANCHOR = "max_prob"
 LEARNED = "learned"
 DEFAULT_CANDIDATES = ("margin", "patience")
-# log q of the ratio grid: e^-40 puts everyone at exit 1, e^40 everyone at the last exit; the fine
-# part covers the ratios where the exit shares actually move for up to ~10 exits
-_LOG_Q = np.concatenate([[-40.0], np.linspace(-6.0, 6.0, 193), [40.0]])
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 16
-
-
-# ----------------------------------------------------------------------------- geometric rule on a grid
-
-def geometric_thresholds_grid(scores: np.ndarray, log_q: np.ndarray) -> np.ndarray:
-    """MSDNet thresholds (Q, K) for every ratio ``exp(log_q)`` (Q,) at once.
-
-    Same rule as :func:`dynexit.solvers.geometric.geometric_thresholds` (the count is of the whole
-    set; +inf where it is zero or more than the samples left), vectorised over the ratios.
-    """
-    n, k = scores.shape
-    log_share = np.arange(k)[None, :] * np.asarray(log_q, dtype=np.float64)[:, None]
-    share = np.exp(log_share - log_share.max(axis=1, keepdims=True))
-    share /= share.sum(axis=1, keepdims=True)
-    counts = np.floor(n * share).astype(np.int64)                     # (Q, K)
-    order = np.argsort(-scores, axis=0, kind="stable")
-    thresholds = np.full((len(counts), k), np.inf)
-    thresholds[:, -1] = -np.inf
-    exited = np.zeros((len(counts), n), dtype=bool)
-    for j in range(k - 1):
-        ordered = scores[order[:, j], j]
-        remaining = np.cumsum(~exited[:, order[:, j]], axis=1, dtype=np.int32)      # (Q, N) samples left, in exit-j order
-        count = counts[:, j]
-        ok = (count > 0) & (remaining[:, -1] >= count)
-        pos = np.argmax(remaining >= np.maximum(count, 1)[:, None], axis=1)
-        thresholds[:, j] = np.where(ok, ordered[pos], np.inf)
-        exited |= scores[None, :, j] >= thresholds[:, j, None]
-    return thresholds
 
 
 def _exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -140,10 +110,10 @@ def _prepare(table, candidates, n_folds, z, n_budgets, random_state) -> _Fitted:
             scores[name] = np.asarray(criteria.apply(name, table.probabilities()), dtype=np.float64)
     grid = np.linspace(costs[0], costs[-1], n_budgets)
     rows = np.arange(n)
-    folds = list(KFold(n_folds, shuffle=True, random_state=random_state).split(np.zeros(n)))
+    folds = list(KFold(n_folds, shuffle=True, random_state=random_state).split(np.zeros(n))) if len(names) > 1 else []
     # out-of-fold correctness (G, N) of every candidate at every grid budget
     oof = {}
-    for name in names:
+    for name in names if folds else []:
         s = scores[name]
         right = np.empty((n_budgets, n), dtype=bool)
         for train, held in folds:
@@ -241,9 +211,10 @@ class CrossValidatedSolver(BaseSolver):
             if name != LEARNED and name not in criteria.available():
                 raise ValueError(f"unknown candidate score {name!r}: choose from "
                                  f"{', '.join(criteria.available() + [LEARNED])}")
-        if int(self.n_folds) < 2 or table.num_samples < 2 * int(self.n_folds):
-            raise ValueError(f"n_folds must be >= 2 and the table needs >= 2 samples per fold; got "
-                             f"n_folds={self.n_folds}, N={table.num_samples}")
+        if int(self.n_folds) < 2:
+            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
+        if table.num_samples < 2 * int(self.n_folds):
+            return ()  # too few samples to validate any candidate: MSDNet's rule on max-probability
         if not float(self.z) >= 0:
             raise ValueError(f"z must be >= 0 (inf = always max_prob), got {self.z}")
         if int(self.n_budgets) < 2:
@@ -263,9 +234,7 @@ class CrossValidatedSolver(BaseSolver):
         self.oof_gain_ = float(fitted.oof_gain[g])
         self.fit_fingerprint_ = table.fingerprint
         self.fit_scores_ = fitted.scores[self.score_]
-        self._store(table, fitted.thresholds[g], self.fit_scores_)
-        self.budget_shortfall_ = budget - self.expected_cost_
-        return self
+        return self._store(table, fitted.thresholds[g], self.fit_scores_)
 
     def scores(self, table) -> np.ndarray:
         self._check_fitted()

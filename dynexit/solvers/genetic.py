@@ -2,7 +2,12 @@
 
 Wang et al., "Not All Images are Worth 16x16 Words: Dynamic Transformers for Efficient Image
 Recognition", NeurIPS 2021, Sec. 3.4 / Appendix: the thresholds maximise validation accuracy subject
-to validation cost <= budget, found with a genetic algorithm.
+to validation cost <= budget, found with a genetic algorithm. That is what the *paper* describes; DVT's
+released code instead sets its thresholds with MSDNet's geometric procedure (our ``geometric``).
+
+Like any free search over the thresholds it maximises *validation* accuracy, so where the deeper exits
+are no more accurate on the validation images it spends less than the budget (that is the optimum
+on val, and ``ExitResult.spending_note()`` says so) and it fits the validation noise.
 
 Genome: one gene in [0, 1] per non-final exit, the quantile of that exit's validation scores used as
 threshold (a gene above ``1 - 1/N`` means +inf: nobody leaves there; on a one-sample table, where

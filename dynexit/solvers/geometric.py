@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynexit.solvers._base import BaseSolver, all_at_last, check_budget, evaluate_thresholds
+from dynexit.solvers._base import BaseSolver, all_at_last, assign_exits, check_budget
 
 
 def geometric_thresholds(scores: np.ndarray, q: float, order: np.ndarray | None = None) -> np.ndarray:
@@ -36,6 +36,37 @@ def geometric_thresholds(scores: np.ndarray, q: float, order: np.ndarray | None 
             if len(candidates) >= count:
                 thresholds[j] = scores[candidates[count - 1], j]
         exited |= scores[:, j] >= thresholds[j]
+    return thresholds
+
+
+# log q of a ratio grid: e^-40 puts everyone at exit 1, e^40 everyone at the last exit; the fine
+# part covers the ratios where the exit shares actually move for up to ~10 exits
+LOG_Q_GRID = np.concatenate([[-40.0], np.linspace(-6.0, 6.0, 193), [40.0]])
+
+
+def geometric_thresholds_grid(scores: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """MSDNet thresholds (Q, K) for every ratio ``exp(log_q)`` (Q,) at once.
+
+    Same rule as :func:`dynexit.solvers.geometric.geometric_thresholds` (the count is of the whole
+    set; +inf where it is zero or more than the samples left), vectorised over the ratios.
+    """
+    n, k = scores.shape
+    log_share = np.arange(k)[None, :] * np.asarray(log_q, dtype=np.float64)[:, None]
+    share = np.exp(log_share - log_share.max(axis=1, keepdims=True))
+    share /= share.sum(axis=1, keepdims=True)
+    counts = np.floor(n * share).astype(np.int64)                     # (Q, K)
+    order = np.argsort(-scores, axis=0, kind="stable")
+    thresholds = np.full((len(counts), k), np.inf)
+    thresholds[:, -1] = -np.inf
+    exited = np.zeros((len(counts), n), dtype=bool)
+    for j in range(k - 1):
+        ordered = scores[order[:, j], j]
+        remaining = np.cumsum(~exited[:, order[:, j]], axis=1, dtype=np.int32)      # (Q, N) samples left, in exit-j order
+        count = counts[:, j]
+        ok = (count > 0) & (remaining[:, -1] >= count)
+        pos = np.argmax(remaining >= np.maximum(count, 1)[:, None], axis=1)
+        thresholds[:, j] = np.where(ok, ordered[pos], np.inf)
+        exited |= scores[None, :, j] >= thresholds[:, j, None]
     return thresholds
 
 
@@ -74,24 +105,38 @@ class GeometricSolver(BaseSolver):
 
     @staticmethod
     def _search_q(table, scores, order, budget):
-        def cost(log_q):
-            thresholds = geometric_thresholds(scores, float(np.exp(log_q)), order)
-            return evaluate_thresholds(table, scores, thresholds).mean_cost, thresholds
+        return geometric_for_budget(scores, table.costs, budget, order)
 
-        # q = e^-40 puts every sample at exit 1 (share rounds to 1), so the grid always starts feasible
-        limit = budget * (1 + 1e-12)  # a mean of equal costs can round one ulp above them
-        grid = np.linspace(-40.0, 40.0, 81)
-        costs = [cost(g)[0] for g in grid]
-        feasible = [i for i, c in enumerate(costs) if c <= limit]
-        lo = grid[max(feasible)]
-        hi = grid[max(feasible) + 1] if max(feasible) + 1 < len(grid) else lo
-        best_log_q = lo
-        for _ in range(30):  # bisection: the largest cost that still meets the budget
-            if hi - lo < 1e-6:
-                break
-            mid = (lo + hi) / 2
-            if cost(mid)[0] <= limit:
-                lo = best_log_q = mid
-            else:
-                hi = mid
-        return float(np.exp(best_log_q)), cost(best_log_q)[1]
+
+def geometric_for_budget(scores: np.ndarray, costs: np.ndarray, budget: float,
+                         order: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """``(q, thresholds (K,))``: the ratio whose validation cost is the largest that meets ``budget``.
+
+    ``scores`` (N, K) of the fitting table, ``costs`` (K,) cumulative MFLOPs per exit. Searched on a
+    log grid, then by bisection (MSDNet's reference code sweeps q; a budget needs its inverse).
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    if order is None:
+        order = np.argsort(-scores, axis=0, kind="stable")
+
+    def cost(log_q):
+        thresholds = geometric_thresholds(scores, float(np.exp(log_q)), order)
+        return float(costs[assign_exits(scores, thresholds)].mean()), thresholds
+
+    # q = e^-40 puts every sample at exit 1 (share rounds to 1), so the grid always starts feasible
+    limit = budget * (1 + 1e-12)  # a mean of equal costs can round one ulp above them
+    grid = np.linspace(-40.0, 40.0, 81)
+    grid_costs = [cost(g)[0] for g in grid]
+    feasible = [i for i, c in enumerate(grid_costs) if c <= limit]
+    lo = grid[max(feasible)]
+    hi = grid[max(feasible) + 1] if max(feasible) + 1 < len(grid) else lo
+    best_log_q = lo
+    for _ in range(30):  # bisection: the largest cost that still meets the budget
+        if hi - lo < 1e-6:
+            break
+        mid = (lo + hi) / 2
+        if cost(mid)[0] <= limit:
+            lo = best_log_q = mid
+        else:
+            hi = mid
+    return float(np.exp(best_log_q)), cost(best_log_q)[1]
