@@ -30,9 +30,11 @@ SHORT_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "S
 CRITERION_HELP = ("How ready an image is to leave at an exit, computed from that exit's class probabilities: "
                   "max_prob = the top probability, entropy = how spread out the probabilities are, "
                   "margin = top-1 minus top-2, patience = how many exits in a row agree, random = a control.")
-SOLVER_HELP = ("How the per-exit thresholds are chosen for a budget, on the validation images: learned (ours, "
-               "default) learns an exit score from all exits so far; lagrangian (ours) searches thresholds "
-               "exactly; geometric is MSDNet's rule; genetic is DVT's search (slow: seconds per budget).")
+SOLVER_HELP = ("How the per-exit thresholds are chosen for a budget, on the validation images: crossval (ours, "
+               "default) is MSDNet's geometric rule on the exit score that wins by cross-validation on the validation "
+               "images; learned (ours) learns an exit score from all exits so far; lagrangian (ours) searches "
+               "thresholds exactly; geometric is MSDNet's rule; genetic is the search the DVT paper describes (its "
+               "released code uses the geometric rule; slow: seconds per budget).")
 
 
 def _mtime(path: Path) -> int:

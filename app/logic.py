@@ -52,6 +52,16 @@ class BudgetView:
         return self.result.speedup
 
     @property
+    def score_name(self) -> str:
+        """What the thresholds apply to, in words: the fitted learned score or a criterion's name."""
+        return f"exit score ({self.rule})" if isinstance(self.rule, str) else "learned exit score"
+
+    @property
+    def spending_note(self) -> str | None:
+        """Words when the fitted rule leaves budget unspent on val (see ``ExitResult.spending_note``)."""
+        return self.result.spending_note()
+
+    @property
     def change_vs_final(self) -> float:
         """Accuracy minus the last exit's accuracy (negative: early exit costs accuracy)."""
         return self.accuracy - self.final_accuracy
@@ -153,6 +163,27 @@ def solver_curve(val, test, solver: str, criterion: str, n: int = CURVE_POINTS) 
                 "accuracy": [float(test.exit_accuracy()[0])]}
     curve = metrics.budget_curve(val, test, solver, metrics.budget_grid(val, n), criterion)
     return {"budgets": curve.budgets, "cost": curve.test_cost, "accuracy": curve.test_accuracy}
+
+
+def accuracy_dip_note(view: BudgetView, curve: dict, tolerance: float = 5e-4) -> str | None:
+    """Words for a test accuracy below what this solver reaches at a smaller budget, else None.
+
+    The thresholds are fitted on the validation images, so a larger budget never lowers *validation*
+    accuracy for the default solver; on the test images it can, by a little: images an earlier exit
+    gets right can go on and leave wrong (overthinking, Kaya et al., ICML 2019) and validation noise.
+    ``curve`` is :func:`solver_curve` of the same solver and criterion; ``tolerance`` in accuracy.
+    """
+    budgets, acc = np.asarray(curve["budgets"], dtype=np.float64), np.asarray(curve["accuracy"], dtype=np.float64)
+    smaller = budgets < view.budget - 1e-9
+    if not smaller.any():
+        return None
+    best = int(np.argmax(np.where(smaller, acc, -np.inf)))
+    if acc[best] <= view.accuracy + tolerance:
+        return None
+    return (f"At a smaller budget ({budgets[best]:.1f} MFLOPs) this solver is more accurate on the test images "
+            f"({acc[best]:.2%} vs {view.accuracy:.2%}). The thresholds are fitted on the validation images, where "
+            "accuracy does not fall as the budget rises; on unseen images extra compute can make some answers "
+            "worse (images an earlier exit gets right that leave wrong later: overthinking).")
 
 
 def oracle_points(test, n: int = 60) -> tuple[np.ndarray, np.ndarray]:

@@ -140,3 +140,41 @@ def test_uploads_keep_the_budget_and_every_page_shows_it(chromium, tmp_path_fact
             expect(page.get_by_text(f"{budget} MFLOPs per image")).to_be_visible(timeout=60_000)
         finally:
             chromium_browser.close()
+
+
+def test_explorer_says_when_the_rule_leaves_budget_unspent(chromium, tmp_path):
+    """On the shipped multi-exit CNN, whose deeper exits are no more accurate on val, the default rule stops
+    spending; the explorer says so in words instead of showing a slider that silently does nothing."""
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from dynexit import zoo
+    name = "multiexit_cnn_fmnist"
+    if not zoo.available(name):
+        pytest.skip("the shipped zoo is not here")
+    zoo_dir = tmp_path / "zoo"
+    zoo_dir.mkdir()
+    for src in [zoo.weights_path(name), zoo.weights_path(name).with_suffix(".json"),
+                *(zoo.table_path(name, s) for s in zoo.SPLITS)]:
+        shutil.copy(src, zoo_dir / src.name)
+    with browser.serve(env={"DYNEXIT_ZOO": str(zoo_dir)}, log_path=tmp_path / "streamlit.log") as url, \
+            sync_playwright() as p:
+        chromium_browser = browser.launch(p, chromium)
+        try:
+            page = chromium_browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url)
+            page.locator(ACCURACY).wait_for(timeout=120_000)
+            browser.wait_idle(page)
+            slider = page.get_by_role("slider").first
+            slider.focus()
+            page.keyboard.press("End")  # the whole budget of the full model
+            browser.wait_idle(page)
+            note = page.locator('[data-testid="stAlert"]', has_text="MFLOPs allowed")
+            expect(note).to_contain_text("spending more did not help on the validation images", timeout=120_000)
+            import re
+            spent, allowed = map(float, re.search(r"spends ([\d.]+) of the ([\d.]+) MFLOPs allowed", note.inner_text()).groups())
+            assert allowed >= zoo.declared_costs(name)[-1] - 0.5  # the slider is at its top
+            assert spent < allowed - 1
+        finally:
+            chromium_browser.close()

@@ -253,3 +253,34 @@ def test_vit_attention_follows_the_path_to_each_exit():
     assert [m.shape for m in roll.values()] == [(4, 4), (7, 7), (14, 14)]
     cnn = create_model("static_cnn", backbone="resnet10_quarter").eval()
     assert explain.attention_views(cnn, np.zeros((28, 28), np.float32)) == []
+
+
+# ----------------------------------------------------------------------------- words for surprising budgets
+
+def _pair(name):
+    from dynexit import zoo
+    if not zoo.available(name):
+        pytest.skip("the shipped zoo is not here")
+    return zoo.load_table(name, "val"), zoo.load_table(name, "test")
+
+
+def test_spending_note_names_what_the_rule_spends():
+    val, test = _pair("multiexit_cnn_fmnist")
+    top = logic.budget_view(val, test, solvers.DEFAULT, "max_prob", float(val.costs[-1]))
+    assert top.val_cost < val.costs[-1] - 1  # spending more lowers val accuracy on this model
+    assert top.spending_note == (f"spends {top.val_cost:.1f} of the {val.costs[-1]:.1f} MFLOPs allowed: spending more "
+                                 "did not help on the validation images")
+    spent = logic.budget_view(val, test, "geometric", "max_prob", 25.0)  # MSDNet's rule spends all of it
+    assert spent.spending_note is None
+
+
+def test_accuracy_dip_note_only_when_a_smaller_budget_was_better_on_test():
+    val, test = _pair("dvt_fmnist_noreuse")
+    curve = {"budgets": [2.0, 5.0, 10.0], "cost": [2.0, 5.0, 10.0], "accuracy": [0.80, 0.90, 0.85]}
+    view = logic.budget_view(val, test, "geometric", "max_prob", 10.0)
+    view.result.correct[:] = False
+    view.result.correct[: int(0.85 * len(test))] = True  # 85% at 10 MFLOPs
+    note = logic.accuracy_dip_note(view, curve)
+    assert note.startswith("At a smaller budget (5.0 MFLOPs) this solver is more accurate on the test images (90.00% vs")
+    assert logic.accuracy_dip_note(view, {**curve, "accuracy": [0.80, 0.85, 0.85]}) is None  # within the tolerance
+    assert logic.accuracy_dip_note(view, {**curve, "budgets": [10.0, 12.0, 14.0]}) is None  # nothing smaller

@@ -14,7 +14,7 @@ st.title("Compare models")
 st.markdown("Every zoo model on the same axes. A model is better where its curve is **higher** (more accurate) "
             "and further **left** (less compute). Single-exit models are single points. Curves use the solver "
             f"and criterion chosen in the sidebar (**{solver}**"
-            + (f", {criterion}" if solver != "learned" else "") + "), fitted on validation images, measured on test.")
+            + (f", {criterion}" if solver not in ("learned", "crossval") else "") + "), fitted on validation images, measured on test.")
 
 budget = common.current_budget(st.session_state.model)
 if budget is not None:  # the sidebar model's budget, as set on the other pages (the curves span every budget)

@@ -74,6 +74,11 @@ def budget_dependent():
                 help="Average compute actually spent per test image (the budget is met on the validation images).")
     c[2].metric("Speedup", f"{view.speedup:.2f}x", help="Full model's MFLOPs divided by the mean MFLOPs spent.")
     c[3].metric("Final exit alone", f"{view.final_accuracy:.2%}", help="Accuracy when every image goes to the last exit.")
+    if K > 1 and view.spending_note:
+        st.info(f"This rule {view.spending_note}.",
+                icon=":material/savings:")
+    if K > 1 and (dip := logic.accuracy_dip_note(view, common.solver_curve(name, solver, criterion))):
+        st.info(dip, icon=":material/trending_down:")
 
     left, right = st.columns([3, 2])
     with left:

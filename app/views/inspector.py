@@ -80,7 +80,7 @@ def budget_dependent():
         st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of "
                     f"{test.costs[-1]:.1f}, predicting **{common.CLASSES[test.predictions[row, k]]}**: "
                     f"**{'right' if right else 'wrong'}**.")
-        score_name = "learned exit score" if solver == "learned" else f"exit score ({criterion})"
+        score_name = view.score_name
         fig = viz.confidence_trace(view.scores[row], view.thresholds, names, k,
                                    [common.SHORT_CLASSES[p] for p in test.predictions[row]], list(test.correct[row]),
                                    criterion=score_name)

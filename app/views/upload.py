@@ -72,7 +72,7 @@ st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:
             f"({test.costs[-1] / test.costs[k]:.2f}x less than the full model), predicting "
             f"**{common.CLASSES[pred]}** with probability {trace.probs[k].max():.0%}.")
 run = list(range(trace.computed))
-score_name = "learned exit score" if solver == "learned" else f"exit score ({criterion})"
+score_name = view.score_name
 preds = [common.SHORT_CLASSES[int(p.argmax())] for p in trace.probs]
 st.plotly_chart(viz.confidence_trace(trace.scores, thresholds[:trace.computed], [names[j] for j in run], k, preds,
                                      [None] * trace.computed, criterion=score_name), width="stretch", key="trace")
