@@ -197,7 +197,8 @@ def sidebar() -> tuple[str, str, str]:
         criterion = st.selectbox("Exit criterion", criteria.available(), key="criterion", help=CRITERION_HELP,
                                  disabled=not uses_criterion)
         if not uses_criterion:
-            st.caption(f"The {solver} solver learns its own exit score, so the criterion is not used.")
+            st.caption(f"The {solver} solver chooses its own exit score on the validation images, so the criterion "
+                       "is not used.")
         try:
             st.caption(info(name)["summary"])
         except ValueError as err:  # a damaged sidecar: the page may still work from the tables

@@ -100,13 +100,16 @@ def test_explorer_renders_and_the_slider_changes_the_metrics(app_zoo):
         assert f"Budget {value:.1f} MFLOPs" in texts(at)
     assert seen[0]["Mean MFLOPs per image"] != seen[1]["Mean MFLOPs per image"]
     assert seen[0]["Accuracy (test)"] != seen[1]["Accuracy (test)"]
-    # at the full cost every image goes to the last exit
-    assert seen[1]["Accuracy (test)"] == seen[1]["Final exit alone"] and seen[1]["Speedup"] == "1.00x"
+    # at the full cost every image goes to the last exit, or the page says why the rule spends less
+    if seen[1]["Speedup"] == "1.00x":
+        assert seen[1]["Accuracy (test)"] == seen[1]["Final exit alone"]
+    else:
+        assert any("MFLOPs allowed: spending more did not help on the validation images" in i.value for i in at.info)
 
 
 def test_selectors_solver_criterion_and_model(app_zoo):
     at = start()
-    assert at.selectbox(key="criterion").disabled  # the learned solver has its own score
+    assert at.selectbox(key="criterion").disabled  # the default solver chooses its own score
     at.selectbox(key="solver").set_value("geometric").run()
     ok(at)
     assert not at.selectbox(key="criterion").disabled
