@@ -19,6 +19,10 @@ running and passes their original positions as ``rows``; that is what makes earl
 table path (:func:`dynexit.inference.exits_from_logits`, the solvers) pick the same exits. Without
 ``rows`` the sample ids are ``0..N-1``. :func:`apply` passes ``rows`` to criteria that take it.
 
+Scale: :func:`scores` and :func:`scores_many` never hold a table's probabilities whole; they
+score row chunks of :meth:`dynexit.table.ExitTable.iter_probabilities` (every named criterion is a
+function of each sample's own row, so the chunked scores equal the whole-array ones exactly).
+
 Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) is fitted
 per exit on validation logits; ECE uses equal-width confidence bins.
 """
@@ -29,6 +33,8 @@ import inspect
 from typing import Callable
 
 import numpy as np
+
+from dynexit.table import CHUNK_VALUES, row_chunks
 
 Criterion = Callable[[np.ndarray], np.ndarray]
 
@@ -47,8 +53,12 @@ def max_prob(probs: np.ndarray) -> np.ndarray:
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
-    p = _check(probs).astype(np.float64)
-    return np.sum(p * np.log(np.clip(p, 1e-12, None)), axis=2)  # = -H, higher is more certain
+    probs = _check(probs)
+    out = np.empty(probs.shape[:2])
+    for rows in row_chunks(len(probs), int(np.prod(probs.shape[1:]))):  # float64 one chunk at a time
+        p = probs[rows].astype(np.float64)
+        out[rows] = np.sum(p * np.log(np.clip(p, 1e-12, None)), axis=2)  # = -H, higher is more certain
+    return out
 
 
 def margin(probs: np.ndarray) -> np.ndarray:
@@ -128,13 +138,35 @@ def apply(criterion: str | Criterion, probs: np.ndarray, rows=None) -> np.ndarra
 
 
 def scores(table, criterion: str | Criterion = "max_prob", temperature=None) -> np.ndarray:
-    """Criterion scores (N, K) of an ExitTable, memoised on the table for named criteria."""
-    fn = get(criterion)
-    compute = lambda: np.asarray(fn(table.probabilities(temperature)), dtype=np.float64)  # noqa: E731
+    """Criterion scores (N, K) float64 of an ExitTable, memoised on the table for named criteria.
+
+    Named criteria are computed a row chunk at a time (:func:`scores_many`); a callable gets the
+    whole probabilities (N, K, C), as it may not be a per-sample function.
+    """
     if isinstance(criterion, str):
-        t_key = None if temperature is None else tuple(np.broadcast_to(temperature, (table.num_exits,)).tolist())
-        return table.memo(("scores", criterion, t_key), compute)
-    return compute()
+        return scores_many(table, [criterion], temperature)[0]
+    return np.asarray(get(criterion)(table.probabilities(temperature)), dtype=np.float64)
+
+
+def scores_many(table, names, temperature=None, chunk_values: int = CHUNK_VALUES) -> list[np.ndarray]:
+    """Scores (N, K) float64 of several named criteria of an ExitTable, in one chunked pass.
+
+    Equal to ``[scores(table, name, temperature) for name in names]`` and memoised the same way,
+    but the probabilities of each row chunk are computed once for all the criteria not memoised
+    yet, and never held whole (an ImageNet-size table's would take 1 GB). ValueError for an
+    unknown criterion name or a bad temperature.
+    """
+    fns = {name: get(name) for name in names}
+    t_key = None if temperature is None else tuple(np.broadcast_to(temperature, (table.num_exits,)).tolist())
+    key = lambda name: ("scores", name, t_key)  # noqa: E731
+    todo = [name for name in dict.fromkeys(names) if not table.memoised(key(name))]
+    out = {name: np.empty((table.num_samples, table.num_exits)) for name in todo}
+    if todo:
+        for rows, probs in table.iter_probabilities(temperature, chunk_values):
+            ids = np.arange(rows.start, rows.stop)
+            for name in todo:
+                out[name][rows] = apply(fns[name], probs, rows=ids)
+    return [table.memo(key(name), lambda name=name: out[name]) for name in names]
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -148,12 +180,13 @@ def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
 
 def fit_temperature(table, bounds=(0.05, 20.0), iters: int = 60) -> np.ndarray:
     """Per-exit temperature minimising validation NLL (golden-section search on log T), shape (K,)."""
-    logits, labels = table.logits.astype(np.float64), table.labels
+    labels = table.labels
     lo0, hi0 = np.log(bounds[0]), np.log(bounds[1])
     ratio = (np.sqrt(5) - 1) / 2
     temps = np.empty(table.num_exits)
     for k in range(table.num_exits):
-        f = lambda log_t: _nll(logits[:, k], labels, float(np.exp(log_t)))  # noqa: E731
+        logits = table.logits[:, k].astype(np.float64)  # one exit in float64 (N, C), never the whole table
+        f = lambda log_t: _nll(logits, labels, float(np.exp(log_t)))  # noqa: E731
         lo, hi = lo0, hi0
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
         fa, fb = f(a), f(b)
@@ -172,9 +205,11 @@ def fit_temperature(table, bounds=(0.05, 20.0), iters: int = 60) -> np.ndarray:
 
 def expected_calibration_error(table, temperature=None, n_bins: int = 15) -> np.ndarray:
     """ECE of every exit (K,): the bin-weighted |accuracy - confidence| over equal-width bins."""
-    probs = table.probabilities(temperature)
-    conf = probs.max(axis=2)
-    correct = probs.argmax(axis=2) == table.labels[:, None]
+    conf = np.empty((table.num_samples, table.num_exits), dtype=np.float32)
+    correct = np.empty((table.num_samples, table.num_exits), dtype=bool)
+    for rows, probs in table.iter_probabilities(temperature):
+        conf[rows] = probs.max(axis=2)
+        correct[rows] = probs.argmax(axis=2) == table.labels[rows, None]
     bins = np.clip((conf * n_bins).astype(int), 0, n_bins - 1)
     ece = np.zeros(table.num_exits)
     for k in range(table.num_exits):

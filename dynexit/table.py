@@ -4,6 +4,11 @@ Everything a budget slider touches is numpy over this table: a model runs once p
 to build it; fitting thresholds and assigning exits afterwards never runs the model again.
 Arrays are stored read-only, so derived quantities (probabilities, criterion scores) are memoised
 per table object.
+
+Scale (issue 14): an ImageNet-size table (50,000 x 5 x 1,000) holds 1 GB of float32 logits, so
+nothing here makes a full-size float64 copy: validation, probabilities and criterion scores work
+on row chunks of ~2M values (:meth:`ExitTable.iter_probabilities`), and a float16 or float64 file
+is converted to float32 chunk by chunk while it is read.
 """
 
 from __future__ import annotations
@@ -19,12 +24,48 @@ import numpy as np
 
 FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("logits", "labels", "costs", "exit_names", "index", "meta")
+# values per row chunk (16 MB as float64): small enough for the temporaries of a softmax, large
+# enough that numpy's per-call overhead does not show
+CHUNK_VALUES = 1 << 21
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     shifted = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def row_chunks(n: int, row_size: int, chunk_values: int = CHUNK_VALUES):
+    """Slices of ``range(n)`` holding about ``chunk_values`` values of ``row_size`` each (>= 1 row)."""
+    step = max(1, chunk_values // max(1, row_size))
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _softmax_f32(logits: np.ndarray) -> np.ndarray:
+    """float32 softmax over the last axis, computed in float64 (the values :meth:`ExitTable.probabilities`
+    and :func:`dynexit.inference.exit_probabilities` have always given); one chunk at a time."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def _check_finite(logits: np.ndarray) -> None:
+    """ValueError naming the first NaN / inf of float32 logits (N, K, C), checked chunk by chunk."""
+    n, k, c = logits.shape
+    bad_count, first = 0, None
+    for rows in row_chunks(n, k * c):
+        chunk = logits[rows]
+        if np.isfinite(chunk).all():
+            continue
+        bad = ~np.isfinite(chunk)
+        bad_count += int(bad.sum())
+        if first is None:
+            first = np.argwhere(bad)[0] + (rows.start, 0, 0)
+    if bad_count:
+        raise ValueError(f"logits contain {bad_count} NaN or inf values (in float32) "
+                         f"(first at sample {first[0]}, exit {first[1]}); the model diverged or the input was bad")
 
 
 def _is_real(arr: np.ndarray) -> bool:
@@ -67,11 +108,7 @@ class ExitTable:
             raise ValueError(f"logits must be real numbers, got dtype {logits.dtype}")
         with np.errstate(over="ignore"):  # a float64 beyond the float32 range becomes inf and is reported below
             logits = logits.astype(np.float32, copy=False)
-        bad = ~np.isfinite(logits)
-        if bad.any():
-            where = np.argwhere(bad)[0]
-            raise ValueError(f"logits contain {int(bad.sum())} NaN or inf values (in float32) "
-                             f"(first at sample {where[0]}, exit {where[1]}); the model diverged or the input was bad")
+        _check_finite(logits)
 
         labels = np.asarray(labels)
         if labels.shape != (n,):
@@ -157,25 +194,59 @@ class ExitTable:
             self._memo[key] = value
         return self._memo[key]
 
+    def memoised(self, key) -> bool:
+        """Whether :meth:`memo` holds a value under ``key``."""
+        return key in self._memo
+
     @property
     def fingerprint(self) -> str:
         """A content hash, stable across processes (caches key on it)."""
         def compute():
             h = hashlib.blake2b(digest_size=16)
             for arr in (self.logits, self.labels, self.costs):
-                h.update(np.ascontiguousarray(arr).tobytes())
+                # the array's own buffer: tobytes() would copy 1 GB of an ImageNet-size table
+                h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
             return h.hexdigest()
         return self.memo("fingerprint", compute)
 
-    def probabilities(self, temperature=None) -> np.ndarray:
-        """Softmax probabilities (N, K, C); ``temperature`` is a scalar or one value per exit."""
+    def _temperature_key(self, temperature):
+        """(memo key, per-exit temperatures (K,) or None); ValueError for a bad temperature."""
         if temperature is None:
-            return self.memo(("probs", None), lambda: softmax(self.logits.astype(np.float64)).astype(np.float32))
+            return ("probs", None), None
         t = np.broadcast_to(np.asarray(temperature, dtype=np.float64), (self.num_exits,))
         if np.any(t <= 0) or not np.all(np.isfinite(t)):
             raise ValueError(f"temperatures must be positive and finite, got {t.tolist()}")
-        key = ("probs", tuple(t.tolist()))
-        return self.memo(key, lambda: softmax(self.logits / t[None, :, None]).astype(np.float32))
+        return ("probs", tuple(t.tolist())), t
+
+    def _probabilities_of(self, rows: slice, t) -> np.ndarray:
+        """float32 softmax probabilities of ``self.logits[rows]`` (float64 inside, as always)."""
+        logits = self.logits[rows]
+        return _softmax_f32(logits if t is None else logits / t[None, :, None])
+
+    def probabilities(self, temperature=None) -> np.ndarray:
+        """Softmax probabilities (N, K, C) float32, memoised; ``temperature`` is a scalar or one value
+        per exit (positive, finite; ValueError otherwise).
+
+        Holds N * K * C float32 values (1 GB for 50,000 x 5 x 1,000): code that only needs a
+        per-sample summary should use :meth:`iter_probabilities`.
+        """
+        key, t = self._temperature_key(temperature)
+
+        def compute():
+            out = np.empty(self.logits.shape, dtype=np.float32)
+            for rows in row_chunks(self.num_samples, self.num_exits * self.num_classes):
+                out[rows] = self._probabilities_of(rows, t)
+            return out
+        return self.memo(key, compute)
+
+    def iter_probabilities(self, temperature=None, chunk_values: int = CHUNK_VALUES):
+        """Yield ``(rows, probs)``: a slice of the samples and their probabilities (n, K, C) float32,
+        equal to ``probabilities(temperature)[rows]``, without holding all of them at once (the
+        memoised array is sliced when it exists). ValueError for a bad temperature."""
+        key, t = self._temperature_key(temperature)
+        whole = self._memo.get(key)
+        for rows in row_chunks(self.num_samples, self.num_exits * self.num_classes, chunk_values):
+            yield rows, (whole[rows] if whole is not None else self._probabilities_of(rows, t))
 
     @property
     def predictions(self) -> np.ndarray:
@@ -204,15 +275,16 @@ class ExitTable:
                          [self.exit_names[e] for e in exits], self.index, self.meta)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike, logits_dtype: str = "float32") -> Path:
-        """Write a compressed ``.npz`` (no pickled objects); returns the path written.
+    def save(self, path: str | os.PathLike, logits_dtype: str = "float32", compress: bool = True) -> Path:
+        """Write a ``.npz`` (no pickled objects); returns the path written.
 
         ``logits_dtype="float16"`` halves the file (the shipped zoo tables use it); logits are
-        read back as float32 either way.
+        read back as float32 either way. ``compress=False`` stores the arrays uncompressed: a
+        bigger file that loads several times faster (no inflating; what an ImageNet-size table wants).
         """
         if logits_dtype not in ("float32", "float16"):
             raise ValueError(f"logits_dtype must be 'float32' or 'float16', got {logits_dtype!r}")
-        if logits_dtype == "float16" and np.abs(self.logits).max() > np.finfo(np.float16).max:
+        if logits_dtype == "float16" and _max_abs(self.logits) > np.finfo(np.float16).max:
             raise ValueError("logits exceed the float16 range (65504); save them as float32")
         path = Path(path)
         if path.suffix != ".npz":
@@ -222,7 +294,8 @@ class ExitTable:
         if logits_dtype == "float16":
             meta["logits_storage"] = "float16"  # tells readers the logits are rounded to float16
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez_compressed(tmp, logits=self.logits.astype(logits_dtype), labels=self.labels, costs=self.costs,
+        write = np.savez_compressed if compress else np.savez
+        write(tmp, logits=self.logits.astype(logits_dtype, copy=False), labels=self.labels, costs=self.costs,
                             exit_names=np.array(self.exit_names, dtype=np.str_), index=self.index,
                             meta=np.array(json.dumps(meta)))
         os.replace(tmp, path)  # never leave a half-written table behind
@@ -281,6 +354,12 @@ _STORED = {"logits": ("f", 3), "labels": ("iu", 1), "costs": ("f", 1), "exit_nam
 _FIX = "rebuild the table (dynexit.tables_build) or restore the file"
 
 
+def _max_abs(arr: np.ndarray) -> float:
+    """max |arr| of (N, ...) float logits, a row chunk at a time (no full-size temporary)."""
+    row = int(np.prod(arr.shape[1:]))
+    return max(float(np.abs(arr[rows]).max()) for rows in row_chunks(len(arr), row))
+
+
 class _TableFileError(Exception):
     """A problem found in a table file, worded for the user (``load`` adds the path)."""
 
@@ -317,8 +396,32 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                     raise _TableFileError(f"array {key!r}: its header says shape {shape} of {dtype}, more than "
                                           "the file holds (damaged header)")
             with zf.open(info) as f:  # read_array wants the member from its start
-                arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+                if key == "logits":
+                    arrays[key] = _read_as_float32(f)
+                else:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
     return arrays
+
+
+def _read_as_float32(f) -> np.ndarray:
+    """The float array of an open ``.npy`` member as float32, converted chunk by chunk while it is read
+    (a float16 file never exists in memory twice, a float64 one never at full size). Out-of-range
+    float64 values become inf, which the constructor reports."""
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran_order, dtype = read_header(f)
+    count = int(np.prod(shape, dtype=np.int64))
+    out = np.empty(count, dtype=np.float32)
+    step = max(1, CHUNK_VALUES // 2)
+    with np.errstate(over="ignore"):
+        for start in range(0, count, step):
+            n = min(step, count - start)
+            data = f.read(n * dtype.itemsize)
+            if len(data) != n * dtype.itemsize:
+                raise ValueError(f"EOF: reading array data, expected {n * dtype.itemsize} bytes got {len(data)}")
+            out[start:start + n] = np.frombuffer(data, dtype=dtype)
+    f.read(1)  # reach the end of the member, so that zipfile checks its CRC-32
+    return out.reshape(shape[::-1]).transpose() if fortran_order else out.reshape(shape)
 
 
 _KIND_NAMES = {"f": "floats", "iu": "integers", "U": "strings"}

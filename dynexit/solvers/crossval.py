@@ -45,7 +45,7 @@ from sklearn.model_selection import KFold
 
 from dynexit import criteria
 from dynexit.solvers._base import BaseSolver, check_budget
-from dynexit.solvers.geometric import LOG_Q_GRID as _LOG_Q, geometric_thresholds_grid
+from dynexit.solvers.geometric import LOG_Q_GRID as _LOG_Q, geometric_thresholds_grid  # noqa: F401 (re-exported)
 from dynexit.solvers.learned import ExitScorer, _fit_exit_model, exit_features
 
 ANCHOR = "max_prob"
@@ -56,10 +56,49 @@ _CACHE_SIZE = 16
 
 
 def _exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Exit (Q, N) of every sample under every threshold row (Q, K)."""
-    passes = scores[None] >= thresholds[:, None, :]
-    passes[..., -1] = True
-    return passes.argmax(axis=2)
+    """Exit (Q, N) of every sample under every threshold row (Q, K): its first k with score >= T_k."""
+    by_exit = np.ascontiguousarray(scores.T)                          # (K, N)
+    exits = np.zeros((len(thresholds), len(scores)), dtype=np.intp)
+    left = np.ones(exits.shape, dtype=bool)
+    # a sample's exit is the number of exits it passed without leaving: K-1 passes over (Q, N)
+    # arrays, where an argmax over a (Q, N, K) array took 5x longer at 50,000 samples
+    for j in range(scores.shape[1] - 1):
+        left &= by_exit[j] < thresholds[:, j, None]
+        exits += left
+    return exits
+
+
+def _grid_and_exits(scores: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(geometric_thresholds_grid(scores, log_q), _exits(scores, those thresholds))``, (Q, K) and (Q, N).
+
+    The same rule, walked one ratio at a time on the descending order of each exit's scores: the
+    count-th sample still left is read off the order directly, where the vectorised grid builds
+    cumulative counts over (Q, N) arrays (6x faster at 40,000 x 5), and the exits
+    come out of the same walk. Equal to the grid, checked by tests/test_table_scale.py.
+    """
+    n, k = scores.shape
+    log_share = np.arange(k)[None, :] * np.asarray(log_q, dtype=np.float64)[:, None]
+    share = np.exp(log_share - log_share.max(axis=1, keepdims=True))
+    share /= share.sum(axis=1, keepdims=True)
+    counts = np.floor(n * share).astype(np.int64)                     # (Q, K), as in the grid
+    # one contiguous row per exit: the walk reads whole exits at a time
+    by_exit = np.ascontiguousarray(scores.T)                          # (K, N)
+    order = np.argsort(-by_exit, axis=1, kind="stable")               # (K, N) descending, ties by index
+    ordered = np.take_along_axis(by_exit, order, axis=1)
+    thresholds = np.full((len(counts), k), np.inf)
+    thresholds[:, -1] = -np.inf
+    exits = np.zeros((len(counts), n), dtype=np.intp)
+    left = np.empty(n, dtype=bool)
+    for q, count in enumerate(counts):
+        left[:] = True
+        for j in range(k - 1):
+            if count[j] > 0:
+                alive = np.flatnonzero(left[order[j]])     # positions, in exit-j order, of those left
+                if len(alive) >= count[j]:
+                    thresholds[q, j] = ordered[j, alive[count[j] - 1]]
+            left &= by_exit[j] < thresholds[q, j]
+            exits[q] += left                               # as in _exits
+    return thresholds, exits
 
 
 # ----------------------------------------------------------------------------- learned score
@@ -103,11 +142,12 @@ def _prepare(table, candidates, n_folds, z, n_budgets, random_state) -> _Fitted:
     n, costs, correct = table.num_samples, table.costs, table.correct
     names = [ANCHOR] + [c for c in candidates if c != ANCHOR]
     scorer, scores = None, {}
-    for name in names:
-        if name == LEARNED:
-            scorer, scores[name] = cross_fitted_learned(table, n_folds, random_state)
-        else:
-            scores[name] = np.asarray(criteria.apply(name, table.probabilities()), dtype=np.float64)
+    named = [name for name in names if name != LEARNED]
+    # one chunked pass over the probabilities for all named scores (never the whole (N, K, C) array)
+    scores.update(zip(named, criteria.scores_many(table, named)))
+    if LEARNED in names:
+        scorer, scores[LEARNED] = cross_fitted_learned(table, n_folds, random_state)
+    scores = {name: scores[name] for name in names}
     grid = np.linspace(costs[0], costs[-1], n_budgets)
     rows = np.arange(n)
     folds = list(KFold(n_folds, shuffle=True, random_state=random_state).split(np.zeros(n))) if len(names) > 1 else []
@@ -117,8 +157,8 @@ def _prepare(table, candidates, n_folds, z, n_budgets, random_state) -> _Fitted:
         s = scores[name]
         right = np.empty((n_budgets, n), dtype=bool)
         for train, held in folds:
-            th = geometric_thresholds_grid(s[train], _LOG_Q)
-            train_cost = costs[_exits(s[train], th)].mean(axis=1)
+            th, train_exits = _grid_and_exits(s[train], _LOG_Q)
+            train_cost = costs[train_exits].mean(axis=1)
             pick = [_largest_within(train_cost, b) for b in grid]
             held_exits = _exits(s[held], th[pick])
             right[:, held] = correct[held[None, :], held_exits]
@@ -137,8 +177,7 @@ def _prepare(table, candidates, n_folds, z, n_budgets, random_state) -> _Fitted:
     # the chosen rule on the whole table at every grid budget
     full = {}
     for name in set(raw_choice):
-        th = geometric_thresholds_grid(scores[name], _LOG_Q)
-        exits = _exits(scores[name], th)
+        th, exits = _grid_and_exits(scores[name], _LOG_Q)
         full[name] = (th, costs[exits].mean(axis=1), correct[rows[None, :], exits].mean(axis=1))
     thresholds = np.empty((n_budgets, table.num_exits))
     cost, acc = np.empty(n_budgets), np.empty(n_budgets)

@@ -1,0 +1,166 @@
+"""Scale benchmark (issue 14, part 6): the default solver on an ImageNet-size table pair.
+
+Two synthetic val/test pairs (:func:`dynexit.testing.synthetic_logits`: every image has a
+difficulty, deeper exits are surer of the true class, so accuracy rises along the exits):
+
+- ``imagenet``: 50,000 val + 50,000 test images x 5 exits x 1,000 classes;
+- ``small``:    10,000 val + 10,000 test images x 4 exits x 10 classes.
+
+They are written once as ordinary ExitTable ``.npz`` files under ``.cache/scale/`` (the ImageNet
+pair takes ~1 GB of disk per table and a minute to generate). Each case is then measured in a
+fresh subprocess, so its peak resident memory (``ru_maxrss`` of that process) is its own:
+
+- load: ``ExitTable.load`` of val and test;
+- first fit: ``solvers.make(solvers.DEFAULT, budget).fit(val)`` on the fresh tables;
+- first evaluate: ``evaluate(test)`` right after it (scores the test table);
+- per budget: median ms of fit(val) + evaluate(test) at 20 later budgets (the slider path);
+- peak memory of the whole run.
+
+The ImageNet case is checked against the targets of the issue (load <= 5 s, first fit <= 10 s,
+<= 50 ms per budget, peak <= 3 GB) and the table says met / not met for each.
+
+    python benchmarks/scale.py [--cases imagenet small] [--solver NAME] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(".cache/scale")
+CASES = {"imagenet": (50_000, 5, 1_000), "small": (10_000, 4, 10)}
+TARGETS = {"load_s": 5.0, "first_fit_s": 10.0, "per_budget_ms": 50.0, "peak_gb": 3.0}
+TARGET_CASE = "imagenet"
+CHUNK = 2_000  # rows generated at a time: bounds the generator's float64 temporaries
+SAVE_OPTIONS = {"logits_dtype": "float16"}  # how the pair is written (the shipped zoo tables use float16)
+
+
+def paths(case: str) -> tuple[Path, Path]:
+    return CACHE / f"{case}.val.npz", CACHE / f"{case}.test.npz"
+
+
+def generate(case: str) -> None:
+    """Write the case's val and test tables (skipped when both exist)."""
+    from dynexit.table import ExitTable
+    from dynexit.testing import synthetic_logits
+
+    n, k, c = CASES[case]
+    costs = np.cumsum(np.linspace(1.0, 2.0, k))  # cumulative MFLOPs, later blocks cost more
+    for split, path in zip(("val", "test"), paths(case)):
+        if path.exists():
+            continue
+        rng = np.random.default_rng([7, split == "test"])
+        labels = rng.integers(0, c, n)
+        logits = np.empty((n, k, c), dtype=np.float32)
+        for i, start in enumerate(range(0, n, CHUNK)):
+            rows = slice(start, start + CHUNK)
+            logits[rows] = synthetic_logits(labels[rows], k, c, seed=1000 * (split == "test") + i)
+        meta = {"model": f"synthetic_{case}", "dataset": "synthetic", "split": split}
+        ExitTable(logits, labels, costs, meta=meta).save(path, **SAVE_OPTIONS)
+        del logits
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
+
+
+def measure(case: str, solver_name: str | None) -> dict:
+    """One case, in this (fresh) process; returns the figures."""
+    from dynexit import metrics, solvers
+    from dynexit.table import ExitTable
+
+    name = solver_name or solvers.DEFAULT
+    val_path, test_path = paths(case)
+    cpu = {}
+    start, cpu_start = time.perf_counter(), time.process_time()
+    val, test = ExitTable.load(val_path), ExitTable.load(test_path)
+    load_s = time.perf_counter() - start
+    cpu["load"] = time.process_time() - cpu_start
+
+    budgets = metrics.budget_grid(val, 22)[1:-1]  # 20 budgets strictly inside the cost range
+    start, cpu_start = time.perf_counter(), time.process_time()
+    solver = solvers.make(name, float(budgets[len(budgets) // 2])).fit(val)
+    first_fit_s = time.perf_counter() - start
+    cpu["first fit"] = time.process_time() - cpu_start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = solver.evaluate(test)
+    first_eval_s = time.perf_counter() - start
+    cpu["first evaluate"] = time.process_time() - cpu_start
+
+    times = []
+    for b in budgets:
+        start = time.perf_counter()
+        fitted = solvers.make(name, float(b)).fit(val)
+        r = fitted.evaluate(test)
+        times.append(time.perf_counter() - start)
+        assert r.mean_cost > 0
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+    return {"case": case, "shape": list(CASES[case]), "solver": name, "load_s": load_s,
+            "first_fit_s": first_fit_s, "first_evaluate_s": first_eval_s,
+            "per_budget_ms": 1e3 * statistics.median(times), "peak_gb": peak_kb * 1024 / 1e9,
+            "test_accuracy": result.accuracy, "test_cost": result.mean_cost,
+            "val_exit_accuracy": [round(float(a), 4) for a in val.exit_accuracy()],
+            "cpu_s": {k: round(v, 2) for k, v in cpu.items()}}
+
+
+def run_child(args: list[str]) -> str:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"benchmark child {args} failed:\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("load_s", "load (s)", "{:.2f}"), ("first_fit_s", "first fit (s)", "{:.2f}"),
+            ("first_evaluate_s", "first evaluate (s)", "{:.2f}"), ("per_budget_ms", "ms / budget", "{:.1f}"),
+            ("peak_gb", "peak (GB)", "{:.2f}")]
+    header = ["case (N x K x C, val + test)"] + [title for _, title, _ in cols]
+    lines = [header]
+    for row in rows:
+        n, k, c = row["shape"]
+        lines.append([f"{row['case']} ({n:,} x {k} x {c:,})"] + [fmt.format(row[key]) for key, _, fmt in cols])
+    target = ["target (imagenet)"] + [f"<= {TARGETS[key]:g}" if key in TARGETS else "" for key, _, _ in cols]
+    lines.append(target)
+    for row in rows:
+        if row["case"] == TARGET_CASE:
+            lines.append(["met?"] + [("met" if row[key] <= TARGETS[key] else "NOT MET") if key in TARGETS else ""
+                                     for key, _, _ in cols])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), default=["imagenet", "small"])
+    parser.add_argument("--solver", default=None, help="solver name (default: solvers.DEFAULT)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--child", choices=["generate", "measure"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "generate":
+        generate(args.cases[0])
+        return
+    if args.child == "measure":
+        print(json.dumps(measure(args.cases[0], args.solver)))
+        return
+    rows = []
+    for case in args.cases:
+        print(run_child(["--child", "generate", "--cases", case]), end="", flush=True)
+        extra = ["--solver", args.solver] if args.solver else []
+        rows.append(json.loads(run_child(["--child", "measure", "--cases", case, *extra]).splitlines()[-1]))
+    print(f"solver: {rows[0]['solver']}; files: {SAVE_OPTIONS}")
+    print(table(rows))
+    for row in rows:
+        print(f"{row['case']}: test accuracy {row['test_accuracy']:.4f} at {row['test_cost']:.3f} MFLOPs; "
+              f"val accuracy per exit {row['val_exit_accuracy']}; CPU seconds of this process {row['cpu_s']} "
+              "(wall above; the machine is shared)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
