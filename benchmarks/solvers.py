@@ -139,6 +139,11 @@ def render(report: dict, command: str) -> str:
                      f"{sum(c['fit_total_s'] for c in cs):.1f}"])
     L += _table(["solver", f"wins / ties / losses (of {N_GRID * len(models)})", "mean gain (pt)", "worst (pt)",
                  "gap closed (%)", "median fit (ms)", f"all {N_BUDGETS * len(models)} fits (s)"], rows)
+    clean = [s for s in names if s != REFERENCE and all(m["comparison"][s]["losses"] == 0 for m in models.values())]
+    best = max((s for s in names if s != REFERENCE), default=None,
+               key=lambda s: np.mean([m["comparison"][s]["mean_gain"] for m in models.values()]))
+    L += ["", "No loss beyond 0.1 point on any model: " + (", ".join(f"`{s}`" for s in clean) or "no solver")
+          + (f"; largest mean gain: `{best}`." if best else ".")]
     for name, m in models.items():
         L += ["", f"## {name}", "",
               f"val {m['val_samples']:,} images, test {m['test_samples']:,}; {m['exits']} exits at "
