@@ -19,7 +19,7 @@ fresh subprocess, so its peak resident memory (``ru_maxrss`` of that process) is
 The ImageNet case is checked against the targets of the issue (load <= 5 s, first fit <= 10 s,
 <= 50 ms per budget, peak <= 3 GB) and the table says met / not met for each.
 
-    python benchmarks/scale.py [--cases imagenet small] [--solver NAME] [--json out.json]
+    python benchmarks/scale.py [--cases imagenet small] [--format raw|zip] [--solver NAME] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,22 +40,32 @@ CASES = {"imagenet": (50_000, 5, 1_000), "small": (10_000, 4, 10)}
 TARGETS = {"load_s": 5.0, "first_fit_s": 10.0, "per_budget_ms": 50.0, "peak_gb": 3.0}
 TARGET_CASE = "imagenet"
 CHUNK = 2_000  # rows generated at a time: bounds the generator's float64 temporaries
-SAVE_OPTIONS = {"logits_dtype": "float16"}  # how the pair is written (the shipped zoo tables use float16)
+# how the pair is written: float16 logits (as the shipped zoo tables), stored uncompressed ("raw",
+# the default: inflating 0.5 GB of logits alone takes ~5 s per table here) or compressed ("zip")
+FORMATS = {"raw": {"logits_dtype": "float16", "compress": False},
+           "zip": {"logits_dtype": "float16", "compress": True}}
 
 
-def paths(case: str) -> tuple[Path, Path]:
-    return CACHE / f"{case}.val.npz", CACHE / f"{case}.test.npz"
+def paths(case: str, fmt: str) -> tuple[Path, Path]:
+    suffix = "" if fmt == "zip" else f".{fmt}"
+    return CACHE / f"{case}.val{suffix}.npz", CACHE / f"{case}.test{suffix}.npz"
 
 
-def generate(case: str) -> None:
-    """Write the case's val and test tables (skipped when both exist)."""
+def generate(case: str, fmt: str) -> None:
+    """Write the case's val and test tables in ``fmt`` (skipped when they exist; converted from
+    another format's files when those exist, which holds the same values)."""
     from dynexit.table import ExitTable
     from dynexit.testing import synthetic_logits
 
     n, k, c = CASES[case]
     costs = np.cumsum(np.linspace(1.0, 2.0, k))  # cumulative MFLOPs, later blocks cost more
-    for split, path in zip(("val", "test"), paths(case)):
+    for i_split, (split, path) in enumerate(zip(("val", "test"), paths(case, fmt))):
         if path.exists():
+            continue
+        others = [paths(case, other)[i_split] for other in FORMATS if other != fmt]
+        if any(p.exists() for p in others):
+            ExitTable.load(next(p for p in others if p.exists())).save(path, **FORMATS[fmt])
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
             continue
         rng = np.random.default_rng([7, split == "test"])
         labels = rng.integers(0, c, n)
@@ -64,18 +74,18 @@ def generate(case: str) -> None:
             rows = slice(start, start + CHUNK)
             logits[rows] = synthetic_logits(labels[rows], k, c, seed=1000 * (split == "test") + i)
         meta = {"model": f"synthetic_{case}", "dataset": "synthetic", "split": split}
-        ExitTable(logits, labels, costs, meta=meta).save(path, **SAVE_OPTIONS)
+        ExitTable(logits, labels, costs, meta=meta).save(path, **FORMATS[fmt])
         del logits
         print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB)", flush=True)
 
 
-def measure(case: str, solver_name: str | None) -> dict:
+def measure(case: str, fmt: str, solver_name: str | None) -> dict:
     """One case, in this (fresh) process; returns the figures."""
     from dynexit import metrics, solvers
     from dynexit.table import ExitTable
 
     name = solver_name or solvers.DEFAULT
-    val_path, test_path = paths(case)
+    val_path, test_path = paths(case, fmt)
     cpu = {}
     start, cpu_start = time.perf_counter(), time.process_time()
     val, test = ExitTable.load(val_path), ExitTable.load(test_path)
@@ -100,7 +110,7 @@ def measure(case: str, solver_name: str | None) -> dict:
         times.append(time.perf_counter() - start)
         assert r.mean_cost > 0
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
-    return {"case": case, "shape": list(CASES[case]), "solver": name, "load_s": load_s,
+    return {"case": case, "format": fmt, "shape": list(CASES[case]), "solver": name, "load_s": load_s,
             "first_fit_s": first_fit_s, "first_evaluate_s": first_eval_s,
             "per_budget_ms": 1e3 * statistics.median(times), "peak_gb": peak_kb * 1024 / 1e9,
             "test_accuracy": result.accuracy, "test_cost": result.mean_cost,
@@ -137,22 +147,25 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=["imagenet", "small"])
+    parser.add_argument("--format", choices=list(FORMATS), default="raw",
+                        help="how the tables are stored (default raw: uncompressed float16)")
     parser.add_argument("--solver", default=None, help="solver name (default: solvers.DEFAULT)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--child", choices=["generate", "measure"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "generate":
-        generate(args.cases[0])
+        generate(args.cases[0], args.format)
         return
     if args.child == "measure":
-        print(json.dumps(measure(args.cases[0], args.solver)))
+        print(json.dumps(measure(args.cases[0], args.format, args.solver)))
         return
     rows = []
     for case in args.cases:
-        print(run_child(["--child", "generate", "--cases", case]), end="", flush=True)
+        common = ["--cases", case, "--format", args.format]
+        print(run_child(["--child", "generate", *common]), end="", flush=True)
         extra = ["--solver", args.solver] if args.solver else []
-        rows.append(json.loads(run_child(["--child", "measure", "--cases", case, *extra]).splitlines()[-1]))
-    print(f"solver: {rows[0]['solver']}; files: {SAVE_OPTIONS}")
+        rows.append(json.loads(run_child(["--child", "measure", *common, *extra]).splitlines()[-1]))
+    print(f"solver: {rows[0]['solver']}; files: {args.format} {FORMATS[args.format]}")
     print(table(rows))
     for row in rows:
         print(f"{row['case']}: test accuracy {row['test_accuracy']:.4f} at {row['test_cost']:.3f} MFLOPs; "

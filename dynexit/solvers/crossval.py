@@ -87,18 +87,21 @@ def _grid_and_exits(scores: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, 
     ordered = np.take_along_axis(by_exit, order, axis=1)
     thresholds = np.full((len(counts), k), np.inf)
     thresholds[:, -1] = -np.inf
-    exits = np.zeros((len(counts), n), dtype=np.intp)
-    left = np.empty(n, dtype=bool)
+    exits = np.zeros((len(counts), n), dtype=np.uint8 if k < 256 else np.intp)
+    left, in_order = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
     for q, count in enumerate(counts):
         left[:] = True
         for j in range(k - 1):
-            if count[j] > 0:
-                alive = np.flatnonzero(left[order[j]])     # positions, in exit-j order, of those left
+            if count[j] > 0 and j == 0:
+                if n >= count[0]:                          # everyone is left at the first exit
+                    thresholds[q, 0] = ordered[0, count[0] - 1]
+            elif count[j] > 0:
+                alive = np.flatnonzero(np.take(left, order[j], out=in_order))  # positions, in exit-j order, of those left
                 if len(alive) >= count[j]:
                     thresholds[q, j] = ordered[j, alive[count[j] - 1]]
             left &= by_exit[j] < thresholds[q, j]
             exits[q] += left                               # as in _exits
-    return thresholds, exits
+    return thresholds, exits.astype(np.intp, copy=False)
 
 
 # ----------------------------------------------------------------------------- learned score
