@@ -37,7 +37,8 @@ def exit_probabilities(logits: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_costs: bool = False):
+def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_costs: bool = False,
+               sample_ids=None):
     """Dynamic inference with real early exit.
 
     Parameters
@@ -47,6 +48,9 @@ def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_
     thresholds : (K,) array; a sample leaves at the first exit k with score >= thresholds[k]; the
         last exit always takes the rest (its threshold is ignored and may be omitted)
     criterion : a name of :mod:`dynexit.criteria` or a callable ``probs (N, k, C) -> scores (N, k)``
+    sample_ids : (B,) non-negative ints, each image's row in the table it belongs to (default
+        ``0..B-1``). Only criteria keyed by sample (``random``) read them: pass the table rows when a
+        split is run in batches, so that every batch scores its images as the table path does.
 
     Returns ``(logits (B, C), exits (B,) int64 0-based)``; with ``return_costs`` also the number of
     samples that ran each stage (K,).
@@ -55,6 +59,10 @@ def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_
     t = _check_thresholds(thresholds, k_total)
     score_fn = criteria.get(criterion)
     b = x.shape[0]
+    ids = np.arange(b) if sample_ids is None else np.asarray(sample_ids)
+    if ids.shape != (b,) or not np.issubdtype(ids.dtype, np.integer) or (b and ids.min() < 0):
+        raise ValueError(f"sample_ids must be {b} non-negative integers (one per image), got shape {ids.shape}, "
+                         f"dtype {ids.dtype}")
     state = model.init_state(x)
     out = None
     exits = torch.full((b,), -1, dtype=torch.long)
@@ -70,8 +78,9 @@ def early_exit(model, x: torch.Tensor, thresholds, criterion="max_prob", return_
             leave = np.ones(len(remaining), dtype=bool)
         else:
             history.append(exit_probabilities(logits))
-            # rows: the original positions, so per-sample criteria (`random`) score the sample, not its row now
-            scores = criteria.apply(score_fn, np.stack(history, axis=1), rows=remaining.numpy())[:, -1]
+            # the sample ids of the images still running: per-sample criteria (`random`) score the sample,
+            # not its position in the shrinking batch
+            scores = criteria.apply(score_fn, np.stack(history, axis=1), rows=ids[remaining.numpy()])[:, -1]
             leave = scores >= t[k]
         leave_t = torch.from_numpy(leave)
         if leave.any():

@@ -89,7 +89,19 @@ def test_random_criterion_is_keyed_by_sample(key):
     ref_exits, _ = exits_from_logits(outs, t, "random")
     assert np.unique(ref_exits).size == m.num_exits  # samples leave at every exit
     assert int((exits.numpy() != ref_exits).sum()) == 0
+    # in batches (as the bench and table builders run a split), with the table rows as sample ids
+    batched = torch.cat([early_exit(m, x[i:i + 64], t, criterion="random", sample_ids=np.arange(i, min(i + 64, 200)))[1]
+                         for i in range(0, 200, 64)])
+    assert int((batched.numpy() != ref_exits).sum()) == 0
     # one image traced with its row as sample id: the table path's exit
     for i in range(0, 200, 25):
         trace = explain.traced_early_exit(m, x[i].numpy(), t, "random", row=i)
         assert trace.exit == ref_exits[i]
+
+
+def test_sample_ids_are_checked():
+    m = tiny("multiexit_cnn").eval()
+    x = images(m, 4)
+    for bad in ([0, 1, 2], [0, 1, 2, -1], [0.0, 1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match="sample_ids"):
+            early_exit(m, x, np.zeros(m.num_exits), sample_ids=np.asarray(bad))
