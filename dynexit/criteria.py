@@ -34,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from dynexit.table import CHUNK_VALUES, row_chunks
+from dynexit.table import row_chunks
 
 Criterion = Callable[[np.ndarray], np.ndarray]
 
@@ -169,7 +169,7 @@ def scores(table, criterion: str | Criterion = "max_prob", temperature=None) -> 
     return np.asarray(get(criterion)(table.probabilities(temperature)), dtype=np.float64)
 
 
-def scores_many(table, names, temperature=None, chunk_values: int = CHUNK_VALUES) -> list[np.ndarray]:
+def scores_many(table, names, temperature=None, chunk_values: int | None = None) -> list[np.ndarray]:
     """Scores (N, K) float64 of several named criteria of an ExitTable, in one chunked pass.
 
     Equal to ``[scores(table, name, temperature) for name in names]`` and memoised the same way,

@@ -35,9 +35,10 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def row_chunks(n: int, row_size: int, chunk_values: int = CHUNK_VALUES):
-    """Slices of ``range(n)`` holding about ``chunk_values`` values of ``row_size`` each (>= 1 row)."""
-    step = max(1, chunk_values // max(1, row_size))
+def row_chunks(n: int, row_size: int, chunk_values: int | None = None):
+    """Slices of ``range(n)`` holding about ``chunk_values`` (default :data:`CHUNK_VALUES`) values of
+    ``row_size`` each (>= 1 row)."""
+    step = max(1, (chunk_values or CHUNK_VALUES) // max(1, row_size))
     return [slice(start, min(start + step, n)) for start in range(0, n, step)]
 
 
@@ -240,7 +241,7 @@ class ExitTable:
             return out
         return self.memo(key, compute)
 
-    def iter_probabilities(self, temperature=None, chunk_values: int = CHUNK_VALUES):
+    def iter_probabilities(self, temperature=None, chunk_values: int | None = None):
         """Yield ``(rows, probs)``: a slice of the samples and their probabilities (n, K, C) float32,
         equal to ``probabilities(temperature)[rows]``, without holding all of them at once (the
         memoised array is sliced when it exists). ValueError for a bad temperature."""
