@@ -412,8 +412,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                          f"({type(err).__name__}: {err}); {_FIX}") from err
     _check_model_matches_sidecar(path, meta, model)
     _load_weights(model, path, meta, strict=True)
-    if meta.get("costs_mflops"):
-        model._costs_cache = np.asarray(meta["costs_mflops"], dtype=np.float64)
+    # the sidecar's costs are what every budget is checked against, and the sidecar is not covered by the
+    # weights' checksum: they must equal what this code counts for the rebuilt model (a recount is ~0.1 s)
+    from dynexit.flops import staged_flops
+    counted = staged_flops(model.eval())  # a model of our own, not yet shared: its mode is ours to set
+    declared = meta.get("costs_mflops")
+    if declared and not np.allclose(declared, counted, rtol=1e-6, atol=0):
+        raise ValueError(f"{path}: the sidecar's costs_mflops {_short([round(c, 4) for c in declared])} differ from "
+                         f"what this model counts ({_short([round(float(c), 4) for c in counted])} MFLOPs per exit); "
+                         f"{_FIX}")
+    model._costs_cache = counted
     model.checkpoint_meta = meta
     model.to(map_location)
-    return model.eval() if eval else model
+    return model if eval else model.train()

@@ -30,6 +30,7 @@ from torch import nn
 from dynexit import criteria
 from dynexit.inference import _check_thresholds, exit_probabilities
 from dynexit.layers.attention_capture import AttentionMap, attention_rollout
+from dynexit.models._base import eval_view  # noqa: F401  (re-exported: explanations never change a model's mode)
 
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency")
 
@@ -44,26 +45,6 @@ def as_batch(image, model) -> torch.Tensor:
     if x.shape[1] == 1 and model.in_chans == 3:
         x = x.expand(-1, 3, -1, -1)
     return x.contiguous()
-
-
-def eval_view(model: nn.Module) -> nn.Module:
-    """``model`` itself when it and all its submodules are in eval mode; otherwise an eval-mode copy
-    of its module structure that shares every parameter and buffer tensor with it (no weight is copied).
-
-    Why not ``model.eval()`` and restore the mode afterwards: the model may be shared with other
-    threads (the app's cached resources, a training loop), and switching its mode would change what
-    their forward passes compute meanwhile (BatchNorm batch statistics, dropout), and restoring it
-    could undo a mode they set. ``torch.func.functional_call`` cannot help either: BatchNorm and
-    dropout read ``module.training``, not a parameter. The copy's BatchNorm layers are in eval mode,
-    so they read the shared running statistics and never write them. Cost: a Python-level copy of
-    the module tree, about 10-200 ms for the zoo models (e.g. ~150 ms for dynperceiver_fmnist's 560
-    modules on a loaded 2-core machine, against ~1.5 s for its Integrated Gradients), paid only for a
-    model left in train mode.
-    """
-    if not any(m.training for m in model.modules()):
-        return model
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    return copy.deepcopy(model, memo=shared).eval()
 
 
 # ----------------------------------------------------------------------------- attention

@@ -76,14 +76,10 @@ class MacCounter(FlopCounterMode):
 
 @contextlib.contextmanager
 def _eval(model):
-    # the count is for inference: eval mode (BatchNorm statistics, no dropout), no gradients kept
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was)
+    """Yield ``model`` in eval mode without changing its mode (the model may be shared by threads)."""
+    from dynexit.models._base import eval_view
+    with torch.no_grad():
+        yield eval_view(model)
 
 
 def _dummy(model) -> torch.Tensor:
@@ -104,22 +100,22 @@ def count_mflops(fn, *args, **kwargs) -> tuple[float, object]:
 
 
 def module_mflops(module, *inputs) -> float:
-    """MFLOPs of one call ``module(*inputs)`` in eval mode (the module's mode is restored)."""
-    with _eval(module):
-        return count_mflops(module, *inputs)[0]
+    """MFLOPs of one call ``module(*inputs)`` in eval mode (the module's own mode is untouched)."""
+    with _eval(module) as m:
+        return count_mflops(m, *inputs)[0]
 
 
 def stage_flops(model, x: torch.Tensor | None = None) -> np.ndarray:
     """MFLOPs of each stage of the staged form for one image (not cumulative), shape (K,).
 
-    Counted in eval mode on a random image (or the first of ``x``); the model's mode is restored.
+    Counted in eval mode on a random image (or the first of ``x``); the model's own mode is untouched.
     """
-    with _eval(model):
-        x = _dummy(model) if x is None else x[:1]
-        mf, state = count_mflops(model.init_state, x)
+    with _eval(model) as m:
+        x = _dummy(m) if x is None else x[:1]
+        mf, state = count_mflops(m.init_state, x)
         per = []
-        for k in range(model.num_exits):
-            f, (state, _) = count_mflops(model.forward_stage, k, state)
+        for k in range(m.num_exits):
+            f, (state, _) = count_mflops(m.forward_stage, k, state)
             per.append(f + (mf if k == 0 else 0.0))
     return np.asarray(per, dtype=np.float64)
 
@@ -131,7 +127,7 @@ def staged_flops(model, x: torch.Tensor | None = None) -> np.ndarray:
 
 def forward_flops(model, x: torch.Tensor | None = None) -> float:
     """MFLOPs of one full ``forward`` for one image (all exits)."""
-    with _eval(model):
-        x = _dummy(model) if x is None else x[:1]
-        mf, _ = count_mflops(model, x)
+    with _eval(model) as m:
+        x = _dummy(m) if x is None else x[:1]
+        mf, _ = count_mflops(m, x)
     return mf

@@ -232,3 +232,19 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(ValueError, match="cannot save.*'val_accuracy' has 1 entries but num_exits is 2"):
         save_checkpoint(m, tmp_path / "c", val_accuracy=[0.5])
     assert not list(tmp_path.iterdir())
+
+
+def test_sidecar_costs_must_equal_a_recount(saved):
+    """The sidecar is not covered by the weights' checksum: edited costs are caught by counting them again."""
+    _, path = saved
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["costs_mflops"] = [1.0, 2.0, 3.0, 4.0]
+    side.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="costs_mflops .* differ from what this model counts"):
+        load_checkpoint(path)
+
+
+def test_loading_never_changes_a_models_mode_but_its_own(saved):
+    m, path = saved
+    assert not load_checkpoint(path).training and load_checkpoint(path, eval=False).training
