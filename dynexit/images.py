@@ -183,14 +183,16 @@ def _float_pixels(img: Image.Image, notes: list[str]) -> np.ndarray:
     if mode == "F":
         bad = ~np.isfinite(a)
         if bad.any():
-            raise ImageRejected(f"{bad.mean():.0%} of the pixels are NaN or infinite (a floating-point image with "
+            share = f"{bad.mean():.0%}" if bad.mean() >= 0.005 else f"{int(bad.sum())} of {bad.size}"
+            raise ImageRejected(f"{share} of the pixels are NaN or infinite (a floating-point image with "
                                 "missing values); fill or remove them and save the image again")
         lo, hi = float(a.min()), float(a.max())
         if lo >= 0 and hi <= 1:
             notes.append("floating-point image: values already in 0..1")
             return a
         notes.append(f"floating-point image with values {lo:g}..{hi:g}: stretched to 0..1")
-        return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        # in float64: hi - lo of a float32 image can overflow float32 (e.g. -3.4e38..3.4e38)
+        return ((a.astype(np.float64) - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(a)
     if mode.startswith("I;16"):
         notes.append("16-bit grayscale: scaled from 0..65535 to 0..1")
         return a / 65535.0
@@ -202,7 +204,7 @@ def _float_pixels(img: Image.Image, notes: list[str]) -> np.ndarray:
         notes.append("32-bit integer image with values 0..65535 (16-bit data): scaled to 0..1")
         return a / 65535.0
     notes.append(f"32-bit integer image with values {lo:g}..{hi:g}: stretched to 0..1")
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return ((a.astype(np.float64) - lo) / (hi - lo)).astype(np.float32) if hi > lo else np.zeros_like(a)
 
 
 def _pixels(img: Image.Image, notes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -335,5 +337,8 @@ def prepare_image(data: bytes, invert: bool | str = "auto", size: int = SIZE, ma
                      "upload a photo of one item on a plain background")
     notes.insert(0, f"read a {decoded.fmt} image, {decoded.size[0]} x {decoded.size[1]} pixels, mode {decoded.mode}")
     notes.extend(found)
+    if not np.all(np.isfinite(arr)):  # a guard on our own arithmetic: never hand the model NaN / inf
+        raise ImageRejected("the image's pixel values could not be converted to numbers in 0..1 (they overflow); "
+                            "save it as an 8- or 16-bit PNG or JPEG and upload that")
     preview = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
     return PreparedImage(arr.astype(np.float32), notes, decoded.size, decoded.mode, do_invert, preview, found)

@@ -387,3 +387,35 @@ def test_a_small_object_is_not_flagged_as_blank():
     a[12:16, 12:16] = 200
     out = prepare_image(encode(Image.fromarray(a), "PNG"))
     assert not out.warnings and out.array.max() > 0.7
+
+
+def test_float_tiff_at_the_float32_limits_is_a_finite_input():
+    """A stretch (a - lo) / (hi - lo) in float32 overflowed for values near +-3.4e38 and the resize spread
+    the inf into an all-NaN input that went through silently."""
+    import io
+
+    from PIL import Image
+
+    from dynexit.images import prepare_image
+    a = np.zeros((50, 50), dtype=np.float32)
+    a[10:40, 10:40] = 3.4e38
+    a[0, 0] = -3.4e38
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="F").save(buf, format="TIFF")
+    prepared = prepare_image(buf.getvalue())
+    assert np.all(np.isfinite(prepared.array)) and prepared.array.min() >= 0 and prepared.array.max() <= 1
+    assert prepared.array.max() > 0.5  # the square is there
+
+
+def test_one_nan_pixel_is_counted_not_rounded_to_zero_percent():
+    import io
+
+    from PIL import Image
+
+    from dynexit.images import ImageRejected, prepare_image
+    a = np.random.default_rng(0).random((50, 50)).astype(np.float32)
+    a[3, 3] = np.nan
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="F").save(buf, format="TIFF")
+    with pytest.raises(ImageRejected, match="1 of 2500 of the pixels are NaN"):
+        prepare_image(buf.getvalue())
