@@ -19,7 +19,7 @@ fresh subprocess, so its peak resident memory (``ru_maxrss`` of that process) is
 The ImageNet case is checked against the targets of the issue (load <= 5 s, first fit <= 10 s,
 <= 50 ms per budget, peak <= 3 GB) and the table says met / not met for each.
 
-    python benchmarks/scale.py [--cases imagenet small] [--format raw|zip] [--solver NAME] [--json out.json]
+    python benchmarks/scale.py [--cases imagenet small] [--format raw|raw16|zip] [--solver NAME] [--json out.json]
 """
 
 from __future__ import annotations
@@ -40,9 +40,12 @@ CASES = {"imagenet": (50_000, 5, 1_000), "small": (10_000, 4, 10)}
 TARGETS = {"load_s": 5.0, "first_fit_s": 10.0, "per_budget_ms": 50.0, "peak_gb": 3.0}
 TARGET_CASE = "imagenet"
 CHUNK = 2_000  # rows generated at a time: bounds the generator's float64 temporaries
-# how the pair is written: float16 logits (as the shipped zoo tables), stored uncompressed ("raw",
-# the default: inflating 0.5 GB of logits alone takes ~5 s per table here) or compressed ("zip")
-FORMATS = {"raw": {"logits_dtype": "float16", "compress": False},
+# how the pair is written: "raw" (the default), float32 logits stored uncompressed, which
+# ExitTable.load memory-maps (1 GB per table on disk); "raw16", float16 uncompressed, read and
+# converted to float32; "zip", float16 compressed as the shipped zoo tables (inflating 0.5 GB of
+# logits takes ~5 s per table on this machine)
+FORMATS = {"raw": {"logits_dtype": "float32", "compress": False},
+           "raw16": {"logits_dtype": "float16", "compress": False},
            "zip": {"logits_dtype": "float16", "compress": True}}
 
 
@@ -53,7 +56,7 @@ def paths(case: str, fmt: str) -> tuple[Path, Path]:
 
 def generate(case: str, fmt: str) -> None:
     """Write the case's val and test tables in ``fmt`` (skipped when they exist; converted from
-    another format's files when those exist, which holds the same values)."""
+    another format's files when those exist: all hold the float16-rounded values of one draw)."""
     from dynexit.table import ExitTable
     from dynexit.testing import synthetic_logits
 
@@ -72,7 +75,8 @@ def generate(case: str, fmt: str) -> None:
         logits = np.empty((n, k, c), dtype=np.float32)
         for i, start in enumerate(range(0, n, CHUNK)):
             rows = slice(start, start + CHUNK)
-            logits[rows] = synthetic_logits(labels[rows], k, c, seed=1000 * (split == "test") + i)
+            # rounded to float16, so that every format holds the same values
+            logits[rows] = synthetic_logits(labels[rows], k, c, seed=1000 * (split == "test") + i).astype(np.float16)
         meta = {"model": f"synthetic_{case}", "dataset": "synthetic", "split": split}
         ExitTable(logits, labels, costs, meta=meta).save(path, **FORMATS[fmt])
         del logits
@@ -148,7 +152,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=["imagenet", "small"])
     parser.add_argument("--format", choices=list(FORMATS), default="raw",
-                        help="how the tables are stored (default raw: uncompressed float16)")
+                        help="how the tables are stored (default raw: uncompressed float32, memory-mapped)")
     parser.add_argument("--solver", default=None, help="solver name (default: solvers.DEFAULT)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--child", choices=["generate", "measure"], help=argparse.SUPPRESS)

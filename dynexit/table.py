@@ -18,6 +18,7 @@ import json
 import os
 import reprlib
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -403,12 +404,50 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
                     raise _TableFileError(f"array {key!r}: its header says shape {shape} of {dtype}, more than "
                                           "the file holds (damaged header)")
+            mapped = _map_float32(path, zf, info) if key == "logits" else None
+            if mapped is not None:
+                arrays[key] = mapped
+                continue
             with zf.open(info) as f:  # read_array wants the member from its start
                 if key == "logits":
                     arrays[key] = _read_as_float32(f)
                 else:
                     arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
     return arrays
+
+
+def _map_float32(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A read-only memory map of a member stored uncompressed as C-order little-endian float32
+    (``save(compress=False)``), its CRC-32 checked like zipfile's; None for any other member.
+
+    Nothing is copied or converted, so such a table loads in the time of one pass over its bytes
+    (CRC, then the constructor's NaN check). The map reads the file as it is on disk: ``save``
+    replaces files (a new inode), which leaves a mapped table intact.
+    """
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
+        return None
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(f)
+        header_size = f.tell()
+    count = int(np.prod(shape, dtype=np.int64))
+    if dtype != np.dtype("<f4") or fortran_order or header_size + 4 * count != info.file_size or count == 0:
+        return None
+    with open(path, "rb") as raw:  # the data starts after the member's local header, name and extra field
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"bad local header of {info.filename!r}")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+        raw.seek(start)
+        crc = zlib.crc32(raw.read(header_size))
+    data = np.memmap(path, dtype=np.float32, mode="r", offset=start + header_size, shape=(count,))
+    for rows in row_chunks(count, 1):
+        crc = zlib.crc32(data[rows], crc)
+    if crc != info.CRC:
+        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")  # zipfile's own words
+    return data.reshape(shape)
 
 
 def _read_as_float32(f) -> np.ndarray:

@@ -162,3 +162,24 @@ def test_no_full_size_copies(tmp_path, monkeypatch):
     assert not fresh.memoised(("probs", None))
     # the whole probabilities stay available, as one float32 array (no float64 beside it)
     assert traced_peak(fresh.probabilities) < 1.1 * float32_size
+
+
+def test_uncompressed_float32_logits_are_memory_mapped_and_crc_checked(tmp_path):
+    t = make_table(n=50, k=3, c=6)
+    path = t.save(tmp_path / "raw.npz", compress=False)
+    back = ExitTable.load(path)
+    np.testing.assert_array_equal(back.logits, t.logits)
+    assert isinstance(back.logits.base, np.memmap) and not back.logits.flags.writeable
+    assert back.fingerprint == t.fingerprint
+    # float16 or compressed logits are read into memory (converted to float32 on the way)
+    for kwargs in ({"logits_dtype": "float16", "compress": False}, {}):
+        read = ExitTable.load(t.save(tmp_path / "other.npz", **kwargs))
+        assert read.logits.dtype == np.float32 and not isinstance(read.logits.base, np.memmap)
+    # one flipped byte in the mapped logits is refused, as zipfile refuses it in a read member
+    data = bytearray(path.read_bytes())
+    at = data.index(t.logits.tobytes()[:16]) + 100
+    data[at] ^= 0x01
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged.npz: damaged ExitTable .npz \(BadZipFile: Bad CRC-32"):
+        ExitTable.load(damaged)
