@@ -7,8 +7,9 @@ per table object.
 
 Scale (issue 14): an ImageNet-size table (50,000 x 5 x 1,000) holds 1 GB of float32 logits, so
 nothing here makes a full-size float64 copy: validation, probabilities and criterion scores work
-on row chunks of ~2M values (:meth:`ExitTable.iter_probabilities`), and a float16 or float64 file
-is converted to float32 chunk by chunk while it is read.
+on row chunks of ~2M values (:meth:`ExitTable.iter_probabilities`), a float16 or float64 file
+is converted to float32 chunk by chunk while it is read, and a file saved with ``compress=False``
+and float32 logits is memory-mapped (benchmarks/scale.py measures all of it).
 """
 
 from __future__ import annotations
@@ -319,6 +320,9 @@ class ExitTable:
         arrays, wrong dtypes (object, string or complex arrays; labels and index must be integers,
         logits and costs real floats) and any value the constructor refuses (shapes, NaN / inf,
         costs, label range).
+
+        Logits stored uncompressed as float32 (``save(compress=False)``) are memory-mapped
+        read-only, after their CRC-32 is checked; any other logits are read into memory as float32.
         """
         path = Path(path)
         if not path.exists():
