@@ -222,10 +222,18 @@ class ExitTable:
             raise ValueError(f"temperatures must be positive and finite, got {t.tolist()}")
         return ("probs", tuple(t.tolist())), t
 
-    def _probabilities_of(self, rows: slice, t) -> np.ndarray:
+    def _probabilities_of(self, rows, t) -> np.ndarray:
         """float32 softmax probabilities of ``self.logits[rows]`` (float64 inside, as always)."""
         logits = self.logits[rows]
         return _softmax_f32(logits if t is None else logits / t[None, :, None])
+
+    def probabilities_of(self, rows, temperature=None) -> np.ndarray:
+        """``probabilities(temperature)[rows]`` (n, K, C) float32 for a slice or integer positions
+        ``rows``, computed for those rows only unless the whole array is memoised. ValueError for a
+        bad temperature."""
+        key, t = self._temperature_key(temperature)
+        whole = self._memo.get(key)
+        return whole[rows] if whole is not None else self._probabilities_of(rows, t)
 
     def probabilities(self, temperature=None) -> np.ndarray:
         """Softmax probabilities (N, K, C) float32, memoised; ``temperature`` is a scalar or one value
@@ -247,10 +255,9 @@ class ExitTable:
         """Yield ``(rows, probs)``: a slice of the samples and their probabilities (n, K, C) float32,
         equal to ``probabilities(temperature)[rows]``, without holding all of them at once (the
         memoised array is sliced when it exists). ValueError for a bad temperature."""
-        key, t = self._temperature_key(temperature)
-        whole = self._memo.get(key)
+        self._temperature_key(temperature)  # a bad temperature fails here, before any chunk
         for rows in row_chunks(self.num_samples, self.num_exits * self.num_classes, chunk_values):
-            yield rows, (whole[rows] if whole is not None else self._probabilities_of(rows, t))
+            yield rows, self.probabilities_of(rows, temperature)
 
     @property
     def predictions(self) -> np.ndarray:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from dynexit import criteria, table as table_module
+from dynexit.solvers import crossval
 from dynexit.solvers.crossval import CrossValidatedSolver, _exits, _grid_and_exits
 from dynexit.solvers.geometric import LOG_Q_GRID, geometric_thresholds_grid
 from dynexit.table import ExitTable, softmax
@@ -183,3 +184,26 @@ def test_uncompressed_float32_logits_are_memory_mapped_and_crc_checked(tmp_path)
     damaged.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"damaged.npz: damaged ExitTable .npz \(BadZipFile: Bad CRC-32"):
         ExitTable.load(damaged)
+
+
+def test_learned_candidate_is_scored_by_chunks_as_by_the_whole_table(monkeypatch):
+    val, test = make_table(n=300, seed=4), make_table(n=200, seed=5)
+
+    def fit_and_score():
+        fitted = CrossValidatedSolver(budget=3.0, candidates=("learned",), z=0.0)
+        fitted.fit(ExitTable(val.logits, val.labels, val.costs))  # a fresh table: nothing memoised
+        return fitted, fitted.scorer_(test.probabilities()), fitted.scores(ExitTable(test.logits, test.labels,
+                                                                                         test.costs))
+
+    crossval._CACHE.clear()
+    monkeypatch.setattr(table_module, "CHUNK_VALUES", 1 << 30)  # one chunk: the whole-array computation
+    whole, whole_test, _ = fit_and_score()
+    crossval._CACHE.clear()
+    monkeypatch.setattr(table_module, "CHUNK_VALUES", 90)      # two rows per chunk
+    chunked, _, chunked_test = fit_and_score()
+    # equal up to the last bits of the logistic's matrix product, whose BLAS kernel depends on the
+    # batch size (as it always did: the cross-fitted scores were computed one fold at a time)
+    np.testing.assert_allclose(chunked.fit_scores_, whole.fit_scores_, rtol=1e-12)
+    np.testing.assert_allclose(chunked.thresholds_, whole.thresholds_, rtol=1e-12)
+    np.testing.assert_allclose(chunked_test, whole_test, rtol=1e-12)
+    assert chunked.score_ == whole.score_ == "learned"

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import KFold
 
-from dynexit import criteria
+from dynexit import criteria, table as table_module
 from dynexit.solvers._base import BaseSolver, check_budget
 from dynexit.solvers.geometric import LOG_Q_GRID as _LOG_Q, geometric_thresholds_grid  # noqa: F401 (re-exported)
 from dynexit.solvers.learned import ExitScorer, _fit_exit_model, exit_features
@@ -107,15 +107,27 @@ def _grid_and_exits(scores: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, 
 # ----------------------------------------------------------------------------- learned score
 
 def cross_fitted_learned(table, n_folds: int, random_state, C: float = 1.0):
-    """(scorer fitted on the whole table, cross-fitted scores (N, K)) of the learned exit score."""
-    probs, correct = table.probabilities(), table.correct
-    features = [exit_features(probs, k) for k in range(table.num_exits)]
-    oof = np.empty((table.num_samples, table.num_exits))
+    """(scorer fitted on the whole table, cross-fitted scores (N, K)) of the learned exit score.
+
+    Features and scores are per sample, so both are computed a row chunk of the probabilities at
+    a time (an ImageNet-size table's whole probabilities would take 1 GB, their float64 features 2 GB).
+    """
+    correct, k_exits = table.correct, table.num_exits
+    parts = [[exit_features(probs, k) for k in range(k_exits)] for _, probs in table.iter_probabilities()]
+    features = [np.concatenate([part[k] for part in parts]) for k in range(k_exits)]
+    oof = np.empty((table.num_samples, k_exits))
     for train, held in KFold(n_folds, shuffle=True, random_state=random_state).split(features[0]):
         scorer = ExitScorer([_fit_exit_model(f[train], correct[train, k], C) for k, f in enumerate(features)])
-        oof[held] = scorer(probs[held])
+        oof[held] = _score_by_chunks(table, scorer, held)
     full = ExitScorer([_fit_exit_model(f, correct[:, k], C) for k, f in enumerate(features)])
     return full, oof
+
+
+def _score_by_chunks(table, scorer: ExitScorer, rows: np.ndarray | None = None) -> np.ndarray:
+    """``scorer(table.probabilities()[rows])`` (all rows by default), a chunk of rows at a time."""
+    rows = np.arange(table.num_samples) if rows is None else rows
+    n_chunks = max(1, len(table_module.row_chunks(len(rows), table.num_exits * table.num_classes)))
+    return np.concatenate([scorer(table.probabilities_of(part)) for part in np.array_split(rows, n_chunks)])
 
 
 # ----------------------------------------------------------------------------- the budget-independent fit
@@ -284,4 +296,4 @@ class CrossValidatedSolver(BaseSolver):
             return criteria.scores(table, self.score_)
         if table.fingerprint == self.fit_fingerprint_:
             return self.fit_scores_  # the cross-fitted scores the thresholds were set on
-        return self.scorer_(table.probabilities())
+        return _score_by_chunks(table, self.scorer_)
