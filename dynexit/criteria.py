@@ -118,6 +118,8 @@ def random_score(probs: np.ndarray, seed: int = 0, rows=None) -> np.ndarray:
     return np.stack([np.random.default_rng([seed, j]).random(size)[rows] for j in range(k)], axis=1).reshape(n, k)
 
 
+# every named criterion scores each sample from its own row of probabilities: scores_many
+# scores a table a row chunk at a time
 CRITERIA: dict[str, Criterion] = {
     "max_prob": max_prob,
     "entropy": entropy,
