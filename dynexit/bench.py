@@ -63,25 +63,20 @@ def _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1
         torch.set_num_threads(int(threads))
     model.eval()
     costs = model.exit_costs()
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    # predictions (on all the images, batch 256) for the accuracies and the mean cost
-    exits_all, preds_ee, preds_full = [], [], []
-    for s in range(0, len(images), 256):
-        xb = images[s:s + 256]
-        lg, ex = early_exit(model, xb, thresholds, criterion)
-        exits_all.append(ex.numpy())
-        preds_ee.append(lg.argmax(1).numpy())
-        preds_full.append(model(xb)[-1].argmax(1).numpy())
-    exits = np.concatenate(exits_all)
+    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    if thresholds.size == model.num_exits - 1:  # the last may be omitted: everyone left leaves there
+        thresholds = np.append(thresholds, -np.inf)
+    exits, pred_ee, pred_full = predict(model, images, thresholds, criterion)
     y = labels.numpy()
-    acc_ee = float((np.concatenate(preds_ee) == y).mean())
-    acc_full = float((np.concatenate(preds_full) == y).mean())
+    acc_ee = float((pred_ee == y).mean())
+    acc_full = float((pred_full == y).mean())
     mean_cost = float(costs[exits].mean())
     result = {
         "num_images": int(len(images)),
         "exit_names": list(model.exit_names),
         "costs_mflops": costs.tolist(),
-        "thresholds": [None if not np.isfinite(t) else float(t) for t in thresholds],
+        # JSON has no infinity: "inf" (nobody leaves there) and "-inf" (everyone does), as in an ExitRule
+        "thresholds": [float(t) if np.isfinite(t) else ("inf" if t > 0 else "-inf") for t in thresholds],
         "exit_histogram": np.bincount(exits, minlength=model.num_exits).tolist(),
         "exit_fractions": (np.bincount(exits, minlength=model.num_exits) / len(exits)).tolist(),
         "mean_cost_mflops": mean_cost,
@@ -95,9 +90,10 @@ def _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1
     }
     for bs in batch_sizes:
         n = len(images) if bs > 1 else min(len(images), batch1_limit)
-        batches = [images[s:s + bs] for s in range(0, n, bs)]
-        full = lambda b: model(b)  # noqa: E731
-        ee = lambda b: early_exit(model, b, thresholds, criterion)  # noqa: E731
+        # (start row, images): early exit is timed on the same per-sample decisions as the accuracy above
+        batches = [(s, images[s:s + bs]) for s in range(0, n, bs)]
+        full = lambda b: model(b[1])  # noqa: E731
+        ee = lambda b: early_exit(model, b[1], thresholds, criterion, sample_ids=np.arange(b[0], b[0] + len(b[1])))  # noqa: E731
         full(batches[0]), ee(batches[0])  # warm-up
         t_full = _timed(full, batches, repeats)
         t_ee = _timed(ee, batches, repeats)
@@ -113,6 +109,29 @@ def _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1
     return result
 
 
+def predict(model, images, thresholds, criterion="max_prob", batch_size: int = 256):
+    """Early exit and the full model over ``images`` (N, C, H, W) in batches of ``batch_size``.
+
+    Returns ``(exits (N,) int64 0-based, early-exit predictions (N,), full-model predictions (N,))``.
+    Image i is sample i of the split (``sample_ids``), so per-sample criteria (``random``) take the
+    same exits as the table path (:func:`dynexit.inference.exits_from_logits` on all N rows) whatever
+    the batch size.
+    """
+    import torch
+
+    from dynexit.inference import early_exit
+
+    exits, pred_ee, pred_full = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(images), batch_size):
+            xb = images[s:s + batch_size]
+            lg, ex = early_exit(model, xb, thresholds, criterion, sample_ids=np.arange(s, s + len(xb)))
+            exits.append(ex.numpy())
+            pred_ee.append(lg.argmax(1).numpy())
+            pred_full.append(model(xb)[-1].argmax(1).numpy())
+    return np.concatenate(exits), np.concatenate(pred_ee), np.concatenate(pred_full)
+
+
 def _positive_int(name: str, value, allow_none: bool = False):
     if value is None and allow_none:
         return None
@@ -122,16 +141,31 @@ def _positive_int(name: str, value, allow_none: bool = False):
 
 
 def check_budget(budget, costs) -> float:
-    """``budget`` (MFLOPs per image) when it lies in ``[costs[0], costs[-1]]``; ValueError naming the range.
+    """``budget`` (MFLOPs per image) when it is at least ``costs[0]``; ValueError naming the range otherwise.
 
-    Below the first exit no policy can spend so little; above the last exit every image can take
-    the whole network, so there is nothing to trade and nothing to benchmark.
+    Below the first exit no policy can spend so little. At or above the last exit's cost every image
+    may run the whole network: accepted, as ``dynexit solve`` and the solvers accept it (the solver
+    fitted on val decides; it may still stop early where that is as accurate on val).
     """
     lo, hi = float(costs[0]), float(costs[-1])
-    if budget < lo * (1 - 1e-9) or budget > hi * (1 + 1e-9):
-        where = f"below the cheapest exit ({lo:.4g} MFLOPs)" if budget < lo else f"above the full model's cost ({hi:.4g} MFLOPs)"
-        raise ValueError(f"budget {budget:.4g} MFLOPs is {where}; choose a budget in [{lo:.4g}, {hi:.4g}]")
+    if budget < lo * (1 - 1e-9):
+        raise ValueError(f"budget {budget:.4g} MFLOPs is below the cheapest exit ({lo:.4g} MFLOPs): no policy "
+                         f"can spend less; choose a budget of at least {lo:.4g} (the full model costs {hi:.4g})")
     return float(budget)
+
+
+FIT_ON_TEST = "thresholds must be fitted on a validation split that is not the test split"
+
+
+def check_fit_table(val_table, test_table=None, val_name="the val table", test_name="the test table") -> None:
+    """ValueError when thresholds would be fitted on test: ``val_table``'s meta says split "test", or it is
+    the same table as ``test_table`` (same content fingerprint)."""
+    split = val_table.meta.get("split") if isinstance(val_table.meta, dict) else None
+    if split == "test":
+        raise ValueError(f"{val_name} is a table of the test split (its meta says split 'test'); {FIT_ON_TEST} "
+                         "(e.g. the model's NAME.val.npz, or `dynexit table --split val`)")
+    if test_table is not None and val_table.fingerprint == test_table.fingerprint:
+        raise ValueError(f"{val_name} and {test_name} are the same table; {FIT_ON_TEST}")
 
 
 def check_request(model, budget=None, thresholds=None, criterion: str = "max_prob", val_table=None,
@@ -143,7 +177,7 @@ def check_request(model, budget=None, thresholds=None, criterion: str = "max_pro
     they can be read without building the model. ValueError for the first problem found.
     """
     from dynexit import criteria, zoo
-    from dynexit.data import check_fashion_mnist_root
+    from dynexit.data import check_fashion_mnist_source
 
     if thresholds is None:
         if budget is None:
@@ -169,16 +203,19 @@ def check_request(model, budget=None, thresholds=None, criterion: str = "max_pro
         _positive_int("every batch size", b)
     if json_path is not None:
         check_output_path(json_path)
-    if data_root is not None:
-        check_fashion_mnist_root(data_root, "test")
-        if thresholds is None and val_table is None:
-            check_fashion_mnist_root(data_root, "val")
+    check_fashion_mnist_source("test", data_root)  # --data-root, else a set DYNEXIT_DATA: checked strictly
+    if data_root is not None and thresholds is None and val_table is None:
+        check_fashion_mnist_source("val", data_root)  # (without a root, a shipped val table may serve)
+    val_name = "the val table"
     if isinstance(val_table, (str, os.PathLike)):
         from dynexit.table import ExitTable
 
+        val_name = str(val_table)
         val_table = ExitTable.load(val_table)
     if thresholds is not None:
         val_table = None  # not used with given thresholds
+    if val_table is not None:
+        check_fit_table(val_table, val_name=val_name)
     declared = zoo.declared_costs(model) if isinstance(model, (str, os.PathLike)) else None
     if val_table is not None and declared is not None and (
             len(declared) != val_table.num_exits or not np.allclose(declared, val_table.costs, rtol=1e-4)):
@@ -201,11 +238,16 @@ def check_model_costs(costs, budget=None, thresholds=None) -> None:
         check_budget(budget, costs)
 
 
-def check_output_path(path) -> Path:
-    """``path`` as a Path when a file can be written there: its folder exists and it is no folder itself."""
+def check_output_path(path, suffix: str = ".json") -> Path:
+    """``path`` as a Path when a file can be written there: not empty, its folder exists, no folder itself.
+
+    ``suffix``: the kind of file expected, for the suggested name in the error (``result.json``).
+    """
+    if not os.fspath(path).strip():
+        raise ValueError(f"the output path is empty; give a file name (e.g. result{suffix})")
     p = Path(path).expanduser()
     if p.is_dir():
-        raise ValueError(f"{p} is a folder; give a file name (e.g. {p / 'result.json'})")
+        raise ValueError(f"{p} is a folder; give a file name (e.g. {p / ('result' + suffix)})")
     if not p.parent.is_dir():
         raise ValueError(f"cannot write {p}: the folder {p.parent} does not exist; create it first")
     return p
@@ -264,7 +306,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     else:
         info.update(budget_mflops=None, solver="given thresholds")
     info["criterion"] = criterion if isinstance(criterion, str) else type(criterion).__name__
-    images, labels = load_split_images("test", data_root=data_root, limit=limit)
+    images, labels, info["test_data"] = load_split_images("test", data_root=data_root, limit=limit, return_source=True)
     result = {**info, **benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit,
                                   repeats, threads)}
     if json_path:
@@ -275,7 +317,12 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
 def format_result(r: dict) -> str:
     from dynexit.zoo import describe_weights
 
-    lines = [f"model {r['model']}  solver {r.get('solver')}  budget {r.get('budget_mflops')} MFLOPs",
+    if r.get("budget_mflops") is None:  # run with --thresholds: no budget, no solver
+        given = ", ".join(f"{t:.4g}" if isinstance(t, (int, float)) else str(t) for t in r.get("thresholds") or [])
+        head = f"model {r['model']}  thresholds given [{given}]  criterion {r.get('criterion')}"
+    else:
+        head = f"model {r['model']}  solver {r.get('solver')}  budget {r['budget_mflops']:.4g} MFLOPs"
+    lines = [head,
              *([describe_weights(r["weights"])] if "weights" in r else []),  # results written before it was recorded
              *([f"thresholds fitted on {r['val_table']} (the shipped val table of these weights)"]
                if r.get("val_table") else []),

@@ -53,15 +53,40 @@ def budget_arg(text: str) -> float:
     return value
 
 
-def floats_arg(text: str) -> list[float]:
-    """Comma- or space-separated numbers (``inf`` and ``-inf`` allowed, ``nan`` not)."""
+def _comma_items(text: str, what: str) -> list[str]:
+    """The items of a comma-separated list, stripped; every item must be there (``1,,2``, ``256,`` and
+    ``''`` are errors: a stray comma is a typo, not a value to drop)."""
+    items = [item.strip() for item in text.split(",")]
+    if any(not item for item in items):
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} (an empty item)")
+    return items
+
+
+_INFINITIES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+
+
+def _finite_float(item: str, text: str, what: str) -> float:
     try:
-        values = [float(v) for v in text.replace(",", " ").split()]
+        value = float(item)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or any(math.isnan(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (inf and -inf allowed), got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} ({item!r} is not a number)") from None
+    if not math.isfinite(value):  # nan, or a number beyond the float range such as 1e999
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r} ({item!r} is not a finite number)")
+    return value
+
+
+def floats_arg(text: str) -> list[float]:
+    """Comma-separated finite numbers (e.g. loss weights ``1,0.5,1``); no empty items, no nan or inf."""
+    return [_finite_float(item, text, "finite numbers") for item in _comma_items(text, "finite numbers")]
+
+
+def thresholds_arg(text: str) -> list[float]:
+    """Comma-separated thresholds: finite numbers, or the words ``inf`` (nobody leaves there) and ``-inf``
+    (everyone does). Infinity must be written as a word: ``1e999`` (which float() rounds to inf) and
+    ``nan`` are errors, and so are empty items."""
+    what = "numbers (or the words inf and -inf)"
+    return [_INFINITIES[item.lower()] if item.lower() in _INFINITIES else _finite_float(item, text, what)
+            for item in _comma_items(text, what)]
 
 
 def positive_int_arg(text: str) -> int:
@@ -74,26 +99,43 @@ def positive_int_arg(text: str) -> int:
     return value
 
 
-def positive_ints_arg(text: str) -> list[int]:
-    """Comma-separated positive integers, e.g. batch sizes ``256,1``."""
-    parts = text.replace(",", " ").split()
-    if not parts:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+def positive_float_arg(text: str) -> float:
+    """A positive, finite number (e.g. ``--epochs 0.5``: half an epoch)."""
     try:
-        return [positive_int_arg(p) for p in parts]
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
+    return value
+
+
+def positive_ints_arg(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. batch sizes ``256,1``; no empty items."""
+    items = _comma_items(text, "positive integers")
+    try:
+        return [positive_int_arg(item) for item in items]
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
 
 
-def output_file_arg(text: str) -> str:
-    """A file to write: not a folder, and its folder exists (nothing is created silently)."""
+def output_file(suffix: str = ".json"):
+    """The argparse type of a file to write, e.g. ``output_file(".npz")``: not empty, not a folder, and
+    its folder exists (nothing is created silently); errors suggest a ``result{suffix}`` name."""
     from dynexit.bench import check_output_path
 
-    try:
-        check_output_path(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return text
+    def check(text: str) -> str:
+        try:
+            check_output_path(text, suffix)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+
+    check.__name__ = f"{suffix.lstrip('.')} output file"
+    return check
+
+
+output_file_arg = output_file(".json")
 
 
 def directory_arg(text: str) -> str:
@@ -121,10 +163,19 @@ def _load_table(path):
 
 
 def _pair(args):
+    """The (val, test) tables; UsageError when they are not of one model, or val is the test split
+    (its meta says split "test", or it is the test table itself): thresholds and temperatures are
+    fitted on val, and fitting them on test would report a result tuned on the data it is scored on."""
+    from dynexit.bench import check_fit_table
+
     val, test = _load_table(args.val), _load_table(args.test)
     if val.num_exits != test.num_exits or not np.allclose(val.costs, test.costs):
         raise UsageError(f"{args.val} and {args.test} are not tables of the same model "
                          f"(exits {val.num_exits} vs {test.num_exits}, costs differ)")
+    try:
+        check_fit_table(val, test, val_name=str(args.val), test_name=str(args.test))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     return val, test
 
 
@@ -245,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curve", help="accuracy vs budget over a sweep of budgets")
     table_pair(p)
     p.add_argument("--points", type=int, default=20, help="budgets between the first and last exit's cost")
-    p.add_argument("--csv", type=output_file_arg, help="write the curve as CSV here")
+    p.add_argument("--csv", type=output_file(".csv"), help="write the curve as CSV here")
     p.add_argument("--json", type=output_file_arg, help="write the curve as JSON here")
     p.set_defaults(func=cmd_curve)
 

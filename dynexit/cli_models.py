@@ -16,16 +16,19 @@ from pathlib import Path
 
 
 from dynexit.cli import (UsageError, _Parser, budget_arg, directory_arg, existing_file_arg, floats_arg,
-                         output_file_arg, positive_int_arg, positive_ints_arg, run)
+                         output_file, output_file_arg, positive_float_arg, positive_int_arg, positive_ints_arg,
+                         run, thresholds_arg)
 
 
 def _json_dict(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err.msg})") from None
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r} ({err.msg})") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r}... (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r}")
     return value
 
 
@@ -50,11 +53,11 @@ def _check_model_name(args) -> None:
 
 
 def _check_data_root(root, *splits) -> None:
-    if root is not None:
-        from dynexit.data import check_fashion_mnist_root
+    """The Fashion-MNIST files of ``splits`` are where the user said (--data-root, else a set DYNEXIT_DATA)."""
+    from dynexit.data import check_fashion_mnist_source
 
-        for split in splits:
-            check_fashion_mnist_root(root, split)
+    for split in splits:
+        check_fashion_mnist_source(split, root)
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -160,7 +163,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or cifar100")
     p.add_argument("--data-root", type=directory_arg, default=None, help="folder with the dataset files")
     p.add_argument("--out", default="runs/train", help="output directory (checkpoint, resume state, log)")
-    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--epochs", type=positive_float_arg, default=None,
+                   help="training length in epochs, > 0 (a fraction trains part of an epoch)")
     p.add_argument("--batch-size", type=positive_int_arg, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--min-lr", type=float, default=None)
@@ -195,13 +199,13 @@ def add_subcommands(subparsers) -> None:
                               description="Write the ExitTable (.npz) of a model on the fashion-mnist val or test split.")
     model_args(p)
     p.add_argument("--split", choices=("val", "test"), required=True)
-    p.add_argument("--out", type=output_file_arg, required=True, help="output .npz path (its folder must exist)")
+    p.add_argument("--out", type=output_file(".npz"), required=True, help="output .npz path (its folder must exist)")
     p.add_argument("--batch-size", type=positive_int_arg, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=positive_int_arg, default=None, help="only the first N images of the split")
     p.add_argument("--data-root", type=directory_arg, default=None,
-                   help="folder holding the Fashion-MNIST IDX files (default: DYNEXIT_DATA, the Debian package, "
-                        "the shipped test split)")
+                   help="folder holding the Fashion-MNIST IDX files, gzipped or not (default: $DYNEXIT_DATA when "
+                        "set, the only place read then; else the shipped test split and the Debian package)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_table)
 
@@ -210,12 +214,16 @@ def add_subcommands(subparsers) -> None:
                                           "inference on the test images at batch 256 and 1.")
     model_args(p)
     p.add_argument("--budget", type=budget_arg, default=None,
-                   help="average MFLOPs per image, between the first and the last exit's cost")
+                   help="average MFLOPs per image, at least the first exit's cost (at or above the last exit's "
+                        "cost every image may run the whole network)")
     p.add_argument("--solver", default=None, choices=solvers.available(),
                    help=f"threshold solver (default: {solvers.DEFAULT})")
     p.add_argument("--criterion", default="max_prob", choices=criteria.available(),
                    help="exit criterion for solvers that take one")
-    p.add_argument("--thresholds", type=floats_arg, default=None, help="explicit thresholds instead of a solver")
+    p.add_argument("--thresholds", type=thresholds_arg, default=None,
+                   help="explicit thresholds instead of a solver, comma-separated, one per exit (the last may be "
+                        "omitted); the words inf (nobody leaves there) and -inf (everyone does) are allowed. "
+                        "Write negative values with '=': --thresholds=-1,-2 (argparse reads -1,... as an option)")
     p.add_argument("--val-table", type=existing_file_arg, default=None,
                    help="precomputed val ExitTable (.npz) of the same model (default: a zoo model's shipped one when its "
                         "weights hash matches, else built)")
@@ -225,8 +233,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--repeats", type=positive_int_arg, default=3)
     p.add_argument("--threads", type=positive_int_arg, default=None, help="torch CPU threads")
     p.add_argument("--data-root", type=directory_arg, default=None,
-                   help="folder holding the Fashion-MNIST IDX files (default: DYNEXIT_DATA, the Debian package, "
-                        "the shipped test split)")
+                   help="folder holding the Fashion-MNIST IDX files, gzipped or not (default: $DYNEXIT_DATA when "
+                        "set, the only place read then; else the shipped test split and the Debian package)")
     p.add_argument("--json", type=output_file_arg, default=None, help="write the results as JSON here (its folder must exist)")
     p.set_defaults(func=cmd_bench)
 

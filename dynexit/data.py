@@ -28,9 +28,11 @@ VAL_SEED = 20231001  # fixed: the val indices must never change, or shipped tabl
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+ENV_VAR = "DYNEXIT_DATA"
+# the IDX files of each part, each read gzipped (NAME.gz) or uncompressed (NAME), as distributed
 _FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 
 
@@ -63,21 +65,26 @@ class DataNotFoundError(ValueError, FileNotFoundError):
     """The dataset files are not where they were looked for (a ValueError, and a FileNotFoundError)."""
 
 
+def _env_root() -> Path | None:
+    """``$DYNEXIT_DATA`` as a Path, or None when it is unset or empty."""
+    value = os.environ.get(ENV_VAR, "")
+    return Path(value).expanduser() if value.strip() else None
+
+
 def fashion_mnist_sources(root: str | os.PathLike | None = None) -> list[Path]:
     """Directories searched for the IDX files, in order.
 
     An explicit ``root`` is the only place searched: data the user pointed at is never silently
-    replaced by another copy. ``root=None`` searches ``$DYNEXIT_DATA`` (and its ``fashion-mnist``
-    subfolder), the repository's ``data/fashion-mnist`` (test split only) and the Debian package.
+    replaced by another copy. Without it, a set (non-empty) ``$DYNEXIT_DATA`` is honoured as strictly:
+    it and its ``fashion-mnist`` subfolder are the only places searched. With neither, the
+    repository's ``data/fashion-mnist`` (test split only) and the Debian package are searched.
     """
     if root is not None:
         return [Path(root).expanduser()]
-    places = []
-    if os.environ.get("DYNEXIT_DATA"):
-        env = Path(os.environ["DYNEXIT_DATA"])
-        places += [env, env / "fashion-mnist"]
-    places += [REPO_DATA_DIR, DEBIAN_DIR]
-    return places
+    env = _env_root()
+    if env is not None:
+        return [env, env / "fashion-mnist"]
+    return [REPO_DATA_DIR, DEBIAN_DIR]
 
 
 def _part(split: str) -> str:
@@ -86,43 +93,83 @@ def _part(split: str) -> str:
     return "test" if split == "test" else "train"  # val is held out of the training file
 
 
-def check_fashion_mnist_root(root: str | os.PathLike, split: str) -> Path:
-    """``root`` as a Path when it holds the IDX files of ``split``; DataNotFoundError naming them otherwise.
+def _idx_file(place: Path, name: str) -> Path | None:
+    """``place/NAME.gz`` or ``place/NAME`` (uncompressed), whichever is a file (gzipped first)."""
+    for candidate in (place / f"{name}.gz", place / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _files_in(place: Path, part: str) -> tuple[Path, Path] | None:
+    found = [_idx_file(place, n) for n in _FILES[part]]
+    return (found[0], found[1]) if all(found) else None
+
+
+def _file_names(part: str) -> str:
+    return " and ".join(f"{n}[.gz]" for n in _FILES[part])
+
+
+def check_fashion_mnist_root(root: str | os.PathLike, split: str, what: str = "data root") -> Path:
+    """``root`` as a Path when it holds the IDX files of ``split`` (gzipped or not); DataNotFoundError
+    naming them otherwise. ``what`` names the place in the message (``DYNEXIT_DATA=...``).
 
     Cheap (no file is read): the CLI calls it before loading any model.
     """
     part = _part(split)
     place = Path(root).expanduser()
-    names = _FILES[part]
     if not place.is_dir():
-        raise DataNotFoundError(f"data root {place}: {'not a directory' if place.exists() else 'no such directory'}; "
-                                f"it should hold the Fashion-MNIST files {' and '.join(names)}")
-    missing = [n for n in names if not (place / n).is_file()]
+        raise DataNotFoundError(f"{what} {place}: {'not a directory' if place.exists() else 'no such directory'}; "
+                                f"it should hold the Fashion-MNIST files {_file_names(part)}")
+    missing = [f"{n}[.gz]" for n in _FILES[part] if _idx_file(place, n) is None]
     if missing:
-        raise DataNotFoundError(f"data root {place} does not hold the Fashion-MNIST {split} split: "
+        raise DataNotFoundError(f"{what} {place} does not hold the Fashion-MNIST {split} split: "
                                 f"missing {' and '.join(missing)}")
     return place
 
 
-def _find_raw(part: str, root, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    image_name, label_name = _FILES[part]
+def check_fashion_mnist_source(split: str, root: str | os.PathLike | None = None) -> None:
+    """Cheap check (no file read) of the place :func:`load_fashion_mnist` reads ``split`` from when the
+    user named one: ``root``, else a set ``$DYNEXIT_DATA`` (it or its ``fashion-mnist`` subfolder).
+    DataNotFoundError naming it when the folder or a file is missing; with neither, nothing to check."""
+    if root is not None:
+        check_fashion_mnist_root(root, split)
+        return
+    env = _env_root()
+    if env is None:
+        return
+    part = _part(split)
+    named = f"{ENV_VAR}={os.environ[ENV_VAR]}"
+    if not env.is_dir():
+        raise DataNotFoundError(f"{named}: {'not a directory' if env.exists() else 'no such directory'}; point it at "
+                                f"a folder holding the Fashion-MNIST files ({_file_names(part)}) or unset {ENV_VAR}")
+    if _files_in(env, part) is None and _files_in(env / "fashion-mnist", part) is None:
+        raise DataNotFoundError(f"{named}: neither that folder nor its fashion-mnist subfolder holds the Fashion-MNIST "
+                                f"{split} split ({_file_names(part)}); put the files there or unset {ENV_VAR}")
+
+
+def _find_raw(part: str, root, split: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(images, labels, source)``: ``source`` the images file read (or the torchvision download)."""
     if root is not None:
         place = check_fashion_mnist_root(root, split or part)
-        return _read_pair(place / image_name, place / label_name)
+        images, labels = _files_in(place, part)
+        return (*_read_pair(images, labels), str(images))
+    if _env_root() is not None:  # a set DYNEXIT_DATA is the only place read (fashion_mnist_sources), as a root is
+        check_fashion_mnist_source(split or part)
     tried = []
     for place in fashion_mnist_sources(None):
-        images, labels = place / image_name, place / label_name
-        if images.is_file() and labels.is_file():
-            return _read_pair(images, labels)
+        found = _files_in(place, part)
+        if found is not None:
+            return (*_read_pair(*found), str(found[0]))
         tried.append(str(place))
     downloaded = _try_torchvision(part, None)
     if downloaded is not None:
-        return downloaded
+        return (*downloaded, f"torchvision download ({Path.home() / '.cache' / 'dynexit'})")
     tried.append("torchvision download (offline or failed)")
     raise DataNotFoundError(
         f"Fashion-MNIST {part} split not found. Tried: {'; '.join(tried)}. "
-        f"Get it with `apt-get install dataset-fashion-mnist`, or put {image_name} and {label_name} "
-        "in a directory and pass it as root= (--data-root) or set DYNEXIT_DATA."
+        f"Get it with `apt-get install dataset-fashion-mnist`, or put {_file_names(part)} "
+        f"in a directory and pass it as root= (--data-root) or set {ENV_VAR}."
     )
 
 
@@ -145,21 +192,23 @@ def _try_torchvision(part: str, root) -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
 
-def load_fashion_mnist(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str, root: str | os.PathLike | None = None, *, return_source: bool = False):
     """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` for split train / val / test.
 
-    ``root``: a directory holding the IDX files (``train-*`` for train and val, ``t10k-*`` for
-    test); when given, it is the only place read, and :class:`DataNotFoundError` (a ValueError)
-    names the missing files. ``root=None`` searches :func:`fashion_mnist_sources`.
+    ``root``: a directory holding the IDX files, gzipped or not (``train-*`` for train and val,
+    ``t10k-*`` for test); when given, it is the only place read, and :class:`DataNotFoundError` (a
+    ValueError) names the missing files. ``root=None``: a set ``$DYNEXIT_DATA`` is read as strictly
+    (DataNotFoundError naming it); otherwise the places of :func:`fashion_mnist_sources` are searched.
+    ``return_source=True`` adds a third item: the images file actually read (str), for the record.
     """
     part = _part(split)
-    if part == "test":
-        return _find_raw("test", root)
-    x, y = _find_raw("train", root, split)
-    held_out = np.zeros(len(y), dtype=bool)
-    held_out[val_indices(len(y))] = True
-    keep = held_out if split == "val" else ~held_out
-    return x[keep], y[keep]
+    x, y, source = _find_raw(part, root, split)
+    if part == "train":
+        held_out = np.zeros(len(y), dtype=bool)
+        held_out[val_indices(len(y))] = True
+        keep = held_out if split == "val" else ~held_out
+        x, y = x[keep], y[keep]
+    return (x, y, source) if return_source else (x, y)
 
 
 def split_indices(split: str, n_train: int = 60000) -> np.ndarray:

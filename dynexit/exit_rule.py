@@ -8,6 +8,19 @@ standardisation and logistic weights, plain numbers). :meth:`ExitRule.apply` run
 >>> rule = ExitRule.from_solver(solvers.make("learned", 25.0).fit(val), model="dynperceiver_fmnist")
 >>> rule.save("exit_rule.json")
 >>> logits, exits = ExitRule.load("exit_rule.json").apply(model, images)
+
+Which model a rule belongs to. Thresholds mean nothing on another network, so :meth:`ExitRule.apply`
+checks what the rule's ``meta`` records against the model (:func:`model_identity`) and refuses a
+mismatch:
+
+- ``meta["weights_sha256"]``: the SHA-256 of the weights file; checked when the model's is known
+  (loaded by :func:`dynexit.zoo.resolve_model` / ``load_model`` or ``load_checkpoint``);
+- ``meta["exit_names"]``: must equal ``model.exit_names``;
+- ``meta["model"]``: when it is a zoo name, the model must be that zoo model's architecture (or
+  loaded as that zoo model); when it is a registered architecture name, the model must be one.
+  Any other text (a free label, a file name) is a description and is not checked.
+
+``ExitRule.from_solver(solver, model=model_object)`` records all three from the model itself.
 """
 
 from __future__ import annotations
@@ -40,6 +53,44 @@ def _decode(t) -> float:
     except OverflowError:  # an int beyond the float range
         pass
     raise ValueError(f"a threshold must be a finite number, 'inf' or '-inf', got {reprlib.repr(t)}")
+
+
+def model_identity(model) -> dict:
+    """What identifies ``model`` for an exit rule: ``{"model": zoo name or architecture name,
+    "arch": architecture name, "weights_sha256": hex str or None (unknown), "exit_names": [str, ...]}``."""
+    source = getattr(model, "weights_source", None)
+    zoo_name = source.get("zoo") if isinstance(source, dict) else None
+    sha = source.get("sha256") if isinstance(source, dict) else None
+    if sha is None:
+        sha = (getattr(model, "checkpoint_meta", None) or {}).get("weights_sha256")
+    arch = getattr(model, "arch_name", None) or type(model).__name__
+    return {"model": zoo_name or arch, "arch": arch, "weights_sha256": sha,
+            "exit_names": [str(n) for n in getattr(model, "exit_names", [])]}
+
+
+def _identity_mismatch(meta: dict, model) -> str | None:
+    """Why the rule's ``meta`` names another model than ``model``, or None (see the module docstring)."""
+    from dynexit import zoo
+    from dynexit.models import is_model
+
+    ident = model_identity(model)
+    sha = meta.get("weights_sha256")
+    if isinstance(sha, str) and ident["weights_sha256"] and sha != ident["weights_sha256"]:
+        return (f"the rule was fitted for weights with SHA-256 {sha[:12]}..., the model's weights are "
+                f"{ident['weights_sha256'][:12]}...")
+    names = meta.get("exit_names")
+    if isinstance(names, list) and [str(n) for n in names] != ident["exit_names"]:
+        return f"the rule's exits are {names}, the model's {ident['exit_names']}"
+    name = meta.get("model")
+    if isinstance(name, str):
+        source = getattr(model, "weights_source", None)
+        if name in zoo.ENTRIES:
+            loaded_as = source.get("zoo") if isinstance(source, dict) else None
+            if loaded_as not in (None, name) or ident["arch"] != zoo.ENTRIES[name].arch:
+                return f"the rule was made for zoo model {name!r}, the model is {ident['model']!r}"
+        elif is_model(name) and ident["arch"] != name:
+            return f"the rule was made for architecture {name!r}, the model is {ident['arch']!r}"
+    return None
 
 
 @dataclass
@@ -81,7 +132,15 @@ class ExitRule:
 
     @classmethod
     def from_solver(cls, solver, **meta) -> "ExitRule":
-        """The rule of a fitted solver; ``meta`` adds e.g. the model name and the budget."""
+        """The rule of a fitted solver; ``meta`` adds e.g. the model name and the budget.
+
+        ``model=`` may be the model object itself: its identity (:func:`model_identity`: name,
+        weights SHA-256, exit names) is recorded, and :meth:`apply` checks it.
+        """
+        if meta.get("model") is not None and not isinstance(meta["model"], str):
+            ident = model_identity(meta.pop("model"))
+            meta = {"model": ident["model"], "exit_names": ident["exit_names"],
+                    **({"weights_sha256": ident["weights_sha256"]} if ident["weights_sha256"] else {}), **meta}
         if not hasattr(solver, "thresholds_"):
             raise ValueError(f"{type(solver).__name__} is not fitted: call .fit(val_table) first")
         crit = solver.criterion
@@ -155,11 +214,21 @@ class ExitRule:
         except ValueError as err:
             raise ValueError(f"{path}: {err}; {fix}") from err
 
-    def apply(self, model, x, return_costs: bool = False):
-        """Real early exit of ``x`` through ``model`` with this rule (see :func:`dynexit.early_exit`)."""
+    def apply(self, model, x, return_costs: bool = False, sample_ids=None):
+        """Real early exit of ``x`` (B, C, H, W) through ``model`` with this rule (see :func:`dynexit.early_exit`).
+
+        ValueError when the rule was made for another model: another number of exits, or ``meta``
+        naming other weights, exits or another model (see the module docstring).
+        """
         from dynexit.inference import early_exit
 
         if len(self.thresholds) != model.num_exits:
             raise ValueError(f"the rule has {len(self.thresholds)} thresholds but the model has {model.num_exits} exits: "
                              "it was fitted for another model")
-        return early_exit(model, x, self.thresholds, self.criterion, return_costs=return_costs)
+        problem = _identity_mismatch(self.meta, model)
+        if problem:
+            raise ValueError(f"this exit rule belongs to another model: {problem}; thresholds only hold for the model "
+                             "they were fitted on: fit a rule for this model (or, if it truly is the same network, "
+                             "correct rule.meta)")
+        return early_exit(model, x, self.thresholds, self.criterion, return_costs=return_costs,
+                          sample_ids=sample_ids)

@@ -21,10 +21,13 @@ from dynexit.table import ExitTable
 DATASETS = ("fashion-mnist",)
 
 
-def load_split_images(split: str, dataset: str = "fashion-mnist", data_root=None, limit: int | None = None):
+def load_split_images(split: str, dataset: str = "fashion-mnist", data_root=None, limit: int | None = None, *,
+                      return_source: bool = False):
     """``(images float (N, 1, 28, 28) in [0, 1], labels int64 (N,))`` of a split (the first ``limit``).
 
-    ``data_root``: see :func:`dynexit.data.load_fashion_mnist` (an explicit root is the only place read).
+    ``data_root``: see :func:`dynexit.data.load_fashion_mnist` (an explicit root, else a set
+    ``$DYNEXIT_DATA``, is the only place read). ``return_source=True`` adds a third item: the images
+    file read (relative to the working directory when below it).
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}: tables are built on {', '.join(DATASETS)}")
@@ -33,10 +36,15 @@ def load_split_images(split: str, dataset: str = "fashion-mnist", data_root=None
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise ValueError(f"limit must be a positive number of images, got {limit!r}")
     from dynexit.data import load_fashion_mnist
-    x, y = load_fashion_mnist(split, data_root)
+    from dynexit.zoo import _display_path
+
+    x, y, source = load_fashion_mnist(split, data_root, return_source=True)
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    return torch.from_numpy(x).unsqueeze(1).float().div_(255.0), torch.from_numpy(y)
+    images, labels = torch.from_numpy(x).unsqueeze(1).float().div_(255.0), torch.from_numpy(y)
+    if return_source:
+        return images, labels, _display_path(Path(source)) if Path(source).is_file() else source
+    return images, labels
 
 
 @torch.no_grad()
@@ -68,7 +76,7 @@ def build_table(model, split: str = "test", dataset: str = "fashion-mnist", batc
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    images, labels = load_split_images(split, dataset, data_root, limit)
+    images, labels, data_source = load_split_images(split, dataset, data_root, limit, return_source=True)
     if isinstance(model, (str, Path)):
         model = zoo.resolve_model(model, untrained=untrained)
     if (model.in_chans, *model.input_size) != (1, 28, 28) and dataset == "fashion-mnist":
@@ -84,6 +92,7 @@ def build_table(model, split: str = "test", dataset: str = "fashion-mnist", batc
         "weights": source if source is not None else "in memory (not loaded from a file by dynexit)",
         "dataset": dataset,
         "split": split,
+        "data_source": data_source,  # the images file actually read (--data-root, DYNEXIT_DATA, shipped, ...)
         "input_size": [model.in_chans, *model.input_size],
         "costs": "cumulative MFLOPs per image on the early-exit path; torch FlopCounterMode, multiply-adds (total/2)",
         "num_samples": int(len(labels)),

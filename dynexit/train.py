@@ -64,6 +64,14 @@ class TrainConfig:
     progress: bool = True
     checkpoint_every_epoch: bool = True
 
+    def __post_init__(self):
+        # epochs may be fractional (0.5: half an epoch of steps); zero or less would still train one
+        # step (the schedule's minimum), so it is refused rather than quietly turned into one step
+        e = self.epochs
+        if isinstance(e, bool) or not isinstance(e, (int, float, np.integer, np.floating)) or not math.isfinite(e) \
+                or e <= 0:
+            raise ValueError(f"epochs must be a positive number (an int, or a float for part of an epoch), got {e!r}")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

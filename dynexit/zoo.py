@@ -128,6 +128,16 @@ def _damaged(path: Path, name: str, err: Exception) -> ValueError:
                       "(or restore it with `git checkout -- data/zoo`)")
 
 
+def _read_json(path: Path):
+    """The JSON value in ``path``. ValueError for text that is not JSON (bad syntax, not UTF-8, nested
+    too deeply for the parser: json raises RecursionError there) and OSError for an unreadable file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to read") from None
+    # JSONDecodeError and UnicodeDecodeError are ValueErrors already
+
+
 def available(name: str) -> bool:
     """True when the weights and both tables of ``name`` are on disk."""
     return weights_path(name).is_file() and all(table_path(name, s).is_file() for s in SPLITS)
@@ -171,10 +181,10 @@ def load_bench(name: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        result = json.loads(path.read_text())
+        result = _read_json(path)
         if not isinstance(result, dict):
             raise ValueError(f"expected a JSON object, got {type(result).__name__}")
-    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError) as err:
         raise _damaged(path, name, err) from None
     return result
 
@@ -197,7 +207,7 @@ def load_branch_study(name: str) -> dict:
     if not path.exists():
         raise _missing(path, name, "branch study")
     try:
-        study = json.loads(path.read_text())
+        study = _read_json(path)
         if not isinstance(study, dict) or not isinstance(study.get("rows"), builtins.list):
             raise ValueError("no list of rows")
     except (ValueError, OSError) as err:
@@ -347,11 +357,27 @@ def resolve_model(name_or_path: str | os.PathLike, *, untrained: bool = False, *
     raise _unknown(text)
 
 
-def declared_costs(name_or_path: str | os.PathLike) -> np.ndarray | None:
-    """Cumulative per-exit MFLOPs a zoo model or checkpoint declares in its sidecar, read cheaply.
+def _valid_costs(costs) -> bool:
+    """A non-empty list of finite, positive, non-decreasing real numbers (no bool, no str)."""
+    if not isinstance(costs, builtins.list) or not costs:
+        return False
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in costs):
+        return False
+    try:
+        values = [float(c) for c in costs]
+    except OverflowError:  # an int beyond the float range
+        return False
+    return all(np.isfinite(v) and v > 0 for v in values) and all(b >= a for a, b in zip(values, values[1:]))
 
-    For refusing a budget before any model is built. None when they cannot be read here (a
-    registry name, a missing or damaged sidecar): the real loader then gives the precise error.
+
+def declared_costs(name_or_path: str | os.PathLike) -> np.ndarray | None:
+    """Cumulative per-exit MFLOPs (K,) a zoo model or checkpoint declares in its sidecar, read cheaply.
+
+    For refusing a budget before any model (or torch) is loaded. None when they cannot be trusted
+    here: a registry name, a missing or unreadable sidecar, JSON that does not parse (nested too
+    deeply included), or ``costs_mflops`` that is not a non-empty list of finite, positive,
+    non-decreasing numbers (no bool, no str). The real loader then reads the same file and raises its
+    precise ValueError (for a zoo model, the damaged-file error with the rebuild command).
     """
     text = os.fspath(name_or_path)
     if text in ENTRIES:
@@ -361,12 +387,11 @@ def declared_costs(name_or_path: str | os.PathLike) -> np.ndarray | None:
     else:
         return None
     try:
-        costs = np.asarray(json.loads(side.read_text())["costs_mflops"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError):
+        meta = _read_json(side)
+    except (OSError, ValueError):
         return None
-    if costs.ndim != 1 or costs.size == 0 or not np.all(np.isfinite(costs)):
-        return None
-    return costs
+    costs = meta.get("costs_mflops") if isinstance(meta, dict) else None
+    return np.asarray(costs, dtype=np.float64) if _valid_costs(costs) else None
 
 
 # ----------------------------------------------------------------------------- reproduce
@@ -452,7 +477,14 @@ def _train_with_branch_study(entry: ZooEntry, work: Path, device: str, progress:
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=256)
     study_file = work / "branch_study.json"
     if study_file.exists():  # the study is the slow part: keep it across interrupted runs
-        study = json.loads(study_file.read_text())
+        try:
+            study = _read_json(study_file)
+            if not isinstance(study, dict) or not isinstance(study.get("exits"), builtins.list) \
+                    or "seconds" not in study:
+                raise ValueError("not a branch study (no list of exits)")
+        except (ValueError, OSError) as err:
+            raise ValueError(f"{study_file}: damaged branch study of an interrupted run ({err}); delete it to run "
+                             "the study again") from None
     else:
         t0 = time.time()
         rows = branch_study(backbone, loader, val_loader, blocks=cfg["blocks"], types=cfg["types"],

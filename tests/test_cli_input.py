@@ -45,10 +45,20 @@ BAD_BENCH = [
     (["--budget", "nan"], r"--budget: a budget is a positive, finite"),
     (["--budget", "inf"], r"--budget: a budget is a positive, finite"),
     (["--budget", "ten"], r"--budget: invalid float value: 'ten'"),
-    (["--budget", "1e9"], r"budget 1e\+09 MFLOPs is above the full model's cost \(24.78 MFLOPs\); choose a budget in"),
-    (["--budget", "0.5"], r"budget 0.5 MFLOPs is below the cheapest exit \(1.531 MFLOPs\)"),
-    (["--thresholds", "0.5,abc"], r"--thresholds: expected comma-separated numbers, got '0.5,abc'"),
-    (["--thresholds", "0.5,nan"], r"--thresholds: expected comma-separated numbers"),
+    (["--budget", "0.5"], r"budget 0.5 MFLOPs is below the cheapest exit \(1.531 MFLOPs\).*at least 1.531"),
+    (["--thresholds", "0.5,abc"], r"--thresholds: expected comma-separated numbers .*, got '0.5,abc' \('abc' is not a"),
+    (["--thresholds", "0.5,nan"], r"--thresholds: expected comma-separated numbers .*'nan' is not a finite number"),
+    (["--thresholds", "1,,2"], r"--thresholds: expected comma-separated numbers .*got '1,,2' \(an empty item\)"),
+    (["--thresholds", "0.5,"], r"--thresholds: .*\(an empty item\)"),
+    (["--thresholds", ""], r"--thresholds: .*\(an empty item\)"),
+    (["--thresholds", "1e999,0"], r"--thresholds: .*'1e999' is not a finite number"),
+    (["--thresholds", "-1,-2"], r"--thresholds: expected one argument"),  # argparse: write --thresholds=-1,-2
+    (["--budget", "10", "--batch-sizes", "1,,2"], r"--batch-sizes: .*got '1,,2' \(an empty item\)"),
+    (["--budget", "10", "--batch-sizes", "256,"], r"--batch-sizes: .*got '256,' \(an empty item\)"),
+    (["--budget", "10", "--json", ""], r"--json: the output path is empty; give a file name \(e\.g\. result\.json\)"),
+    (["--budget", "10", "--val-table", "SHIPPED_TEST"], r"dvt_fmnist\.test\.npz is a table of the test split.*"
+                                                         r"thresholds must be fitted on a validation split that is not "
+                                                         r"the test split"),
     (["--thresholds", "0.5,0.5,0.5,0.5"], r"one value per exit \(3; the last may be omitted\), got 4"),
     (["--budget", "10", "--thresholds", "0.5,0.5"], r"either --budget B .* or --thresholds"),
     ([], r"either --budget B .* or --thresholds"),
@@ -72,7 +82,9 @@ BAD_BENCH = [
 @needs_dvt
 @pytest.mark.parametrize("extra, match", BAD_BENCH)
 def test_bench_bad_input_is_one_line_and_exit_2(extra, match, tmp_path, capsys, no_model_loads):
-    argv = ["bench", "--model", DVT] + [a.replace("TMP", str(tmp_path)) for a in extra]
+    shipped_test = str(zoo.table_path(DVT, "test"))
+    argv = ["bench", "--model", DVT] + [a.replace("TMP", str(tmp_path)).replace("SHIPPED_TEST", shipped_test)
+                                        for a in extra]
     fails(argv, capsys, match=match)
 
 
@@ -109,6 +121,8 @@ def test_model_names_that_are_not_trained_weights_are_refused(cmd, model, match,
     (["--out", "TMP/missing/t.npz"], r"--out: cannot write .*the folder .*missing does not exist"),
     (["--batch-size", "0"], r"--batch-size: expected a positive integer, got '0'"),
     (["--split", "train"], r"--split: invalid choice: 'train'"),
+    (["--out", "TMP/"], r"--out: .* is a folder; give a file name \(e\.g\. .*result\.npz\)"),
+    (["--out", ""], r"--out: the output path is empty; give a file name \(e\.g\. result\.npz\)"),
 ])
 def test_table_bad_input(extra, match, tmp_path, capsys, no_model_loads):
     argv = ["table", "--model", DVT, "--split", "val", "--out", str(tmp_path / "t.npz")]
@@ -125,7 +139,16 @@ def test_table_bad_input(extra, match, tmp_path, capsys, no_model_loads):
     (["train", "--model", "dynperceiver_tiny", "--data-root", "TMP/nowhere"], r"--data-root: .*nowhere: no such folder"),
     (["train", "--model", "dynperceiver_tiny", "--data-root", "TMP"], r"data root .* does not hold the Fashion-MNIST train split"),
     (["train", "--model", "dynperceiver_tiny", "--batch-size", "-1"], r"--batch-size: expected a positive integer"),
-    (["train", "--model", "dynperceiver_tiny", "--loss-weights", "1,x"], r"--loss-weights: expected comma-separated numbers"),
+    (["train", "--model", "dynperceiver_tiny", "--loss-weights", "1,x"], r"--loss-weights: expected comma-separated finite numbers"),
+    (["train", "--model", "dynperceiver_tiny", "--loss-weights", "1,,1"], r"--loss-weights: .*\(an empty item\)"),
+    (["train", "--model", "dynperceiver_tiny", "--loss-weights", "1,inf"], r"--loss-weights: .*'inf' is not a finite"),
+    (["train", "--model", "dynperceiver_tiny", "--epochs", "0"], r"--epochs: expected a positive, finite number, got '0'"),
+    (["train", "--model", "dynperceiver_tiny", "--epochs", "-2"], r"--epochs: expected a positive, finite number"),
+    (["solve", "TMP/t.npz", "TMP/t.npz", "--budget", "3"], r"TMP/t\.npz and TMP/t\.npz are the same table; thresholds "
+                                                           r"must be fitted on a validation split that is not the test"),
+    (["curve", "TMP/t.npz", "TMP/t2.npz"], r"are the same table; thresholds must be fitted on a validation split"),
+    (["calibrate", "TMP/test_split.npz", "TMP/t.npz"], r"test_split\.npz is a table of the test split"),
+    (["solve", "TMP/v.npz", "TMP/t.npz", "--budget", "3", "--json", ""], r"--json: the output path is empty"),
     (["zoo", "info", "nope"], r"unknown zoo model 'nope'"),
     (["zoo", "info"], r"needs a model name"),
     (["report", "--no-fig"], r"unrecognized arguments: --no-fig"),
@@ -133,11 +156,14 @@ def test_table_bad_input(extra, match, tmp_path, capsys, no_model_loads):
 def test_every_subcommand_refuses_bad_input_in_one_line(argv, match, tmp_path, capsys):
     random_table(n=60, k=3, c=4, seed=0).save(tmp_path / "v.npz")
     random_table(n=60, k=3, c=4, seed=1).save(tmp_path / "t.npz")
-    fails([a.replace("TMP", str(tmp_path)) for a in argv], capsys, match=match)
+    random_table(n=60, k=3, c=4, seed=1).save(tmp_path / "t2.npz")  # the same table under another name
+    other, same_model = random_table(n=60, k=3, c=4, seed=2), ExitTable.load(tmp_path / "t.npz")
+    ExitTable(other.logits, other.labels, same_model.costs, meta={"split": "test"}).save(tmp_path / "test_split.npz")
+    fails([a.replace("TMP", str(tmp_path)) for a in argv], capsys, match=match.replace("TMP", re.escape(str(tmp_path))))
 
 
 @needs_dvt
-@pytest.mark.parametrize("budget, match", [("-1", "a budget is a positive"), ("1e9", "above the full model's cost")])
+@pytest.mark.parametrize("budget, match", [("-1", "a budget is a positive"), ("0.5", "below the cheapest exit")])
 def test_a_bad_budget_is_refused_before_torch_or_a_model_loads(budget, match):
     """Refused from the sidecar's costs, in a fresh process that never imports torch (it took 48 s)."""
     code = ("import sys, dynexit.cli as c; rc = c.main(['bench', '--model', %r, '--budget', %r]); "
@@ -190,3 +216,48 @@ def test_untrained_runs_only_when_asked_and_says_so(tmp_path, capsys):
                  "--out", str(out), "--quiet"]) == 0
     assert "weights: UNTRAINED" in capsys.readouterr().out
     assert ExitTable.load(out).meta["weights"] == "untrained"
+
+
+def _tiny_checkpoint(folder):
+    from dynexit.checkpoint import save_checkpoint
+    from _tiny_models import tiny
+
+    return save_checkpoint(tiny("dynperceiver").eval(), folder / "dp.safetensors")
+
+
+def test_a_deeply_nested_sidecar_is_a_damaged_file_not_a_recursion_error(tmp_path, capsys, monkeypatch):
+    ckpt = _tiny_checkpoint(tmp_path)
+    ckpt.with_suffix(".json").write_text("[" * 100000 + "]" * 100000)
+    fails(["bench", "--model", str(ckpt), "--budget", "10"], capsys,
+          match=r"dp\.json: corrupt checkpoint sidecar \(JSON nested too deeply to read\)")
+    # the zoo name: the damaged-file error with the rebuild command
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path))
+    (tmp_path / "dp.safetensors").rename(zoo.weights_path(DVT))
+    zoo.weights_path(DVT).with_suffix(".json").write_text("[" * 100000 + "]" * 100000)
+    fails(["bench", "--model", DVT, "--budget", "10"], capsys,
+          match=r"dvt_fmnist\.safetensors: damaged zoo file .*nested too deeply.*dynexit zoo reproduce dvt_fmnist")
+    fails(["bench", "--model", DVT, "--budget", "10", "--model-kwargs", "[" * 100000], capsys,
+          match=r"unrecognized arguments")  # (bench has no --model-kwargs; train's is checked below)
+    fails(["train", "--model", "dynperceiver_tiny", "--model-kwargs", "[" * 100000 + "]" * 100000], capsys,
+          match=r"--model-kwargs: expected a JSON object, got '\[\[\[.*\(nested too deeply\)")
+
+
+def test_a_set_dynexit_data_is_honoured_strictly(tmp_path, capsys, monkeypatch, no_model_loads):
+    monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path / "nowhere"))
+    fails(["table", "--model", DVT, "--split", "test", "--out", str(tmp_path / "t.npz")], capsys,
+          match=r"DYNEXIT_DATA=.*nowhere: no such directory.*unset DYNEXIT_DATA")
+    monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path))
+    fails(["bench", "--model", DVT, "--thresholds", "0.5,0.5"], capsys,
+          match=r"DYNEXIT_DATA=.*neither that folder nor its fashion-mnist subfolder holds the Fashion-MNIST test split")
+
+
+@needs_dvt
+def test_bench_with_thresholds_and_a_budget_above_the_full_cost(tmp_path, capsys):
+    common = ["--limit", "300", "--batch-sizes", "300", "--repeats", "1"]
+    assert main(["bench", "--model", DVT, "--thresholds=inf,-inf", "--criterion", "random"] + common) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"model {DVT}  thresholds given [inf, -inf, -inf]  criterion random"
+    assert "None" not in out and "exits taken: [0, 300, 0]" in out
+    # a budget above the full model's cost is accepted, as `dynexit solve` accepts it
+    assert main(["bench", "--model", DVT, "--budget", "1000"] + common) == 0
+    assert "budget 1000 MFLOPs" in capsys.readouterr().out

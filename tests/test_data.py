@@ -38,31 +38,73 @@ def test_missing_data_lists_every_place(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "nothing")
     monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing2")
     monkeypatch.setattr(data, "_try_torchvision", lambda part, root: None)
-    monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path / "env"))
+    monkeypatch.delenv("DYNEXIT_DATA", raising=False)
     with pytest.raises(data.DataNotFoundError) as err:
         data.load_fashion_mnist("test")
     assert isinstance(err.value, ValueError) and isinstance(err.value, FileNotFoundError)
     text = str(err.value)
-    for place in ("env", "nothing", "nothing2", "torchvision", "apt-get install dataset-fashion-mnist"):
+    for place in ("nothing", "nothing2", "torchvision", "apt-get install dataset-fashion-mnist", "DYNEXIT_DATA"):
         assert place in text
     with pytest.raises(ValueError, match="unknown split"):
         data.load_fashion_mnist("training")
+
+
+def _copy_test_split(dest, gzipped=True):
+    import gzip
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in data._FILES["test"]:
+        if gzipped:
+            shutil.copy(data.REPO_DATA_DIR / f"{name}.gz", dest / f"{name}.gz")
+        else:
+            (dest / name).write_bytes(gzip.decompress((data.REPO_DATA_DIR / f"{name}.gz").read_bytes()))
+
+
+def test_a_set_dynexit_data_is_the_only_place_read(tmp_path, monkeypatch):
+    """The shipped test split is there, but a DYNEXIT_DATA the user set is never replaced by it."""
+    called = []
+    monkeypatch.setattr(data, "_try_torchvision", lambda part, root: called.append(part))
+    monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(data.DataNotFoundError, match=r"DYNEXIT_DATA=.*nowhere: no such directory.*unset DYNEXIT_DATA"):
+        data.load_fashion_mnist("test")
+    with pytest.raises(data.DataNotFoundError, match=r"DYNEXIT_DATA=.*nowhere: no such directory"):
+        data.check_fashion_mnist_source("test")  # the cheap check the CLI runs before a model loads
+    monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path))
+    with pytest.raises(data.DataNotFoundError, match=r"DYNEXIT_DATA=.*neither that folder nor its fashion-mnist "
+                                                     r"subfolder holds the Fashion-MNIST test split"):
+        data.load_fashion_mnist("test")
+    _copy_test_split(tmp_path / "fashion-mnist", gzipped=False)  # the subfolder counts, uncompressed files too
+    x, y, source = data.load_fashion_mnist("test", return_source=True)
+    assert x.shape == (10000, 28, 28) and source == str(tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte")
+    with pytest.raises(data.DataNotFoundError, match=r"DYNEXIT_DATA=.* Fashion-MNIST val split"):
+        data.load_fashion_mnist("val")
+    monkeypatch.setenv("DYNEXIT_DATA", "")  # empty counts as unset: the default places
+    assert data.load_fashion_mnist("test", return_source=True)[2].startswith(str(data.REPO_DATA_DIR))
+    assert called == []
+
+
+def test_uncompressed_idx_files_are_read_like_gzipped_ones(tmp_path):
+    _copy_test_split(tmp_path / "gz")
+    _copy_test_split(tmp_path / "raw", gzipped=False)
+    assert data.check_fashion_mnist_root(tmp_path / "raw", "test") == tmp_path / "raw"
+    xg, yg = data.load_fashion_mnist("test", root=tmp_path / "gz")
+    xr, yr = data.load_fashion_mnist("test", root=tmp_path / "raw")
+    np.testing.assert_array_equal(xg, xr)
+    np.testing.assert_array_equal(yg, yr)
 
 
 def test_an_explicit_root_is_the_only_place_read(tmp_path, monkeypatch):
     # the repository's test split is there, but a root the user named must never be replaced by it
     called = []
     monkeypatch.setattr(data, "_try_torchvision", lambda part, root: called.append(part))
-    with pytest.raises(ValueError, match=r"data root .*nowhere: no such directory.*t10k-images-idx3-ubyte\.gz"):
+    with pytest.raises(ValueError, match=r"data root .*nowhere: no such directory.*t10k-images-idx3-ubyte\[\.gz\]"):
         data.load_fashion_mnist("test", root=tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         data.load_fashion_mnist("test", root=tmp_path / "file")
     with pytest.raises(ValueError, match=r"does not hold the Fashion-MNIST test split: missing t10k-images"):
         data.load_fashion_mnist("test", root=tmp_path)
-    import shutil
-    for name in data._FILES["test"]:
-        shutil.copy(data.REPO_DATA_DIR / name, tmp_path / name)
+    _copy_test_split(tmp_path)
     assert data.check_fashion_mnist_root(tmp_path, "test") == tmp_path
     with pytest.raises(ValueError, match=r"does not hold the Fashion-MNIST val split: missing train-images"):
         data.load_fashion_mnist("val", root=tmp_path)  # val is held out of the training file
@@ -70,9 +112,7 @@ def test_an_explicit_root_is_the_only_place_read(tmp_path, monkeypatch):
 
 
 def test_explicit_dir_and_bad_idx(tmp_path):
-    import shutil
-    for name in data._FILES["test"]:
-        shutil.copy(data.REPO_DATA_DIR / name, tmp_path / name)
+    _copy_test_split(tmp_path)
     x, _ = data.load_fashion_mnist("test", root=tmp_path)
     assert x.shape == (10000, 28, 28)
     bad = tmp_path / "bad.gz"

@@ -114,3 +114,45 @@ def test_rule_validates_on_construction_and_odd_files(tmp_path):
     (tmp_path / "folder.json").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
         ExitRule.load(tmp_path / "folder.json")
+
+
+def test_a_rule_made_for_another_model_is_refused(model_and_val):
+    """Identity: zoo / architecture name, weights SHA-256 and exit names in the rule's meta."""
+    model, val = model_and_val
+    x = images(model, 4, seed=2)
+    th = [0.9] * model.num_exits
+
+    def apply(**meta):
+        return ExitRule(th, "max_prob", meta).apply(model, x)
+
+    for meta, match in [
+        ({"model": "mevit_fmnist"}, r"made for zoo model 'mevit_fmnist', the model is 'dynperceiver_tiny'"),
+        ({"model": "multiexit_cnn_fmnist"}, r"made for zoo model 'multiexit_cnn_fmnist'"),
+        ({"model": "dvt_tiny"}, r"made for architecture 'dvt_tiny', the model is 'dynperceiver_tiny'"),
+        ({"exit_names": ["a", "b", "c", "d"]}, r"exits are \['a', 'b', 'c', 'd'\]"),
+    ]:
+        with pytest.raises(ValueError, match=r"this exit rule belongs to another model: the rule(.s| was) " + match):
+            apply(**meta)
+    for meta in ({}, {"model": model.arch_name}, {"model": "my deployment"}, {"exit_names": list(model.exit_names)},
+                 {"weights_sha256": "b" * 64}):  # the in-memory model's weights are not known: not checked
+        assert apply(**meta)[1].shape == (4,)
+
+    # weights known (as resolve_model / load_checkpoint record them): another file's hash is refused
+    other = tiny("dynperceiver").eval()
+    other.weights_source = {"path": "w.safetensors", "sha256": "a" * 64, "zoo": None}
+    with pytest.raises(ValueError, match=r"weights with SHA-256 bbbbbbbbbbbb\.\.\., the model's weights are aaaa"):
+        ExitRule(th, "max_prob", {"weights_sha256": "b" * 64}).apply(other, x)
+    assert ExitRule(th, "max_prob", {"weights_sha256": "a" * 64}).apply(other, x)[1].shape == (4,)
+
+    # from_solver(model=<the model>) records all of it
+    fitted = solvers.make("geometric", float(val.costs[1])).fit(val)
+    rule = ExitRule.from_solver(fitted, model=other)
+    assert rule.meta["model"] == "dynperceiver_tiny" and rule.meta["weights_sha256"] == "a" * 64
+    assert rule.meta["exit_names"] == list(other.exit_names)
+    with pytest.raises(ValueError, match="SHA-256"):
+        ExitRule.from_dict(rule.to_dict()).apply(model_with_hash(other, "c" * 64), x)
+
+
+def model_with_hash(model, sha):
+    model.weights_source = {"path": "w.safetensors", "sha256": sha, "zoo": None}
+    return model

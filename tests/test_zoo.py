@@ -29,9 +29,11 @@ def test_reproduce_builds_weights_tables_that_the_weights_reproduce(tiny_zoo, tm
     # only a slice of each split: the pipeline is what is under test, not the numbers
     import dynexit.tables_build as tb
     real = tb.load_split_images
-    monkeypatch.setattr(tb, "load_split_images",
-                        lambda split, dataset="fashion-mnist", data_root=None, limit=None:
-                        tuple(t[:min(300, limit or 300)] for t in real(split)))
+    def first_300(split, dataset="fashion-mnist", data_root=None, limit=None, return_source=False):
+        x, y, source = real(split, return_source=True)
+        n = min(300, limit or 300)
+        return (x[:n], y[:n], source) if return_source else (x[:n], y[:n])
+    monkeypatch.setattr(tb, "load_split_images", first_300)
     out = zoo.reproduce("tiny_cnn_fmnist", device="cpu", work_dir=tmp_path / "runs", progress=False, bench=False)
     assert zoo.available("tiny_cnn_fmnist")
     info = zoo.info("tiny_cnn_fmnist")
@@ -140,6 +142,34 @@ def test_load_branch_study_names_the_file_and_the_fix(tmp_path, monkeypatch):
     zoo.branch_study_path("mevit_fmnist").write_text('{"rows": 3}')
     with pytest.raises(ValueError, match="damaged zoo file"):
         zoo.load_branch_study("mevit_fmnist")
+
+
+DEEP = "[" * 100000 + "]" * 100000  # json raises RecursionError on it, not a ValueError
+
+
+def test_deeply_nested_zoo_json_is_a_damaged_file_not_a_recursion_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path))
+    zoo.branch_study_path("mevit_fmnist").write_text(DEEP)
+    zoo.bench_path("dvt_fmnist").write_text(DEEP)
+    with pytest.raises(ValueError, match=r"mevit_fmnist\.branch_study\.json: damaged zoo file \(JSON nested too "
+                                         r"deeply to read\).*zoo reproduce mevit_fmnist"):
+        zoo.load_branch_study("mevit_fmnist")
+    with pytest.raises(ValueError, match=r"dvt_fmnist\.bench\.json: damaged zoo file \(JSON nested too deeply"):
+        zoo.load_bench("dvt_fmnist")
+
+
+@pytest.mark.parametrize("costs", [DEEP, '"1, 2"', '["1.5", "24"]', "[24.78, 1.531]", "[1, 1e999]", "[0, 3]",
+                                   "[-1, 3]", "[true, 2]", "[]", "{}", "null", "[[1], [2]]", "[1, NaN]",
+                                   "[1, " + "9" * 400 + "]"])
+def test_declared_costs_trusts_only_positive_finite_non_decreasing_numbers(costs, tmp_path):
+    side = tmp_path / "m.json"
+    side.write_text(DEEP if costs == DEEP else '{"costs_mflops": %s}' % costs)
+    assert zoo.declared_costs(tmp_path / "m.safetensors") is None  # the loader then names the problem
+
+
+def test_declared_costs_reads_a_valid_sidecar(tmp_path):
+    (tmp_path / "m.json").write_text('{"costs_mflops": [1.5, 1.5, 24]}')
+    np.testing.assert_array_equal(zoo.declared_costs(tmp_path / "m.safetensors"), [1.5, 1.5, 24.0])
 
 
 # ----------------------------------------------------------------------------- names -> weights
