@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dynexit import criteria as _criteria
 from dynexit import solvers as _solvers
 from dynexit.solvers._base import ExitResult
 
@@ -90,7 +91,7 @@ def easy_hard(table, result: ExitResult) -> dict:
 
 def confidence_at_exit(table, result: ExitResult) -> np.ndarray:
     """Max-probability of each sample at the exit it took (for most / least confident ordering)."""
-    return table.probabilities().max(axis=2)[np.arange(table.num_samples), result.exits]
+    return _criteria.scores(table, "max_prob")[np.arange(table.num_samples), result.exits].astype(np.float32)
 
 
 # ----------------------------------------------------------------------------- curves

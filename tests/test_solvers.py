@@ -106,7 +106,10 @@ def test_properties(table, share, name):
     assert np.all(assign_exits(scores, all_pass) == 0)
     nobody = np.full(table.num_exits, np.inf)
     assert np.all(assign_exits(scores, nobody) == table.num_exits - 1)  # the last exit accepts all
-    if budget >= table.costs[-1]:
+    if budget >= table.costs[-1] and name == "crossval":
+        # the most accurate rule on the fitting table within the budget: never below everyone-at-the-last-exit
+        assert fitted.expected_accuracy_ >= table.exit_accuracy()[-1] - 1e-12
+    elif budget >= table.costs[-1]:
         assert result.accuracy == pytest.approx(table.exit_accuracy()[-1])
     if name in solvers.available():
         assert fitted.expected_cost_ <= budget * (1 + 1e-9)      # never over the budget it was fitted for

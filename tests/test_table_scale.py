@@ -12,8 +12,8 @@ import pytest
 
 from dynexit import criteria, table as table_module
 from dynexit.solvers import crossval
-from dynexit.solvers.crossval import CrossValidatedSolver, _exits, _grid_and_exits
-from dynexit.solvers.geometric import LOG_Q_GRID, geometric_thresholds_grid
+from dynexit.solvers.crossval import CrossValidatedSolver, _exits
+from dynexit.solvers.geometric import LOG_Q_GRID, geometric_grid, geometric_thresholds
 from dynexit.table import ExitTable, softmax
 from dynexit.testing import synthetic_logits
 
@@ -67,13 +67,13 @@ def test_chunked_scores_equal_the_whole_array_criteria(tiny_chunks):
         criteria.scores_many(fresh, ["entropy"], temperature=[1.0, -1.0])
 
 
-def test_walked_grid_is_the_vectorised_grid():
+def test_walked_grid_is_msdnet_rule_at_every_ratio():
     rng = np.random.default_rng(1)
     for n, k in [(300, 4), (257, 1), (120, 2), (2000, 5)]:
         scores = np.round(rng.random((n, k)), 2)  # many ties
         scores[: n // 5, k // 2] = 0.5
-        thresholds, exits = _grid_and_exits(scores, LOG_Q_GRID)
-        expected = geometric_thresholds_grid(scores, LOG_Q_GRID)
+        thresholds, exits = geometric_grid(scores, LOG_Q_GRID)
+        expected = np.stack([geometric_thresholds(scores, float(np.exp(lq))) for lq in LOG_Q_GRID])
         np.testing.assert_array_equal(thresholds, expected)
         passes = scores[None] >= expected[:, None, :]
         passes[..., -1] = True

