@@ -326,6 +326,7 @@ def format_result(r: dict) -> str:
              *([describe_weights(r["weights"])] if "weights" in r else []),  # results written before it was recorded
              *([f"thresholds fitted on {r['val_table']} (the shipped val table of these weights)"]
                if r.get("val_table") else []),
+             *([f"test images: {r['test_data']}"] if r.get("test_data") else []),
              f"exits taken: {r['exit_histogram']}  mean cost {r['mean_cost_mflops']:.2f} / {r['full_cost_mflops']:.2f} MFLOPs",
              f"accuracy: full {r['accuracy_full']:.4f}  early exit {r['accuracy_early_exit']:.4f}",
              f"theoretical_speedup {r['theoretical_speedup']:.3f}"]
