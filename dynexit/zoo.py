@@ -156,6 +156,9 @@ def load_model(name: str, device: str = "cpu"):
         raise _missing(path, name, "weights")
     try:
         model = load_checkpoint(path, map_location=device)
+        # every zoo sidecar records its weights' checksum: one without it could not be verified
+        if "weights_sha256" not in model.checkpoint_meta:
+            raise ValueError("its sidecar has no weights_sha256, so the weights cannot be verified")
         model.weights_source = weights_record(path, zoo=name)
     except (ValueError, OSError) as err:
         raise _damaged(path, name, err) from None

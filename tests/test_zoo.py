@@ -236,3 +236,16 @@ def test_shipped_sidecars_carry_the_weights_checksum(tmp_path):
     dst.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="sha|SHA|checksum|changed"):
         zoo.resolve_model(str(dst))
+
+
+@pytest.mark.skipif(not zoo.available("dvt_fmnist"), reason="no shipped zoo")
+def test_a_zoo_sidecar_without_its_checksum_is_refused(tmp_path, monkeypatch):
+    import shutil
+    for src in [zoo.weights_path("dvt_fmnist"), *(zoo.table_path("dvt_fmnist", s) for s in zoo.SPLITS)]:
+        shutil.copy(src, tmp_path / src.name)
+    side = json.loads(zoo.weights_path("dvt_fmnist").with_suffix(".json").read_text())
+    del side["weights_sha256"]
+    (tmp_path / "dvt_fmnist.json").write_text(json.dumps(side))
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path))
+    with pytest.raises(ValueError, match="no weights_sha256.*dynexit zoo reproduce dvt_fmnist"):
+        zoo.load_model("dvt_fmnist")
