@@ -160,14 +160,21 @@ def image(test, row: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- derived, cached
 
 @st.cache_data(show_spinner="Fitting the solver at each budget for the curve ...", max_entries=64)
-def curve(name: str, solver: str, criterion: str, zoo_dir: str = "", mtimes: tuple = ()) -> dict:
-    return logic.solver_curve(table(name, "val"), table(name, "test"), solver, criterion)
+def curve(name: str, solver: str, criterion: str, zoo_dir: str = "", mtimes: tuple = (),
+          n: int = logic.CURVE_POINTS) -> dict:
+    return logic.solver_curve(table(name, "val"), table(name, "test"), solver, criterion, n)
 
 
-def solver_curve(name: str, solver: str, criterion: str) -> dict:
-    """Test cost and accuracy of ``solver`` at 12 budgets (fitted once per model, solver, criterion)."""
+def solver_curve(name: str, solver: str, criterion: str, n: int = logic.CURVE_POINTS) -> dict:
+    """Test cost and accuracy of ``solver`` at ``n`` budgets (fitted once per model, solver, criterion, n)."""
     mtimes = tuple(_mtime(zoo.table_path(name, s)) for s in zoo.SPLITS)
-    return curve(name, solver, criterion, str(zoo.zoo_dir()), mtimes)
+    return curve(name, solver, criterion, str(zoo.zoo_dir()), mtimes, n)
+
+
+def dip_curve(name: str, solver: str, criterion: str) -> dict:
+    """The curve the explorer checks for "a smaller budget was more accurate on test": dense
+    (``logic.DIP_POINTS`` budgets) where fits take milliseconds, the plotted curve for the slow genetic solver."""
+    return solver_curve(name, solver, criterion, logic.CURVE_POINTS if solver == "genetic" else logic.DIP_POINTS)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

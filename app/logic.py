@@ -15,6 +15,7 @@ from dynexit import metrics, solvers
 from dynexit.solvers._base import ExitResult, evaluate_thresholds
 
 CURVE_POINTS = 12  # budgets per accuracy-vs-budget curve (each is one solver fit)
+DIP_POINTS = 100   # budgets checked for "a smaller budget was more accurate on test" (fast solvers)
 GALLERY_SIZE = 8   # images per gallery row
 
 

@@ -76,7 +76,8 @@ def _solver_note(name: str) -> str:
 
 
 def _gap(x) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x + 0.0:.1f}".replace("-0.0", "0.0")
+    # two decimals and the sign kept: a share of the gap rounding to 0.0 may still be negative
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.2f}"
 
 
 def _rows(comparison: dict) -> list[list[str]]:

@@ -183,21 +183,38 @@ def _fmt(values, digits=4):
     return "[" + ", ".join(f"{v:.{digits}g}" for v in values) + "]"
 
 
+def _criterion(args) -> str:
+    """The criterion for ``args.solver``; a --criterion given to a solver that chooses its own score is an error."""
+    from dynexit import solvers
+
+    takes = "criterion" in solvers.get(args.solver)._get_param_names()
+    if args.criterion is not None and not takes:
+        raise UsageError(f"--criterion {args.criterion}: the {args.solver} solver chooses its own exit score on val; "
+                         "drop --criterion, or pick a solver that takes one (geometric, genetic, lagrangian)")
+    return args.criterion or "max_prob"
+
+
+def _score_name(fitted) -> str:
+    """What the fitted thresholds apply to: a criterion's name or the learned exit score."""
+    score = getattr(fitted, "criterion", None)
+    return score if isinstance(score, str) else "learned exit score"
+
+
 def cmd_solve(args) -> int:
     from dynexit import metrics, solvers
 
     val, test = _pair(args)
     try:
-        solver = solvers.make(args.solver, args.budget, args.criterion).fit(val)
+        solver = solvers.make(args.solver, args.budget, _criterion(args)).fit(val)
     except ValueError as err:
         raise UsageError(str(err)) from None
     result = solver.evaluate(test)
     oracle = metrics.oracle(test)
     print(f"model        {test.meta.get('model', '?')}  ({test.num_samples} test samples, {test.num_exits} exits)")
-    print(f"solver       {args.solver}  criterion {args.criterion if 'criterion' in solver.get_params() else 'learned'}"
-          f"  budget {args.budget:.4g} MFLOPs")
+    print(f"solver       {args.solver}  score {_score_name(solver)}  budget {args.budget:.4g} MFLOPs")
     print(f"thresholds   {_fmt(solver.thresholds_)}")
-    print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} MFLOPs")
+    print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} MFLOPs"
+          + (f"  ({result.spending_note()})" if result.spending_note() else ""))
     print(f"test         accuracy {result.accuracy:.4f}  mean cost {result.mean_cost:.4g} MFLOPs  "
           f"speedup {result.speedup:.2f}x  (final exit {test.exit_accuracy()[-1]:.4f} at {test.costs[-1]:.4g})")
     print(f"oracle       accuracy {oracle.accuracy:.4f}  mean cost {oracle.mean_cost:.4g} MFLOPs")
@@ -205,7 +222,8 @@ def cmd_solve(args) -> int:
     for name, cost, count, right in zip(test.exit_names, test.costs, result.histogram, result.histogram_correct):
         print(f"  {name:>12s}  {cost:10.4g} MFLOPs  {count:6d} samples  {right:6d} right")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, budget=args.budget), indent=2))
+        Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, score=_score_name(solver),
+                                                   budget=args.budget), indent=2))
     return 0
 
 
@@ -217,7 +235,7 @@ def cmd_curve(args) -> int:
         raise UsageError("--points must be at least 2")
     budgets = metrics.budget_grid(val, args.points)
     try:
-        curve = metrics.budget_curve(val, test, args.solver, budgets, args.criterion)
+        curve = metrics.budget_curve(val, test, args.solver, budgets, _criterion(args))
     except ValueError as err:
         raise UsageError(str(err)) from None
     print_curve(curve, test)
@@ -285,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("val", help="validation ExitTable (.npz): thresholds are fitted here")
         p.add_argument("test", help="test ExitTable (.npz): results are reported here")
         p.add_argument("--solver", default=solvers.DEFAULT, choices=solvers.available())
-        p.add_argument("--criterion", default="max_prob", choices=criteria.available())
+        p.add_argument("--criterion", default=None, choices=criteria.available(),
+                       help="exit criterion (default max_prob) for the solvers that take one (geometric, genetic, "
+                            "lagrangian); crossval and learned choose their own score")
 
     p = sub.add_parser("solve", help="fit thresholds for a budget and evaluate them")
     table_pair(p)

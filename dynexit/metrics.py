@@ -137,20 +137,23 @@ def budget_curve(val, test, solver: str = _solvers.DEFAULT, budgets=None, criter
     return curve
 
 
-def accuracy_at_cost(costs, accuracies, grid) -> np.ndarray:
+def accuracy_at_cost(costs, accuracies, grid, hold_last: bool = False) -> np.ndarray:
     """A curve's accuracy on a grid of costs, linearly interpolated between its points.
 
     The curve is first made monotone (a policy reaching accuracy a at cost c can be run at any
     larger budget, so each point takes the best accuracy at or below its cost); linear interpolation
-    between two policies is what mixing them at random achieves. Outside the curve's cost range the
-    value is nan.
+    between two policies is what mixing them at random achieves. Below the curve's cheapest point
+    the value is nan; above its costliest point it is nan, or with ``hold_last`` the curve's best
+    accuracy (the policy that spends less can run at any larger budget: a solver that stops
+    spending is judged there by what it delivers, not left out).
     """
     costs, accuracies = np.asarray(costs, dtype=np.float64), np.asarray(accuracies, dtype=np.float64)
     order = np.argsort(costs, kind="stable")
     costs, best = costs[order], np.maximum.accumulate(accuracies[order])
     grid = np.asarray(grid, dtype=np.float64)
     out = np.interp(grid, costs, best)
-    return np.where((grid < costs[0] - 1e-12) | (grid > costs[-1] + 1e-12), np.nan, out)
+    above = grid > costs[-1] + 1e-12
+    return np.where((grid < costs[0] - 1e-12) | (above & (not hold_last)), np.nan, out)
 
 
 TIE = 1e-3  # 0.1 point: a difference this small between two accuracies is a tie
@@ -177,9 +180,11 @@ def compare_at_matched_cost(curve, reference, test_table=None, n_grid: int = 100
 
     The one curve comparison of dynexit (the benchmark, the results page and the acceptance tests use
     it). Both curves (:class:`BudgetCurve`, or dicts with ``test_cost`` / ``test_accuracy``) are read
-    with :func:`accuracy_at_cost` on ``n_grid`` costs evenly spread over the costs both reach; at each
-    cost ``diff = curve - reference`` (accuracy as a fraction) is a win above ``tie``, a loss below
-    ``-tie``, else a tie (default 0.001 = 0.1 point).
+    with :func:`accuracy_at_cost` on ``n_grid`` costs evenly spread from the cheapest cost both reach
+    to the costliest either reaches; a curve that stops short of that (a solver that leaves budget
+    unspent) keeps its best accuracy there (``hold_last``), so it is judged over the whole budget
+    range. At each cost ``diff = curve - reference`` (accuracy as a fraction) is a win above ``tie``, a
+    loss below ``-tie``, else a tie (default 0.001 = 0.1 point).
 
     With ``test_table`` (the table both curves were measured on), ``gap_closed`` is the share of the
     reference-to-oracle gap the curve closes, ``mean(diff) / mean(oracle - reference)`` over the grid,
@@ -198,16 +203,17 @@ def compare_at_matched_cost(curve, reference, test_table=None, n_grid: int = 100
     if n_grid < 2:
         raise ValueError(f"n_grid must be at least 2, got {n_grid}")
     (ca, aa), (cb, ab) = _test_points(curve), _test_points(reference)
-    lo, hi = max(ca.min(), cb.min()), min(ca.max(), cb.max())
-    if lo > hi:
+    lo, hi = max(ca.min(), cb.min()), max(ca.max(), cb.max())
+    if lo > min(ca.max(), cb.max()):
         raise ValueError(f"the two curves share no test cost: one spans {ca.min():.4g}-{ca.max():.4g}, the other "
                          f"{cb.min():.4g}-{cb.max():.4g}; compare curves over a common budget range")
     grid = np.linspace(lo, hi, n_grid)
-    diff = accuracy_at_cost(ca, aa, grid) - accuracy_at_cost(cb, ab, grid)
+    ref = accuracy_at_cost(cb, ab, grid, hold_last=True)
+    diff = accuracy_at_cost(ca, aa, grid, hold_last=True) - ref
     lost = diff < -tie
     gap_closed = None
     if test_table is not None:
-        gap = float(np.mean(oracle_curve(test_table, grid) - accuracy_at_cost(cb, ab, grid)))
+        gap = float(np.mean(oracle_curve(test_table, grid) - ref))
         gap_closed = float(np.mean(diff)) / gap if gap > 1e-12 else float("nan")
     worst = int(np.argmin(diff))
     return {
@@ -282,6 +288,9 @@ def compare_solvers(val, test, solvers=None, reference: str = "geometric", n_bud
     curves = {}
     for name in names:
         fresh = ExitTable(val.logits, val.labels, val.costs, val.exit_names)  # no cache from another solver
+        clear = getattr(_solvers.get(name), "clear_cache", None)  # a solver's own cache, keyed by content
+        if clear is not None:
+            clear()
         curves[name] = budget_curve(fresh, test, name, budgets, criterion)
     out = {}
     for name, curve in curves.items():

@@ -46,12 +46,15 @@ def test_wins_ties_worst_on_hand_checked_curves():
     assert metrics.compare_at_matched_cost(b, a, n_grid=5, tie=0.03)["losses"] == 1
 
 
-def test_only_the_shared_cost_range_is_compared():
+def test_compared_from_the_shared_start_to_the_costliest_end():
+    """A curve that stops short (a solver leaving budget unspent) keeps its best accuracy up to where the
+    other curve ends: it is judged over the whole budget range, not only where both have points."""
     a, b = _curve([1, 2, 3], [0.5, 0.7, 0.8]), _curve([2, 4], [0.6, 0.9])
     cmp = metrics.compare_at_matched_cost(a, b, n_grid=3)
-    assert cmp["cost_range"] == [2.0, 3.0]
-    # at 2: .7 vs .6; at 2.5: .75 vs .675; at 3: .8 vs .75
-    assert cmp["diff"] == pytest.approx([0.1, 0.075, 0.05])
+    assert cmp["cost_range"] == [2.0, 4.0]
+    # at 2: .7 vs .6; at 3: .8 vs .75; at 4: .8 (a's best, held) vs .9
+    assert cmp["diff"] == pytest.approx([0.1, 0.05, -0.1])
+    assert cmp["losses"] == 1 and cmp["loss_costs"] == [4.0, 4.0]
     with pytest.raises(ValueError, match="share no test cost"):
         metrics.compare_at_matched_cost(_curve([1, 2], [0.5, 0.6]), _curve([3, 4], [0.7, 0.8]))
     with pytest.raises(ValueError, match="n_grid"):

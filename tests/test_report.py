@@ -63,8 +63,10 @@ def test_curve_above_reads_both_curves_on_their_common_costs():
     a = {"test_cost": [1, 2, 3], "test_accuracy": [0.5, 0.7, 0.8]}
     b = {"test_cost": [1.5, 2.5, 4], "test_accuracy": [0.4, 0.75, 0.9]}
     r = report.curve_above(a, b)
-    assert r["overlap"] and r["range"] == [1.5, 3.0]
-    # at 2.5 MFLOPs a gives 0.75 (interpolated), b gives 0.75: tie; at 3.0 a=0.8, b interpolates to 0.80
+    assert r["overlap"] and r["range"] == [1.5, 4.0]
+    # up to 3 MFLOPs a is at or above b (tie at 2.5 and 3.0); beyond, a keeps its best (0.8) and b reaches 0.9
+    assert not r["holds"] and r["min_diff"] == pytest.approx(-0.1) and r["at_worst"] == pytest.approx(4.0)
+    r = report.curve_above(a, {"test_cost": [1.5, 2.5, 3], "test_accuracy": [0.4, 0.75, 0.8]})
     assert r["holds"] and abs(r["min_diff"]) < 1e-9
     assert not report.curve_above({"test_cost": [1, 2], "test_accuracy": [0.1, 0.2]}, b)["holds"]
 

@@ -236,3 +236,15 @@ def test_base_refuses_a_solver_over_budget():
     with pytest.raises(ValueError, match="could not meet the budget"):
         Greedy(budget=float(table.costs[0])).fit(table)
     assert Greedy(budget=float(table.costs[-1])).fit(table).expected_cost_ == pytest.approx(table.costs[-1])
+
+
+def test_a_budget_above_the_full_cost_is_not_reported_as_unspent():
+    """Everyone at the last exit spends all there is: no note, whatever the budget above the full cost."""
+    table = random_table(n=200, k=3, c=4, seed=1)
+    for budget in (table.costs[-1], 2 * table.costs[-1]):
+        fitted = solvers.make("geometric", budget).fit(table)
+        result = fitted.evaluate(table)
+        assert fitted.expected_cost_ == pytest.approx(table.costs[-1])
+        assert fitted.budget_shortfall_ < 1e-9 and result.unspent < 1e-9 and result.spending_note() is None
+    half = solvers.make("geometric", float(table.costs[0])).fit(table)  # spends exactly the cheapest exit
+    assert half.evaluate(table).spending_note() is None

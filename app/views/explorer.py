@@ -77,7 +77,7 @@ def budget_dependent():
     if K > 1 and view.spending_note:
         st.info(f"This rule {view.spending_note}.",
                 icon=":material/savings:")
-    if K > 1 and (dip := logic.accuracy_dip_note(view, common.solver_curve(name, solver, criterion))):
+    if K > 1 and (dip := logic.accuracy_dip_note(view, common.dip_curve(name, solver, criterion))):
         st.info(dip, icon=":material/trending_down:")
 
     left, right = st.columns([3, 2])

@@ -65,10 +65,12 @@ class ExitResult:
 
     @property
     def unspent(self) -> float:
-        """MFLOPs per image of the budget the rule left unspent on its fitting table (0 without a budget)."""
+        """MFLOPs per image the rule left unspent on its fitting table, of what it could spend (the budget,
+        at most the full model's cost); 0 without a budget."""
         if self.budget is None or self.fit_cost is None:
             return 0.0
-        return max(0.0, float(self.budget) - float(self.fit_cost))
+        # a budget above the full model's cost cannot be spent: what is left beyond it is not "unspent"
+        return max(0.0, min(float(self.budget), float(self.costs[-1])) - float(self.fit_cost))
 
     @property
     def underspends(self) -> bool:
@@ -162,7 +164,8 @@ class BaseSolver(BaseEstimator):
         self.n_exits_ = table.num_exits
         # what was asked for and what of it the rule leaves unspent on val (reported by evaluate())
         self.budget_ = None if budget is None else check_budget(budget, table.costs)
-        self.budget_shortfall_ = 0.0 if budget is None else max(0.0, self.budget_ - result.mean_cost)
+        self.budget_shortfall_ = (0.0 if budget is None
+                                  else max(0.0, min(self.budget_, float(table.costs[-1])) - result.mean_cost))
         return self
 
     def evaluate(self, table) -> ExitResult:

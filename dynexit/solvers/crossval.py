@@ -26,8 +26,10 @@ chooses *which score ranks the samples* at each exit, by cross-validation on the
   cost range) less than the budget, and less still where spending more lowers validation accuracy
   (``budget_shortfall_`` reports it).
 
-The rule spends the budget by construction (the geometric ratio is the largest whose cost fits), so
-it never "stops spending" where a free threshold search sees no validation gain.
+At each grid budget the rule spends what it is given (the geometric ratio is the largest whose cost
+fits); the running best above is what can leave budget unspent: where no costlier grid point is more
+accurate on val, the fit keeps the cheaper rule, and ``budget_shortfall_`` / ``ExitResult.spending_note``
+say so (e.g. ``multiexit_cnn_fmnist``, whose deeper exits are no more accurate on val).
 
 Budget-independent work (scores, the fold split, every candidate's thresholds on a grid of ratios,
 the selection at every grid budget) is done once per table and cached in a module-level cache keyed
@@ -37,6 +39,8 @@ at any budget is a lookup.
 
 from __future__ import annotations
 
+import operator
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -53,6 +57,7 @@ LEARNED = "learned"
 DEFAULT_CANDIDATES = ("margin", "patience")
 _CACHE: OrderedDict = OrderedDict()
 _CACHE_SIZE = 16
+_CACHE_LOCK = threading.Lock()  # the app fits from several threads at once
 
 
 def _exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -173,15 +178,28 @@ def _prepare(table, candidates, n_folds, z, n_budgets, random_state) -> _Fitted:
 
 
 def _cached_prepare(table, key, make):
+    """The fitted grid for (table content, parameters): computed once, shared by threads, LRU of 16.
+
+    Two threads asking for the same missing entry may both compute it (the result is the same); the
+    lock only guards the dictionary, so one slow fit never blocks fits of other tables.
+    """
     full_key = (table.fingerprint,) + key
-    if full_key in _CACHE:
-        _CACHE.move_to_end(full_key)
-        return _CACHE[full_key]
+    with _CACHE_LOCK:
+        if full_key in _CACHE:
+            _CACHE.move_to_end(full_key)
+            return _CACHE[full_key]
     value = make()
-    _CACHE[full_key] = value
-    if len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
+    with _CACHE_LOCK:
+        _CACHE[full_key] = value
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
     return value
+
+
+def clear_cache() -> None:
+    """Forget every cached fit (e.g. to time a cold first fit)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 # ----------------------------------------------------------------------------- the estimator
@@ -216,6 +234,8 @@ class CrossValidatedSolver(BaseSolver):
         self.n_budgets = n_budgets
         self.random_state = random_state
 
+    clear_cache = staticmethod(clear_cache)
+
     @property
     def criterion(self):
         """What early exit scores with: a criterion name, or the fitted learned scorer."""
@@ -229,14 +249,22 @@ class CrossValidatedSolver(BaseSolver):
             if name != LEARNED and name not in criteria.available():
                 raise ValueError(f"unknown candidate score {name!r}: choose from "
                                  f"{', '.join(criteria.available() + [LEARNED])}")
-        if int(self.n_folds) < 2:
-            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
+        for name in ("n_folds", "n_budgets"):
+            value = getattr(self, name)
+            try:
+                value = operator.index(value)  # an int, not a float silently truncated
+            except TypeError:
+                raise ValueError(f"{name} must be an integer, got {value!r}") from None
+            if value < 2:
+                raise ValueError(f"{name} must be >= 2, got {value}")
+        try:
+            z = float(self.z)
+        except (TypeError, ValueError):
+            raise ValueError(f"z must be a number >= 0 (inf = always max_prob), got {self.z!r}") from None
+        if not z >= 0:
+            raise ValueError(f"z must be >= 0 (inf = always max_prob), got {self.z}")
         if table.num_samples < 2 * int(self.n_folds):
             return ()  # too few samples to validate any candidate: MSDNet's rule on max-probability
-        if not float(self.z) >= 0:
-            raise ValueError(f"z must be >= 0 (inf = always max_prob), got {self.z}")
-        if int(self.n_budgets) < 2:
-            raise ValueError(f"n_budgets must be >= 2, got {self.n_budgets}")
         return candidates
 
     def fit(self, table):
