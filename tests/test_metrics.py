@@ -92,6 +92,20 @@ def test_compare_solvers_fits_on_val_and_compares_on_test():
     assert val._memo == {}  # each solver fitted on its own copy: no cache of one solver times another's fit
 
 
+def test_compare_solvers_times_a_cold_first_fit(monkeypatch):
+    """crossval caches by table content: compare_solvers must clear that cache, or a second comparison in
+    the same process would time a lookup as the "first fit"."""
+    from dynexit.solvers import crossval
+    val, test = random_table(n=300, k=3, seed=5), random_table(n=300, k=3, seed=6)
+    test = ExitTable(test.logits, test.labels, val.costs)
+    metrics.compare_solvers(val, test, ["crossval"], n_budgets=3, n_grid=10)
+    calls = []
+    real = crossval._prepare
+    monkeypatch.setattr(crossval, "_prepare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    metrics.compare_solvers(val, test, ["crossval"], n_budgets=3, n_grid=10)
+    assert calls == [1]  # computed afresh once, then reused for the other budgets
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"solvers": ["nope"]}, "unknown solver"),
     ({"reference": "nope"}, "unknown solver"),
