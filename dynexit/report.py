@@ -77,12 +77,14 @@ def model_results(name: str) -> dict:
 # ----------------------------------------------------------------------------- claims
 
 def curve_above(a: dict, b: dict, tie: float = TIE) -> dict:
-    """Is curve ``a`` at or above ``b`` (within ``tie``) at every test cost both reach?
+    """Is curve ``a`` at or above ``b`` (within ``tie``) at every budget both can spend?
 
     Read with :func:`dynexit.metrics.compare_at_matched_cost` (no oracle: the curves may come from two
-    models' tables). ``overlap`` is False when the cost ranges share no interval.
+    models' tables), from the larger of the two cheapest costs to the larger of the two costliest; a
+    curve that ends earlier keeps its best accuracy beyond (it can run at any larger budget).
+    ``overlap`` is False only when that range is a single cost.
     """
-    lo, hi = max(min(a["test_cost"]), min(b["test_cost"])), min(max(a["test_cost"]), max(b["test_cost"]))
+    lo, hi = max(min(a["test_cost"]), min(b["test_cost"])), max(max(a["test_cost"]), max(b["test_cost"]))
     if lo >= hi:
         return {"overlap": False}
     cmp = metrics.compare_at_matched_cost(a, b, tie=tie)

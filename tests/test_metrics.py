@@ -55,8 +55,9 @@ def test_compared_from_the_shared_start_to_the_costliest_end():
     # at 2: .7 vs .6; at 3: .8 vs .75; at 4: .8 (a's best, held) vs .9
     assert cmp["diff"] == pytest.approx([0.1, 0.05, -0.1])
     assert cmp["losses"] == 1 and cmp["loss_costs"] == [4.0, 4.0]
-    with pytest.raises(ValueError, match="share no test cost"):
-        metrics.compare_at_matched_cost(_curve([1, 2], [0.5, 0.6]), _curve([3, 4], [0.7, 0.8]))
+    # one curve ends before the other starts: it is held at its best over the other's range
+    apart = metrics.compare_at_matched_cost(_curve([1, 2], [0.5, 0.6]), _curve([3, 4], [0.7, 0.8]), n_grid=2)
+    assert apart["cost_range"] == [3.0, 4.0] and apart["diff"] == pytest.approx([-0.1, -0.2])
     with pytest.raises(ValueError, match="n_grid"):
         metrics.compare_at_matched_cost(a, b, n_grid=1)
     with pytest.raises(ValueError, match="test_cost and test_accuracy"):
