@@ -164,8 +164,8 @@ class BaseSolver(BaseEstimator):
         self.n_exits_ = table.num_exits
         # what was asked for and what of it the rule leaves unspent on val (reported by evaluate())
         self.budget_ = None if budget is None else check_budget(budget, table.costs)
-        self.budget_shortfall_ = (0.0 if budget is None
-                                  else max(0.0, min(self.budget_, float(table.costs[-1])) - result.mean_cost))
+        result.budget, result.fit_cost = self.budget_, result.mean_cost
+        self.budget_shortfall_ = result.unspent
         return self
 
     def evaluate(self, table) -> ExitResult:
