@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dynexit import metrics, solvers, zoo
+from dynexit.cli import _comma_items
 from dynexit.table import ExitTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,14 +167,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pair", nargs=2, action="append", metavar=("VAL", "TEST"),
                         help="a val and a test ExitTable (.npz) of one model; repeat for more models")
-    parser.add_argument("--solvers", help=f"comma-separated solvers (default: all, {', '.join(solvers.available())})")
+    parser.add_argument("--solvers", type=lambda text: _comma_items(text, "solver names"),
+                        help=f"comma-separated solvers (default: all, {', '.join(solvers.available())})")
     parser.add_argument("--md", help=f"write the markdown page here (default for the zoo run: {DOC.relative_to(ROOT)})")
     parser.add_argument("--json", help="write every number as JSON here")
     args = parser.parse_args(argv)
-    names = solvers.available() if not args.solvers else [s.strip() for s in args.solvers.split(",") if s.strip()]
+    names = args.solvers or solvers.available()
     unknown = [s for s in names if s not in solvers.available()]
-    if unknown or not names:
-        parser.error(f"--solvers: unknown {', '.join(map(repr, unknown)) or 'empty list'}; "
+    if unknown:
+        parser.error(f"--solvers: unknown {', '.join(map(repr, unknown))}; "
                      f"choose from {', '.join(solvers.available())}")
     names = [REFERENCE] + [s for s in names if s != REFERENCE]
     if args.pair:
