@@ -120,8 +120,10 @@ def check_budget(budget, costs: np.ndarray) -> float:
     if not np.isfinite(budget):
         raise ValueError(f"budget must be finite, got {budget}")
     if budget < costs[0] * (1 - 1e-9):
+        # no upper bound: a budget above the full model's cost is accepted (the rule may spend less)
         raise ValueError(f"budget {budget:.4g} MFLOPs is below the cheapest exit ({costs[0]:.4g} MFLOPs): "
-                         f"no policy can spend less; choose a budget in [{costs[0]:.4g}, {costs[-1]:.4g}]")
+                         f"no policy can spend less; choose a budget of at least {costs[0]:.4g} (the full model "
+                         f"costs {costs[-1]:.4g})")
     # a budget a rounding error below the cheapest exit means "everyone at exit 1", which costs costs[0]
     return max(budget, float(costs[0]))
 
