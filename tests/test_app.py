@@ -180,9 +180,10 @@ def test_compare_page(app_zoo):
     assert at.title[0].value == "Compare models"
     assert set(at.multiselect(key="compare_models").value) == set(MODELS)
     assert len(at.dataframe) >= 2 and charts(at) >= 1
-    at.text_input(key="compare_budgets").set_value("1, two").run()
-    ok(at)
-    assert "Could not read" in texts(at)
+    for bad in ("1, two", "nan", "5, -inf"):
+        at.text_input(key="compare_budgets").set_value(bad).run()
+        ok(at)
+        assert "Could not read" in texts(at), bad
     at.toggle(key="compare_exits").set_value(True).run()
     ok(at)
 

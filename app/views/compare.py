@@ -58,8 +58,10 @@ with left:
     text = st.text_input("Budgets in MFLOPs per image, separated by commas", default, key="compare_budgets")
     try:
         budgets = sorted({float(b) for b in text.replace(";", ",").split(",") if b.strip()})
+        if not all(np.isfinite(b) and b > 0 for b in budgets):  # float() reads "nan", "inf" and "-3" too
+            raise ValueError
     except ValueError:
-        st.error(f"Could not read {text!r}: write numbers separated by commas, e.g. {default}")
+        st.error(f"Could not read {text!r}: write positive numbers of MFLOPs separated by commas, e.g. {default}")
         budgets = []
     if budgets:
         rows = {n: logic.accuracy_at_budgets(curves[n], budgets) for n in chosen}
