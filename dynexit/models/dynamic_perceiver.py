@@ -30,7 +30,7 @@ from dynexit.layers.cross_attention import CrossAttention
 from dynexit.layers.exit_heads import LatentExitHead, LogitsEmbedding
 from dynexit.layers.latent_blocks import LatentSelfAttention
 from dynexit.layers.token_mixer import LatentTransition
-from dynexit.models import register_model
+from dynexit.models._registry import register_model
 from dynexit.models._backbones import build_backbone, stage_shapes
 from dynexit.models._base import MultiExitModel
 from dynexit.models.multiexit_cnn import FMNIST_BACKBONE, FMNIST_MEAN, FMNIST_STD

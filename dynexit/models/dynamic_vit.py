@@ -29,7 +29,7 @@ from torch import nn
 
 from dynexit.layers.dvt_reuse import FeatureReuse, RelationReuse, ReuseBlock
 from dynexit.layers.vit_attention import make_attention_capturable
-from dynexit.models import register_model
+from dynexit.models._registry import register_model
 from dynexit.models._base import MultiExitModel
 from dynexit.models.multiexit_cnn import FMNIST_MEAN, FMNIST_STD
 

@@ -13,7 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from dynexit.layers.exit_heads import ConvExitHead
-from dynexit.models import register_model
+from dynexit.models._registry import register_model
 from dynexit.models._backbones import build_backbone, stage_shapes
 from dynexit.models._base import MultiExitModel
 

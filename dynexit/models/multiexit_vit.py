@@ -29,7 +29,7 @@ from torch import nn
 from dynexit.layers.vit_attention import make_attention_capturable
 from dynexit.layers.vit_embed import embed_parts, embed_tokens
 from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
-from dynexit.models import register_model
+from dynexit.models._registry import register_model
 from dynexit.models._base import ModuleView, MultiExitModel
 from dynexit.models.multiexit_cnn import FMNIST_MEAN, FMNIST_STD
 

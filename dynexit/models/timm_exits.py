@@ -62,7 +62,7 @@ from dynexit.layers.exit_heads import ConvExitHead
 from dynexit.layers.vit_attention import make_attention_capturable
 from dynexit.layers.vit_embed import embed_parts, embed_tokens
 from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
-from dynexit.models import create_model, register_model
+from dynexit.models._registry import create_model, register_model
 from dynexit.models._base import ModuleView, MultiExitModel
 
 CNN_HEADS = ("conv", "linear")
