@@ -114,7 +114,7 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
     # the header repeats arch and kwargs, so a damaged sidecar is caught before it builds a model
     save_file(weights, str(tmp_w), metadata={"format": FORMAT, "arch": config["arch"],
                                              "kwargs": json.dumps(side["kwargs"], sort_keys=True)})
-    side["weights_sha256"] = _file_sha256(tmp_w)  # loaders refuse weights that changed after saving
+    side["weights_sha256"] = file_sha256(tmp_w)  # loaders refuse weights that changed after saving
     tmp_j = sidecar_path(path).with_name(sidecar_path(path).name + ".tmp")
     tmp_j.write_text(json.dumps(side, indent=2))
     os.replace(tmp_w, path)
@@ -265,7 +265,8 @@ def _header_metadata(path: Path) -> dict:
         raise ValueError(f"{path}: damaged safetensors header ({type(err).__name__}: {err}); {_FIX}") from err
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -282,7 +283,7 @@ def _verified_sidecar(path: Path) -> dict:
     _check_safetensors(path)
     meta = read_sidecar(path)
     expected = meta.get("weights_sha256")
-    if expected is not None and _file_sha256(path) != expected:
+    if expected is not None and file_sha256(path) != expected:
         raise ValueError(f"{path}: the weights do not match the SHA-256 recorded in {sidecar_path(path).name} "
                          f"(the file is damaged or was replaced); {_FIX}")
     header = _header_metadata(path)

@@ -20,8 +20,6 @@ seed included):
 from __future__ import annotations
 
 import builtins
-import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -159,7 +157,7 @@ def load_model(name: str, device: str = "cpu"):
         # every zoo sidecar records its weights' checksum: one without it could not be verified
         if "weights_sha256" not in model.checkpoint_meta:
             raise ValueError("its sidecar has no weights_sha256, so the weights cannot be verified")
-        model.weights_source = weights_record(path, zoo=name)
+        model.weights_source = weights_record(model, path, zoo=name)
     except (ValueError, OSError) as err:
         raise _damaged(path, name, err) from None
     return model
@@ -244,22 +242,6 @@ def info(name: str) -> dict:
 HASH_CHARS = 12  # the SHA-256 prefix printed next to a weights file
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Full SHA-256 of a file (hex), computed once per (path, mtime, size) in this process."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return _sha256(str(p), st.st_mtime_ns, st.st_size)
-
-
 def _display_path(path: Path) -> str:
     """``path`` relative to the working directory when it lies below it (no home folders in results)."""
     try:
@@ -268,9 +250,14 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def weights_record(path: str | os.PathLike, zoo: str | None = None) -> dict:
-    """``{"path", "sha256" (full hex), "zoo" (entry name or None)}`` of a weights file."""
-    return {"path": _display_path(Path(path)), "sha256": file_sha256(path), "zoo": zoo}
+def weights_record(model, path: str | os.PathLike, zoo: str | None = None) -> dict:
+    """``{"path", "sha256" (full hex), "zoo" (entry name or None)}`` of the weights file ``model`` was
+    loaded from. The sidecar's ``weights_sha256``, which ``load_checkpoint`` has just checked against
+    the file, is used as it is; only an older checkpoint without one is hashed here."""
+    from dynexit.checkpoint import file_sha256
+
+    sha = model.checkpoint_meta.get("weights_sha256") or file_sha256(path)
+    return {"path": _display_path(Path(path)), "sha256": sha, "zoo": zoo}
 
 
 UNTRAINED = "untrained"
@@ -349,7 +336,7 @@ def resolve_model(name_or_path: str | os.PathLike, *, untrained: bool = False, *
             raise ValueError(f"{path}: no such checkpoint file")
         try:
             model = load_checkpoint(path)
-            model.weights_source = weights_record(path)
+            model.weights_source = weights_record(model, path)
         except OSError as err:
             raise ValueError(f"{path}: cannot read the checkpoint ({err.strerror or err})") from None
         return model

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from dynexit import zoo
+from dynexit.checkpoint import file_sha256
 from dynexit.cli import main
 from dynexit.table import ExitTable
 
@@ -176,7 +177,7 @@ def test_a_bad_budget_is_refused_before_torch_or_a_model_loads(budget, match):
 # ----------------------------------------------------------------------------- zoo names run the shipped weights
 
 def _hash_prefix(name: str) -> str:
-    return zoo.file_sha256(zoo.weights_path(name))[:zoo.HASH_CHARS]
+    return file_sha256(zoo.weights_path(name))[:zoo.HASH_CHARS]
 
 
 @needs_dvt
@@ -189,7 +190,7 @@ def test_bench_on_a_zoo_name_runs_the_shipped_weights(tmp_path, capsys):
     # trained: ~86% on the full test split; an untrained network is at chance (~10%)
     assert result["accuracy_full"] > 0.7 and result["accuracy_early_exit"] > 0.7
     assert result["weights"]["path"].endswith("dvt_fmnist.safetensors")
-    assert result["weights"]["sha256"] == zoo.file_sha256(zoo.weights_path(DVT))
+    assert result["weights"]["sha256"] == file_sha256(zoo.weights_path(DVT))
     assert result["weights"]["zoo"] == DVT
     assert f"weights: {result['weights']['path']} (sha256 {_hash_prefix(DVT)}" in text
     # the shipped val table of the same weights file fitted the thresholds (no 5,000-image rebuild)
