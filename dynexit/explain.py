@@ -18,14 +18,11 @@ safe to call from several threads on one shared model object.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import operator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import nn
 
 from dynexit import criteria
 from dynexit.inference import _check_thresholds, exit_probabilities
