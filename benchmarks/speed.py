@@ -40,7 +40,7 @@ def exit1_thresholds(model, images, fraction: float, criterion="max_prob") -> np
 def main(argv=None) -> int:
     from dynexit.bench import benchmark, format_result, run_bench
     from dynexit.zoo import describe_weights, resolve_model
-    from dynexit.tables_build import load_split_images
+    from dynexit.tables import load_split_images
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="dynperceiver_fmnist")

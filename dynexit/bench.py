@@ -282,7 +282,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
 
     costs, val_table = check_request(model, budget, thresholds, criterion, val_table, limit, batch_sizes,
                                      batch1_limit, repeats, threads, data_root, json_path)
-    from dynexit.tables_build import build_table, load_split_images  # torch: only once the request is sound
+    from dynexit.tables import build_table, load_split_images  # torch: only once the request is sound
 
     name = str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "arch_name", "model")
     model = zoo.resolve_model(model, untrained=untrained) if isinstance(model, (str, os.PathLike)) else model.eval()

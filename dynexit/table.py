@@ -371,7 +371,7 @@ class ExitTable:
 # what each stored array must be: allowed dtype kinds and number of dimensions
 _STORED = {"logits": ("f", 3), "labels": ("iu", 1), "costs": ("f", 1), "exit_names": ("U", 1),
            "index": ("iu", 1), "meta": ("U", 0)}
-_FIX = "rebuild the table (dynexit.tables_build) or restore the file"
+_FIX = "rebuild the table (dynexit.tables) or restore the file"
 
 
 def _max_abs(arr: np.ndarray) -> float:

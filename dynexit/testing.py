@@ -176,7 +176,7 @@ def build_tiny_zoo(dest, models=None, n_val: int = 300, n_test: int = 500, seed:
 def _build_tiny_zoo(dest, models, labels, n_val, n_test, seed):
     import torch
 
-    from dynexit.checkpoint import save_checkpoint
+    from dynexit.io.checkpoint import save_checkpoint
     from dynexit.models import create_model
 
     for i, name in enumerate(models):

@@ -1,7 +1,9 @@
 """Tiny configs of every model family, shared by the model tests (fast on 2 CPU cores)."""
 
+import numpy as np
 import torch
 
+from dynexit import criteria
 from dynexit.models import create_model
 
 TINY = {
@@ -48,3 +50,12 @@ def capture_keeps_outputs(m, x):
     for a, b in zip(ref, out):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     return rec
+
+
+def quantile_thresholds(outs, criterion, q=0.5):
+    """Per-exit thresholds at the q-quantile of each exit's score over the outputs ``outs`` (list of (B, C))."""
+    probs = np.stack([torch.softmax(o.double(), 1).float().numpy() for o in outs], axis=1)
+    s = criteria.get(criterion)(probs)
+    t = np.quantile(s, q, axis=0)
+    t[-1] = -np.inf
+    return t

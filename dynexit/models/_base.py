@@ -75,21 +75,21 @@ class MultiExitModel(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming the problem when ``x`` is not a batch this model accepts."""
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{self._label()} expects a torch.Tensor of images, got {type(x).__name__}")
+            raise ValueError(f"{self.label()} expects a torch.Tensor of images, got {type(x).__name__}")
         h, w = self.input_size
         want = f"(B, {self.in_chans}, {h}, {w})"
         if x.ndim != 4:
-            raise ValueError(f"{self._label()} expects a 4-d batch of images {want}, got shape {tuple(x.shape)}")
+            raise ValueError(f"{self.label()} expects a 4-d batch of images {want}, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             hint = ("convert to grayscale (e.g. x.mean(1, keepdim=True))" if self.in_chans == 1
                     else "repeat the gray channel (x.expand(-1, 3, -1, -1))" if x.shape[1] == 1 else "convert the images")
-            raise ValueError(f"{self._label()} expects {self.in_chans}-channel images {want}, got {x.shape[1]} "
+            raise ValueError(f"{self.label()} expects {self.in_chans}-channel images {want}, got {x.shape[1]} "
                              f"channels (shape {tuple(x.shape)}): {hint}")
         if tuple(x.shape[2:]) != (h, w):
-            raise ValueError(f"{self._label()} expects images of size {h}x{w} {want}, got "
+            raise ValueError(f"{self.label()} expects images of size {h}x{w} {want}, got "
                              f"{x.shape[2]}x{x.shape[3]}: resize them first (e.g. torch.nn.functional.interpolate)")
         if not torch.is_floating_point(x):
-            raise ValueError(f"{self._label()} expects float images in [0, 1], got dtype {x.dtype}: divide uint8 by 255")
+            raise ValueError(f"{self.label()} expects float images in [0, 1], got dtype {x.dtype}: divide uint8 by 255")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -120,22 +120,22 @@ class MultiExitModel(nn.Module):
     def _check_exit(self, k: int) -> int:
         k = operator.index(k)
         if not 0 <= k < self.num_exits:
-            raise ValueError(f"exit index {k} out of range: {self._label()} has exits 0..{self.num_exits - 1}")
+            raise ValueError(f"exit index {k} out of range: {self.label()} has exits 0..{self.num_exits - 1}")
         return k
 
     def exit_branch(self, k: int) -> nn.Module:
         """The modules that belong to exit k alone (its branch / classifier).
 
         Families that support classifier-wise or layer-wise training (see
-        :mod:`dynexit.exit_training`) override this and :meth:`backbone_stage`.
+        :mod:`dynexit.training.exits`) override this and :meth:`backbone_stage`.
         """
-        raise NotImplementedError(f"{self._label()} does not expose its exit branches; "
-                                  "train it end to end with dynexit.train")
+        raise NotImplementedError(f"{self.label()} does not expose its exit branches; "
+                                  "train it end to end with dynexit.training.loop")
 
     def backbone_stage(self, k: int) -> nn.Module | None:
         """The shared (backbone) modules that stage k runs before exit k's branch, or None."""
-        raise NotImplementedError(f"{self._label()} does not expose its backbone stages; "
-                                  "train it end to end with dynexit.train")
+        raise NotImplementedError(f"{self.label()} does not expose its backbone stages; "
+                                  "train it end to end with dynexit.training.loop")
 
     # ------------------------------------------------------------------ costs
     def exit_costs(self, refresh: bool = False) -> np.ndarray:
@@ -166,7 +166,8 @@ class MultiExitModel(nn.Module):
             yield rec
 
     # ------------------------------------------------------------------ helpers
-    def _label(self) -> str:
+    def label(self) -> str:
+        """The architecture name (or the class name): how messages name this model."""
         return self.arch_name or type(self).__name__
 
     def config(self) -> dict:

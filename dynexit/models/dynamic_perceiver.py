@@ -17,7 +17,7 @@ early classification, which happens in a latent branch:
 
 Inference order (the staged form): latent stage 3 -> exit 1 -> CNN stage 3 -> latent stage 4 ->
 exit 2 -> CNN stage 4 -> CNN exit -> fusion exit. Training loss weights: latent exits 0.5, CNN and
-fusion exits 1.0 (plus self-distillation, in :mod:`dynexit.train`).
+fusion exits 1.0 (plus self-distillation, in :mod:`dynexit.training.loop`).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Bakhtiarnia, Zhang and Iosifidis, "Multi-Exit Vision Transformer for Dynamic Inf
 of seven types (:mod:`dynexit.layers.vit_exit_branches`), mixed freely; the backbone's own head
 (final norm, class token, linear) is always the last exit. Train it end to end (``dynexit train``),
 or train the branches on a frozen backbone classifier-wise or layer-wise
-(:func:`dynexit.exit_training.train_exits`); pick branch types and positions with
-:mod:`dynexit.exit_selection`.
+(:func:`dynexit.training.exits.train_exits`); pick branch types and positions with
+:mod:`dynexit.training.branch_study`.
 
 Staged form: stage k runs the blocks after exit k-1's block up to exit k's block (the patch
 embedding too in stage 0), then exit k's branch; the state carries the tokens. Several branches may

@@ -6,15 +6,15 @@ The path for a user with a trained (or pretrained) timm network:
    the network's own head is always the last exit. Positions use the indices of timm's
    ``forward_intermediates(indices=...)`` (pytorch-image-models >= 1.0, "forward_intermediates()
    API"): block indices for a ViT, feature levels (``feature_info``) for a CNN.
-2. ``train_exits(model, loader, strategy="classifier-wise")`` (:mod:`dynexit.exit_training`):
+2. ``train_exits(model, loader, strategy="classifier-wise")`` (:mod:`dynexit.training.exits`):
    the network stays frozen (bit-identical weights and BatchNorm statistics), only the new exits
    learn.
-3. ExitTables of the exits' logits and costs (:func:`dynexit.tables_build.model_logits`,
+3. ExitTables of the exits' logits and costs (:func:`dynexit.tables.model_logits`,
    :class:`dynexit.ExitTable`), a threshold solver fitted for a compute budget
    (:mod:`dynexit.solvers`), then real early exit (:func:`dynexit.early_exit`).
 
 >>> import timm, dynexit
->>> from dynexit.exit_training import train_exits
+>>> from dynexit.training.exits import train_exits
 >>> net = timm.create_model("resnet50", pretrained=True)      # or your own fine-tuned network
 >>> model = dynexit.attach_exits(net)                         # exits after layer1-3, then the head
 >>> train_exits(model, train_loader, strategy="classifier-wise", epochs=3, val_loader=val_loader)

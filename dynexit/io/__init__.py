@@ -1,0 +1,1 @@
+"""Reading and writing dynexit's files: checkpoints (safetensors weights + a JSON sidecar)."""

@@ -1,0 +1,151 @@
+"""Three ways to train the exits of a multi-exit model.
+
+From Bakhtiarnia, Zhang and Iosifidis, "Multi-Exit Vision Transformer for Dynamic Inference"
+(arXiv:2106.15183, 2021), for any :class:`~dynexit.models.MultiExitModel` that says which modules
+belong to each exit (``exit_branch(k)``) and to each backbone stage (``backbone_stage(k)``):
+
+- ``"classifier-wise"``: the backbone is trained already and stays frozen (``requires_grad`` off
+  *and* eval mode, so BatchNorm statistics and dropout do not move); every intermediate branch is
+  trained on its own cross-entropy. The losses are summed, but as the branches share no parameter
+  and the backbone gets no gradient, this is the same as training each branch alone. The last exit
+  is the backbone's own classifier and stays frozen with it, so the backbone's weights (its
+  ``state_dict`` outside the intermediate branches) come out bit-identical.
+- ``"end-to-end"``: every parameter, on the weighted sum of all exits' cross-entropy
+  (``model.loss_weights()`` unless ``loss_weights`` is given).
+- ``"layer-wise"``: one phase per exit. Phase k trains backbone stage k and exit k's branch on exit
+  k's cross-entropy, with everything before it frozen (and in eval mode); ``epochs`` is per phase.
+
+>>> history = train_exits(model, train_loader, strategy="classifier-wise", epochs=3, val_loader=val_loader)
+>>> history["val_accuracy"]          # per exit, after the last epoch
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+STRATEGIES = ("classifier-wise", "end-to-end", "layer-wise")
+
+
+def _phases(model, strategy: str) -> list[tuple[list[nn.Module], list[int]]]:
+    """(modules to train, exits whose loss trains them) for each phase of a strategy."""
+    k_total = model.num_exits
+    if strategy == "end-to-end":
+        return [([model], list(range(k_total)))]
+    if strategy == "classifier-wise":
+        if k_total < 2:
+            raise ValueError(f"{model.label()} has a single exit (the backbone's own): nothing to train "
+                             "classifier-wise; add intermediate exits first")
+        return [([model.exit_branch(k) for k in range(k_total - 1)], list(range(k_total - 1)))]
+    return [([m for m in (model.backbone_stage(k), model.exit_branch(k)) if m is not None], [k])
+            for k in range(k_total)]
+
+
+def _trainable(model: nn.Module, parts: list[nn.Module]) -> list[nn.Parameter]:
+    """Freeze the model except ``parts``; frozen modules go to eval mode, ``parts`` to train mode."""
+    model.eval()
+    model.requires_grad_(False)
+    params: dict[int, nn.Parameter] = {}
+    for part in parts:
+        part.train()
+        for p in part.parameters():
+            p.requires_grad_(True)
+            params[id(p)] = p
+    return list(params.values())
+
+
+def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int = 1, lr: float = 1e-3,
+                weight_decay: float = 0.0, loss_weights=None, device="cpu", max_steps: int | None = None,
+                progress: bool = True, val_loader=None, label_smoothing: float = 0.0) -> dict:
+    """Train a multi-exit model's exits with one of :data:`STRATEGIES` (see the module docstring).
+
+    Parameters
+    ----------
+    model : MultiExitModel with ``exit_branch(k)`` (all strategies) and ``backbone_stage(k)``
+        (layer-wise); trained in place and left in its original train/eval mode and
+        ``requires_grad`` flags.
+    loader : batches ``(images float (B, C, H, W) in [0, 1], labels (B,))``
+    epochs : epochs per phase (layer-wise has one phase per exit, the others one phase)
+    lr, weight_decay : AdamW, with a cosine decay of the learning rate over each phase's steps
+    loss_weights : one weight per exit; default ``model.loss_weights()`` for end-to-end and 1.0
+        otherwise (each classifier-wise / layer-wise loss reaches its own parameters only)
+    max_steps : stop each phase after this many optimiser steps (smoke tests)
+    val_loader : if given, per-exit accuracy on it after every epoch
+
+    Returns a history dict: ``strategy``, ``exit_names``, ``records`` (one per epoch: ``phase``,
+    ``epoch``, ``steps``, ``trained_exits``, ``loss`` {exit name: mean CE}, ``val_accuracy``),
+    ``val_accuracy`` (the last one, or None), ``steps`` and ``seconds``.
+    """
+    from tqdm.auto import tqdm
+
+    from dynexit.training.loop import evaluate, multi_exit_loss, pick_device
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown exit-training strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    k_total = model.num_exits
+    if loss_weights is None:
+        loss_weights = model.loss_weights() if strategy == "end-to-end" else [1.0] * k_total
+    loss_weights = [float(w) for w in loss_weights]
+    if len(loss_weights) != k_total:
+        raise ValueError(f"loss_weights needs one value per exit ({k_total}), got {len(loss_weights)}")
+    device = pick_device(str(device))
+    phases = _phases(model, strategy)
+    model.to(device)
+    was_training = model.training
+    grad_flags = [(p, p.requires_grad) for p in model.parameters()]
+    names = list(model.exit_names)
+    history = {"strategy": strategy, "exit_names": names, "records": [], "val_accuracy": None, "steps": 0}
+    t0 = time.time()
+    try:
+        for phase, (parts, exits) in enumerate(phases):
+            params = _trainable(model, parts)
+            if not params:
+                raise ValueError(f"{strategy}: phase {phase + 1} (exits {[names[k] for k in exits]}) "
+                                 "has no parameters to train")
+            total = int(epochs) * len(loader)
+            total = min(total, max_steps) if max_steps else total
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
+            step = 0
+            for epoch in range(int(epochs)):
+                if step >= total:
+                    break
+                _trainable(model, parts)  # evaluate() below switches the whole model's mode
+                sums, seen = torch.zeros(len(exits)), 0
+                label = f"{strategy} " + (f"exit {phase + 1}/{len(phases)} " if len(phases) > 1 else "")
+                bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{int(epochs)}", disable=not progress,
+                           leave=False, dynamic_ncols=True)
+                for x, y in bar:
+                    if step >= total:
+                        break
+                    x, y = x.to(device), y.to(device)
+                    outs = model.forward_upto(x, max(exits))
+                    loss, ces = multi_exit_loss([outs[k] for k in exits], y, [loss_weights[k] for k in exits],
+                                                label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    schedule.step()
+                    step += 1
+                    sums += torch.tensor(ces) * len(y)
+                    seen += len(y)
+                    bar.set_postfix(loss="/".join(f"{v:.3f}" for v in (sums / seen).tolist()))
+                bar.close()
+                record = {"phase": phase, "epoch": epoch + 1, "steps": step, "trained_exits": [names[k] for k in exits],
+                          "loss": {names[k]: float(s / max(seen, 1)) for k, s in zip(exits, sums)},
+                          "val_accuracy": None}
+                if val_loader is not None:
+                    record["val_accuracy"] = evaluate(model, val_loader, device).tolist()
+                    history["val_accuracy"] = record["val_accuracy"]
+                history["records"].append(record)
+            history["steps"] += step
+    finally:
+        for p, flag in grad_flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+    history["seconds"] = time.time() - t0
+    return history

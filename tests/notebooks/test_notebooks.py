@@ -1,0 +1,126 @@
+"""The Jupyter tutorials in notebooks/ run top to bottom in a fresh kernel, and follow the house rules.
+
+Each notebook is executed by nbclient in its own kernel (working directory notebooks/, one thread:
+``OMP_NUM_THREADS=1``) against a tiny zoo built in a temporary folder
+(:func:`dynexit.testing.build_tiny_zoo`: untrained stand-ins under the zoo's names, synthetic
+tables), so the test does not depend on the shipped zoo and checks that the notebooks reach the zoo
+through ``dynexit.zoo`` only. An error inside a widget callback counts too: ipywidgets' ``Output``
+swallows the exception and prints the traceback into the widget, so the widget outputs nbclient
+records are searched for errors.
+
+``DYNEXIT_NOTEBOOK_ZOO=data/zoo`` runs them on a real zoo instead (e.g. the shipped one, to check the
+prose against real numbers); a notebook whose models that zoo lacks fails with the zoo's error.
+
+Notebooks 04 and 06 train on a slice of the Fashion-MNIST training split: skipped without it (the
+``dataset-fashion-mnist`` Debian package or ``$DYNEXIT_DATA``; ``.ci/run`` installs the package).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import time
+from pathlib import Path
+from queue import Empty
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("ipywidgets")
+
+from dynexit import data  # noqa: E402
+from dynexit.testing import build_tiny_zoo  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NEEDS_TRAIN_SPLIT = {"04_multi_exit_vit", "06_bring_your_own_model"}
+HAS_TRAIN = (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists() or bool(os.environ.get("DYNEXIT_DATA"))
+CELL_TIMEOUT_S = 300
+
+
+class _Client(nbclient.NotebookClient):
+    """nbclient, with its waits on the kernel's shell and IOPub channels cut into 0.5 s slices.
+
+    With widget-heavy cells nbclient sometimes does not wake up when the kernel's reply arrives and
+    sits until the cell timeout, then goes on as if nothing happened
+    (https://github.com/jupyter/nbclient/issues/312). Polling in short slices picks the message up.
+    """
+
+    async def async_start_new_kernel_client(self, **kwargs):
+        out = await super().async_start_new_kernel_client(**kwargs)
+        for channel in (self.kc.shell_channel, self.kc.iopub_channel):
+            channel.get_msg = _sliced(channel.get_msg)
+        return out
+
+
+def _sliced(get_msg, step_s: float = 0.5):
+    async def sliced(timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = step_s if deadline is None else max(0.0, min(step_s, deadline - time.monotonic()))
+            try:
+                return await get_msg(timeout=step)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+    return sliced
+
+
+def _widget_errors(nb) -> list[str]:
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    return [f"{o.get('ename')}: {o.get('evalue')}\n" + "\n".join(o.get("traceback", []))
+            for model in state.values() if model.get("model_name") == "OutputModel"
+            for o in model.get("state", {}).get("outputs", []) if o.get("output_type") == "error"]
+
+
+@pytest.fixture(scope="module")
+def notebook_zoo(tmp_path_factory):
+    if os.environ.get("DYNEXIT_NOTEBOOK_ZOO"):
+        return Path(os.environ["DYNEXIT_NOTEBOOK_ZOO"]).resolve()
+    return build_tiny_zoo(tmp_path_factory.getbasetemp() / "notebook_zoo")
+
+
+def test_there_are_six_notebooks():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06"], [p.name for p in NOTEBOOKS]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_stripped_and_follows_the_house_rules(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    assert nb.cells[0].cell_type == "markdown" and "What you will learn" in nb.cells[0].source
+    assert nb.cells[-1].cell_type == "markdown" and "## Exercises" in nb.cells[-1].source
+    source = "\n".join(c.source for c in code)
+    assert "widgets." in source, "each notebook has at least one interactive control"
+    sliders = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", getattr(node.func, "id", "")).endswith("Slider")]
+    for slider in sliders:
+        update = [k.value for k in slider.keywords if k.arg == "continuous_update"]
+        assert update and isinstance(update[0], ast.Constant) and update[0].value is False, \
+            f"line {slider.lineno}: sliders take continuous_update=False (update on release only)"
+    assert "data/zoo" not in source, "reach the zoo through dynexit.zoo (DYNEXIT_ZOO), not by path"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom(path, notebook_zoo, tmp_path, monkeypatch):
+    if path.stem in NEEDS_TRAIN_SPLIT and not HAS_TRAIN:
+        pytest.skip("needs the Fashion-MNIST training split: `apt-get install dataset-fashion-mnist` "
+                    "(.ci/run installs it) or $DYNEXIT_DATA")
+    # the kernel inherits this environment
+    monkeypatch.setenv("DYNEXIT_ZOO", str(notebook_zoo))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # what a notebook writes to a temporary folder lands here
+    nb = nbformat.read(path, as_version=4)
+    client = _Client(nb, timeout=CELL_TIMEOUT_S, startup_timeout=120, kernel_name="python3",
+                     resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()  # a cell that raises fails the test with a CellExecutionError naming the cell
+    seconds = time.perf_counter() - start
+    errors = _widget_errors(nb)
+    assert not errors, "a widget callback raised:\n" + "\n\n".join(errors)
+    print(f"{path.name}: {seconds:.1f} s")

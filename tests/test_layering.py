@@ -1,0 +1,115 @@
+"""The layering rule of the architecture (README "Architecture", ../shared/DESIGN.md section 6):
+the viewer side (the app, viz, report, the zoo catalogue, the exit policy, the table) never imports a
+training module, not even lazily inside a function, directly or through what it imports.
+
+Read from the source with ``ast`` (every ``import`` statement anywhere in a file, at any depth), so a
+lazy import the tests never execute is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("dynexit", "app")
+
+VIEWER = ["app", "dynexit.viz", "dynexit.report", "dynexit.zoo", "dynexit.zoo.catalog", "dynexit.policy",
+          "dynexit.table"]
+# building: trains models or builds tables; the viewer side opens what it made
+TRAINING = ("dynexit.training", "dynexit.zoo.reproduce", "dynexit.tables", "dynexit.cli", "dynexit.bench")
+
+
+def module_file(name: str) -> Path | None:
+    """The source file of a dynexit/app module (``None`` when it is not one of ours)."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imports_of(name: str) -> set[str]:
+    """Every module a module's source names in an import statement, with its parent packages."""
+    path = module_file(name)
+    return imports_in(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
+
+
+def imports_in(path: Path, package: str) -> set[str]:
+    """The dynexit / app modules named by any import statement in the file ``path`` (of ``package``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module
+            found.add(module)
+            # `from pkg import sub` may import a submodule
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    out = set()
+    for mod in found:
+        parts = mod.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in out if module_file(m) is not None}
+
+
+def closure(start: str) -> dict[str, str]:
+    """Every module reachable from ``start`` through imports: ``{module: the module that imports it}``."""
+    seen, todo = {start: ""}, [start]
+    while todo:
+        mod = todo.pop()
+        for dep in imports_of(mod):
+            if dep not in seen:
+                seen[dep] = mod
+                todo.append(dep)
+    return seen
+
+
+def viewer_modules() -> list[str]:
+    out = []
+    for name in VIEWER:
+        path = module_file(name)
+        if path is None:
+            continue
+        if path.name == "__init__.py" and name == "app":  # the whole app package, every view
+            out += [".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                    for p in sorted(path.parent.rglob("*.py"))]
+        else:
+            out.append(name)
+    return out
+
+
+def chain(seen: dict[str, str], mod: str) -> str:
+    steps = [mod]
+    while seen[steps[-1]]:
+        steps.append(seen[steps[-1]])
+    return " <- ".join(steps)
+
+
+@pytest.mark.parametrize("viewer", viewer_modules())
+def test_the_viewer_side_never_imports_training(viewer):
+    seen = closure(viewer)
+    bad = sorted(m for m in seen if m.startswith(TRAINING) and m != viewer)
+    assert not bad, f"{viewer} reaches training code: " + "; ".join(chain(seen, m) for m in bad)
+
+
+def test_the_rule_is_checked_on_real_modules(tmp_path):
+    # the test above must not pass because it found nothing: the viewer modules exist and import things
+    mods = viewer_modules()
+    assert {"dynexit.viz", "dynexit.policy", "dynexit.table", "dynexit.report"} <= set(mods)
+    assert any(m.startswith("app.") for m in mods)
+    assert "dynexit.table" in closure("dynexit.policy")
+    # a lazy import inside a function, and a relative one, are found
+    lazy = tmp_path / "lazy.py"
+    lazy.write_text("def f():\n    from dynexit.training import loop\n    from . import bench\n")
+    assert {"dynexit.training", "dynexit.training.loop", "dynexit.bench"} <= imports_in(lazy, "dynexit")

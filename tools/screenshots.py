@@ -1,0 +1,92 @@
+"""Screenshots of every page at 1280 x 800 for the README (docs/screenshots/).
+
+    .venv/bin/python tools/screenshots.py                 # the shipped zoo (data/zoo)
+    DYNEXIT_ZOO=runs/devzoo .venv/bin/python tools/screenshots.py --out /tmp/shots
+
+Starts the app on a free loopback port, opens each page in Chromium (system binary, see
+tools/browser.py), waits for it to finish drawing, and saves ``PAGE.png`` (the 1280 x 800 window,
+what a user sees first) and ``PAGE_full.png`` (the whole page).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import browser  # noqa: E402
+
+VIEWPORT = {"width": 1280, "height": 800}
+
+
+def sample_upload() -> bytes:
+    """A Fashion-MNIST test image as a user's photo would be: dark on white, larger, RGB."""
+    from PIL import Image
+
+    from dynexit.data import load_fashion_mnist
+
+    x, _ = load_fashion_mnist("test")
+    img = Image.fromarray(255 - x[0]).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def take(out: Path, full: bool = True) -> list[Path]:
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    shots = []
+    with browser.serve() as url, sync_playwright() as p:
+        chromium = browser.launch(p)
+        page = chromium.new_page(viewport=VIEWPORT)
+
+        def save(name):
+            browser.wait_idle(page)
+            page.screenshot(path=str(out / f"{name}.png"))
+            shots.append(out / f"{name}.png")
+            if full:  # the main block scrolls, not the page: grow the window to the content, then back
+                page.set_viewport_size({"width": VIEWPORT["width"], "height": browser.content_height(page) + 40})
+                browser.wait_idle(page, settle_ms=500)
+                page.screenshot(path=str(out / f"{name}_full.png"))
+                shots.append(out / f"{name}_full.png")
+                page.set_viewport_size(VIEWPORT)
+
+        page.goto(url, wait_until="networkidle")
+        save("explorer")
+        page.goto(f"{url}/inspector", wait_until="networkidle")
+        browser.wait_idle(page)
+        page.get_by_text("hardest", exact=True).click()
+        browser.wait_idle(page)
+        page.get_by_role("button", name="Compute attribution").click()
+        browser.wait_idle(page)
+        page.locator('[data-testid="stMain"]').evaluate("e => e.scrollTo(0, 0)")
+        save("inspector")
+        page.goto(f"{url}/compare", wait_until="networkidle")
+        save("compare")
+        page.goto(f"{url}/upload", wait_until="networkidle")
+        browser.wait_idle(page)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+            files=[{"name": "my_photo.png", "mimeType": "image/png", "buffer": sample_upload()}])
+        page.get_by_text("It leaves at exit").wait_for(timeout=60_000)
+        save("upload")
+        chromium.close()
+    return shots
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"), help="folder for the PNG files")
+    ap.add_argument("--no-full", action="store_true", help="only the 1280 x 800 window, not the whole pages")
+    args = ap.parse_args(argv)
+    for path in take(Path(args.out), full=not args.no_full):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
