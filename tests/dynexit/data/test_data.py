@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from dynexit import data
+from dynexit.data import fashion_mnist
 
 HAS_TRAIN = (data.DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists()
 
@@ -35,9 +36,9 @@ def test_train_val_split():
 
 
 def test_missing_data_lists_every_place(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "REPO_DATA_DIR", tmp_path / "nothing")
-    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "nothing2")
-    monkeypatch.setattr(data, "_try_torchvision", lambda part, root: None)
+    monkeypatch.setattr(fashion_mnist, "REPO_DATA_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nothing2")
+    monkeypatch.setattr(fashion_mnist, "_try_torchvision", lambda part, root: None)
     monkeypatch.delenv("DYNEXIT_DATA", raising=False)
     with pytest.raises(data.DataNotFoundError) as err:
         data.load_fashion_mnist("test")
@@ -53,7 +54,7 @@ def _copy_test_split(dest, gzipped=True):
     import gzip
     import shutil
     dest.mkdir(parents=True, exist_ok=True)
-    for name in data._FILES["test"]:
+    for name in fashion_mnist._FILES["test"]:
         if gzipped:
             shutil.copy(data.REPO_DATA_DIR / f"{name}.gz", dest / f"{name}.gz")
         else:
@@ -63,7 +64,7 @@ def _copy_test_split(dest, gzipped=True):
 def test_a_set_dynexit_data_is_the_only_place_read(tmp_path, monkeypatch):
     """The shipped test split is there, but a DYNEXIT_DATA the user set is never replaced by it."""
     called = []
-    monkeypatch.setattr(data, "_try_torchvision", lambda part, root: called.append(part))
+    monkeypatch.setattr(fashion_mnist, "_try_torchvision", lambda part, root: called.append(part))
     monkeypatch.setenv("DYNEXIT_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(data.DataNotFoundError, match=r"DYNEXIT_DATA=.*nowhere: no such directory.*unset DYNEXIT_DATA"):
         data.load_fashion_mnist("test")
@@ -96,7 +97,7 @@ def test_uncompressed_idx_files_are_read_like_gzipped_ones(tmp_path):
 def test_an_explicit_root_is_the_only_place_read(tmp_path, monkeypatch):
     # the repository's test split is there, but a root the user named must never be replaced by it
     called = []
-    monkeypatch.setattr(data, "_try_torchvision", lambda part, root: called.append(part))
+    monkeypatch.setattr(fashion_mnist, "_try_torchvision", lambda part, root: called.append(part))
     with pytest.raises(ValueError, match=r"data root .*nowhere: no such directory.*t10k-images-idx3-ubyte\[\.gz\]"):
         data.load_fashion_mnist("test", root=tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
@@ -125,7 +126,7 @@ def test_torch_datasets_and_digits():
     ds = data.fashion_mnist_dataset("test")
     img, label = ds[0]
     assert img.shape == (1, 28, 28) and 0 <= float(img.min()) and float(img.max()) <= 1
-    aug = data._AugmentedImages(ds.tensors[0][:4].mul(255).byte(), ds.tensors[1][:4])
+    aug = data.AugmentedImages(ds.tensors[0][:4].mul(255).byte(), ds.tensors[1][:4])
     a, _ = aug[0]
     assert a.shape == (1, 28, 28) and a.dtype.is_floating_point
     x, y = data.load_digits_split("val")
@@ -145,3 +146,37 @@ def test_imagefolder(tmp_path):
         data.torchvision_dataset("imagefolder", str(tmp_path / "none"), train=True)
     with pytest.raises(ValueError, match="unknown dataset"):
         data.torchvision_dataset("svhn", str(tmp_path), train=True)
+
+
+def test_registry_specs_and_loads():
+    assert data.available_datasets()[:2] == ("fashion-mnist", "digits")
+    fm = data.get_dataset("fashion-mnist")
+    assert data.get_dataset("fmnist") is fm and fm.num_classes == 10 and (fm.in_chans, fm.image_size) == (1, (28, 28))
+    assert fm.class_names == data.FASHION_MNIST_CLASSES and all(len(s) <= 8 for s in fm.short_names)
+    assert fm.short_names[0] == "T-shirt" and fm.short_names[-1] == "Boot"
+    x, y, source = fm.load("test", return_source=True)
+    raw, labels = data.load_fashion_mnist("test")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[:, 0] * 255, raw)  # exact: k / 255 * 255 rounds back to k
+    np.testing.assert_array_equal(y, labels)
+    assert source.startswith(str(data.REPO_DATA_DIR))
+    digits = data.get_dataset("digits")
+    xd, yd = digits.load("val")
+    assert xd.shape[1:] == (1, 8, 8) and 0 <= xd.min() and xd.max() <= 1 and digits.num_classes == 10
+    np.testing.assert_array_equal(xd[:, 0], data.load_digits_split("val")[0])
+    with pytest.raises(ValueError, match="takes no data root"):
+        digits.load("val", root="/tmp")
+    with pytest.raises(ValueError, match="unknown split"):
+        digits.load("training")
+    with pytest.raises(ValueError, match=r"unknown dataset 'svhn': choose one of fashion-mnist, digits"):
+        data.get_dataset("svhn")
+
+
+def test_train_val_datasets_go_through_the_registry():
+    train, val = data.train_val_datasets("digits", augment=True)
+    img, label = train[0]
+    assert img.shape == (1, 8, 8) and img.dtype.is_floating_point and len(val) == 359
+    with pytest.raises(ValueError, match="cifar10, cifar100"):
+        data.train_val_datasets("svhn")
+    with pytest.raises(ValueError, match="needs --data-root"):
+        data.train_val_datasets("cifar10")
