@@ -1,0 +1,62 @@
+"""Exit latency profiles: measured, saved, loaded, and used as a budget in milliseconds."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dynexit import profile, solvers
+from dynexit.table import ExitTable
+from _tiny_models import tiny
+
+
+@pytest.fixture(scope="module")
+def measured():
+    model = tiny("multiexit_cnn").eval()
+    return model, profile.measure(model, batch_sizes=(1, 4), min_run_time=0.01, threads=1)
+
+
+def test_a_profile_has_every_exit_at_every_batch_size(measured):
+    model, prof = measured
+    assert prof["exit_names"] == list(model.exit_names) and prof["threads"] == 1
+    assert set(prof["batches"]) == {"1", "4"}
+    for entry in prof["batches"].values():
+        assert len(entry["median_ms"]) == model.num_exits
+        assert all(m > 0 for m in entry["median_ms"])
+    costs = profile.exit_costs_ms(prof, 1)
+    assert costs.shape == (model.num_exits,) and np.all(np.diff(costs) >= 0)
+    # a deeper exit runs strictly more layers: its latency is clearly above the first exit's
+    assert prof["batches"]["1"]["median_ms"][-1] > prof["batches"]["1"]["median_ms"][0]
+
+
+def test_round_trip_and_damage(measured, tmp_path):
+    _, prof = measured
+    path = profile.save(prof, profile.profile_path(tmp_path / "m.safetensors"))
+    assert path.name == "m.profile.json"
+    assert profile.load(path) == json.loads(json.dumps(prof))
+    with pytest.raises(ValueError, match="not a readable profile"):
+        (tmp_path / "bad.json").write_text("{")
+        profile.load(tmp_path / "bad.json")
+    broken = json.loads(json.dumps(prof))
+    broken["batches"]["1"]["median_ms"][0] = float("nan")
+    with pytest.raises(ValueError, match="finite non-negative"):
+        profile.save(broken, tmp_path / "x.json")
+    with pytest.raises(ValueError, match="no such profile"):
+        profile.load(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="not 8"):
+        profile.exit_costs_ms(prof, 8)
+
+
+def test_a_budget_in_milliseconds_is_solved_and_evaluated(measured):
+    model, prof = measured
+    ms = profile.exit_costs_ms(prof, 4)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+    logits = rng.normal(size=(400, model.num_exits, 10)).astype(np.float32)
+    logits[np.arange(400), :, labels] += np.linspace(0.5, 2.0, model.num_exits)
+    val, test = ExitTable(logits[:200], labels[:200], ms), ExitTable(logits[200:], labels[200:], ms)
+    budget = float((ms[0] + ms[-1]) / 2)
+    fitted = solvers.make("geometric", budget).fit(val)
+    result = fitted.evaluate(test)
+    assert fitted.expected_cost_ <= budget + 1e-9
+    assert ms[0] <= result.mean_cost <= ms[-1]
