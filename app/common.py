@@ -1,13 +1,13 @@
-"""Streamlit glue shared by the pages: cached loading, the sidebar's choices, the budget slider.
+"""Cached loading shared by the pages: the zoo's tables and models, the test images, derived results.
 
-Caching (Streamlit idioms):
-- models and ExitTables: ``st.cache_resource`` (one shared object; a table memoises its
-  probabilities, scores and fitted solver state on itself, which copies would lose);
+Caching (Streamlit idioms; every cached function is safe to call from several sessions' threads):
+- models and ExitTables: ``st.cache_resource`` (one shared object per file version; a table
+  memoises its probabilities and scores on itself, which copies would lose);
 - the 10,000 test images: ``st.cache_resource`` too, as a read-only array (``st.cache_data``
-  would pickle a 7.8 MB copy on every rerun);
+  would pickle a copy on every rerun);
 - derived, small results (curves, one image's attention maps, attributions): ``st.cache_data``.
 Cache keys include the zoo folder and the file's modification time, so a re-exported model or
-table is picked up without restarting the server.
+table is picked up without restarting the server. What the user chose lives in ``state``.
 """
 
 from __future__ import annotations
@@ -19,22 +19,16 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app import logic
-from dynexit import criteria, solvers, zoo
-from dynexit.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from dynexit import zoo
+from dynexit.data import get_dataset
+
+from . import logic
 
 PREFERRED_MODEL = "dynperceiver_fmnist"
-CLASSES = FASHION_MNIST_CLASSES
-SHORT_CLASSES = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-
-CRITERION_HELP = ("How ready an image is to leave at an exit, computed from that exit's class probabilities: "
-                  "max_prob = the top probability, entropy = how spread out the probabilities are, "
-                  "margin = top-1 minus top-2, patience = how many exits in a row agree, random = a control.")
-SOLVER_HELP = ("How the per-exit thresholds are chosen for a budget, on the validation images: crossval (ours, "
-               "default) is MSDNet's geometric rule on the exit score that wins by cross-validation on the validation "
-               "images; learned (ours) learns an exit score from all exits so far; lagrangian (ours) searches "
-               "thresholds exactly; geometric is MSDNet's rule; genetic is the search the DVT paper describes (its "
-               "released code uses the geometric rule; slow: seconds per budget).")
+# The dataset every zoo model was trained on: the test images, the class names of every caption.
+DATASET = get_dataset("fashion-mnist")
+CLASSES = DATASET.class_names
+SHORT_CLASSES = DATASET.short_names  # at most 8 characters: gallery captions, bar labels
 
 
 def _mtime(path: Path) -> int:
@@ -90,6 +84,12 @@ def table(name: str, split: str = "test"):
     return _table(name, split, *_version(zoo.table_path(name, split)))
 
 
+def is_static(table) -> bool:
+    """True for a single-exit (static) model's table: every image pays the one cost, so there is no
+    budget to choose and no curve to draw (the one test every page makes, here only)."""
+    return table.num_exits == 1
+
+
 @st.cache_resource(show_spinner=False, max_entries=64)
 def _budget_view(name: str, solver: str, criterion: str, budget: float, zoo_dir: str, val_mtime: int, test_mtime: int):
     return logic.budget_view(table(name, "val"), table(name, "test"), solver, criterion, budget)
@@ -141,16 +141,17 @@ def info(name: str) -> dict:
     return model_info(name, *model_key(name))
 
 
-@st.cache_resource(show_spinner="Loading the Fashion-MNIST test images ...")
+@st.cache_resource(show_spinner="Loading the test images ...")
 def _test_images() -> np.ndarray:
-    x, _ = load_fashion_mnist("test")
+    x, _ = DATASET.load("test")
+    x = x[:, 0]  # gray images (one channel): what the pages draw and the models take
     x.setflags(write=False)
     return x
 
 
 def images(test, rows) -> np.ndarray:
-    """Float images (n, 28, 28) in [0, 1] of the given rows of the test table."""
-    return _test_images()[test.index[np.asarray(rows, dtype=np.int64)]] / 255.0
+    """Float32 images (n, H, W) in [0, 1] of the given rows of the test table (H = W = 28 pixels)."""
+    return _test_images()[test.index[np.asarray(rows, dtype=np.int64)]]
 
 
 def image(test, row: int) -> np.ndarray:
@@ -186,71 +187,6 @@ def _oracle(name: str, zoo_dir: str, mtime_ns: int) -> tuple[list, list]:
 def oracle(name: str):
     """The oracle's accuracy against mean cost on the test table: the ceiling of any threshold policy."""
     return _oracle(name, *_version(zoo.table_path(name, "test")))
-
-
-# ----------------------------------------------------------------------------- shared widgets
-
-def sidebar() -> tuple[str, str, str]:
-    """Model, solver and criterion chosen in the sidebar (shared by every page)."""
-    names = available_models()
-    default = names.index(PREFERRED_MODEL) if PREFERRED_MODEL in names else 0
-    with st.sidebar:
-        st.header("Choices")
-        name = st.selectbox("Model", names, index=default, key="model",
-                            help="Models of the zoo (data/zoo) that are on disk. Each was trained on Fashion-MNIST.")
-        solver = st.selectbox("Threshold solver", solvers.available(), index=solvers.available().index(solvers.DEFAULT),
-                              key="solver", help=SOLVER_HELP)
-        uses_criterion = "criterion" in solvers.get(solver)._get_param_names()
-        criterion = st.selectbox("Exit criterion", criteria.available(), key="criterion", help=CRITERION_HELP,
-                                 disabled=not uses_criterion)
-        if not uses_criterion:
-            st.caption(f"The {solver} solver chooses its own exit score on the validation images, so the criterion "
-                       "is not used.")
-        try:
-            st.caption(info(name)["summary"])
-        except ValueError as err:  # a damaged sidecar: the page may still work from the tables
-            st.error(str(err))
-        missing = missing_models()
-        if missing:
-            st.caption("Not in the zoo (yet): " + ", ".join(missing) + ". Build one with `dynexit zoo reproduce NAME`.")
-    return name, solver, criterion
-
-
-def current_budget(name: str) -> float | None:
-    """The budget (MFLOPs per image) last set for ``name`` on any page; None before any slider was shown."""
-    return st.session_state.get("budgets", {}).get(name)
-
-
-def _budget_moved(name: str, wkey: str):
-    """The user moved a budget slider: the one place the budget changes."""
-    st.session_state["budgets"][name] = float(st.session_state[wkey])
-
-
-def budget_slider(name: str, costs, key: str, label: str = "Budget: mean MFLOPs per image") -> float:
-    """A budget slider for ``name`` (MFLOPs per image); one budget per model, shared by every page.
-
-    The budget lives in ``st.session_state["budgets"][name]`` and changes only in the slider's
-    ``on_change`` callback, i.e. when the user moves a slider. The slider is created with that value as
-    its ``value`` (never left to default): Streamlit forgets a widget's state when its page is not shown
-    or a run stops before it (a rejected upload), and a slider created without ``value`` then comes back
-    in the browser at its default, the minimum, which the browser sends back as a "change" that
-    overwrote the budget on every page (issue 13). Nothing is written to the widget's key from code.
-    """
-    lo, hi, step = logic.slider_steps(costs)
-    store = st.session_state.setdefault("budgets", {})
-    current = float(np.clip(store.get(name, logic.default_budget(costs)), lo, hi))
-    store.setdefault(name, current)
-    wkey = f"{key}_{name}"
-    decimals = max(0, int(-np.floor(np.log10(step))))
-    budget = st.slider(label, min_value=lo, max_value=hi, value=current, step=step, key=wkey,
-                       format=f"%.{decimals}f", on_change=_budget_moved, args=(name, wkey),
-                       help="The average compute you allow per image, in millions of multiply-adds (MFLOPs). "
-                            "Thresholds are fitted on the validation images to spend at most this on average; "
-                            "the numbers below are measured on the 10,000 test images.")
-    full = float(costs[-1])
-    st.caption(f"Budget {budget:.{decimals}f} MFLOPs = **{min(budget / full, 1):.0%}** of the full model's "
-               f"{full:.{decimals}f} MFLOPs, an allowed speedup of **{max(full / budget, 1):.2f}x**.")
-    return float(budget)
 
 
 def missing_zoo_message():

@@ -2,22 +2,17 @@
 
 Run from the repository root:  make app
 (or: streamlit run app/streamlit_app.py --server.address 127.0.0.1)
+The folder app/ is installed as the package ``dynexit_app`` (pyproject.toml), so this script and the
+pages, which Streamlit runs as scripts, import it by that name.
 
 Pages (app/views/): the budget explorer (first page), the image inspector, model comparison, and
-your own image. Models, solver and criterion are chosen in the sidebar, shared by every page.
+your own image. Model, solver and criterion are chosen in the sidebar (state.py), shared by every page.
 Figures come from dynexit.viz so the notebooks show the same views.
 """
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `from app import ...` when started by `streamlit run app/streamlit_app.py`
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-
-from app import common  # noqa: E402
+from dynexit_app import common, state
 
 st.set_page_config(page_title="dynexit: early-exit explorer", page_icon=":material/speed:", layout="wide")
 # less empty space above the title, so a 1280 x 800 screen shows the slider, the numbers and the plots
@@ -27,7 +22,7 @@ if not common.available_models():
     common.missing_zoo_message()
     st.stop()
 
-name, _, _ = common.sidebar()
+name = state.sidebar().model
 with common.zoo_guard(name):  # a damaged zoo file: say which and how to rebuild it (zoo's message), never a traceback
     for split in ("val", "test"):
         common.table(name, split)

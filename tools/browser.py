@@ -1,8 +1,10 @@
 """Serve the app on a free loopback port and drive it with a real Chromium (Playwright).
 
 Used by the browser test (tests/app/test_browser.py) and the screenshot script
-(tools/screenshots.py). Chromium comes from the system (``apt-get install chromium``; ``.ci/run``
-installs it), never from ``playwright install``: set ``DYNEXIT_CHROMIUM`` to use another binary.
+(``python -m tools.screenshots``); import it as ``tools.browser`` with the repository root on the path
+(pytest puts it there, see pyproject.toml). Chromium comes from the system (``apt-get install chromium``;
+``.ci/run`` installs it), never from ``playwright install``: set ``DYNEXIT_CHROMIUM`` to use another binary.
+The server runs the app's entry script, app/streamlit_app.py, from the repository root, as ``make app`` does.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it; another process may take it before use)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def server_command(port: int) -> list[str]:
+    """The ``streamlit run`` command line of ``make app``, on 127.0.0.1:``port``, without file watching."""
     return [sys.executable, "-m", "streamlit", "run", str(ENTRY), "--server.address", "127.0.0.1",
             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
             "--server.fileWatcherType", "none", "--server.runOnSave", "false", "--client.toolbarMode", "minimal"]

@@ -1,10 +1,12 @@
 """Screenshots of every page at 1280 x 800 for the README (docs/screenshots/).
 
-    .venv/bin/python tools/screenshots.py                 # the shipped zoo (data/zoo)
-    DYNEXIT_ZOO=runs/devzoo .venv/bin/python tools/screenshots.py --out /tmp/shots
+Run from the repository root, as a module of the ``tools`` folder (not installed):
+
+    .venv/bin/python -m tools.screenshots                 # the shipped zoo (data/zoo)
+    DYNEXIT_ZOO=runs/devzoo .venv/bin/python -m tools.screenshots --out /tmp/shots
 
 Starts the app on a free loopback port, opens each page in Chromium (system binary, see
-tools/browser.py), waits for it to finish drawing, and saves ``PAGE.png`` (the 1280 x 800 window,
+``tools/browser.py``), waits for it to finish drawing, and saves ``PAGE.png`` (the 1280 x 800 window,
 what a user sees first) and ``PAGE_full.png`` (the whole page).
 """
 
@@ -12,14 +14,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools import browser  # noqa: E402
+from tools import browser
 
 VIEWPORT = {"width": 1280, "height": 800}
 
@@ -30,7 +27,7 @@ def sample_upload() -> bytes:
 
     from dynexit.data import load_fashion_mnist
 
-    x, _ = load_fashion_mnist("test")
+    x, _ = load_fashion_mnist("test")  # uint8 (10000, 28, 28)
     img = Image.fromarray(255 - x[0]).resize((280, 280), Image.Resampling.BICUBIC).convert("RGB")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -38,6 +35,11 @@ def sample_upload() -> bytes:
 
 
 def take(out: Path, full: bool = True) -> list[Path]:
+    """Serve the app, screenshot its four pages into the folder ``out``; the PNG files written.
+
+    ``full`` adds each whole page (``PAGE_full.png``). RuntimeError when the server does not start or
+    no Chromium is found (see ``tools/browser.py``).
+    """
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -80,8 +82,9 @@ def take(out: Path, full: bool = True) -> list[Path]:
 
 
 def main(argv=None):
+    """Command line: ``python -m tools.screenshots [--out DIR] [--no-full]``; prints each file written."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "docs" / "screenshots"), help="folder for the PNG files")
+    ap.add_argument("--out", default=str(browser.ROOT / "docs" / "screenshots"), help="folder for the PNG files")
     ap.add_argument("--no-full", action="store_true", help="only the 1280 x 800 window, not the whole pages")
     args = ap.parse_args(argv)
     for path in take(Path(args.out), full=not args.no_full):

@@ -3,15 +3,16 @@
 import numpy as np
 import streamlit as st
 
-from app import common, logic
 from dynexit import viz
+from dynexit_app import common, logic, state
 
-name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
+choice = state.choices()
+name, solver, criterion = choice.model, choice.solver, choice.criterion
 with common.zoo_guard(name):
     test = common.table(name, "test")
     common.table(name, "val")  # the solvers fit on it
 names = list(test.exit_names)
-K = test.num_exits
+static = common.is_static(test)
 
 st.title("Budget explorer")
 st.markdown(
@@ -46,24 +47,11 @@ def _inspect_button(rows, key):
     pick = c1.selectbox("Inspect one of these images", list(rows), key=key,
                         format_func=lambda r: f"test image #{int(test.index[r])}: {common.CLASSES[test.labels[r]]}")
     if c2.button("Open in the inspector", key=key + "_go", icon=":material/image_search:"):
-        st.session_state.inspect_row = int(pick)
-        st.session_state.inspect_how = "from the gallery"
-        st.switch_page("views/inspector.py")
+        state.open_in_inspector(pick)
 
 
-@st.fragment
-def budget_dependent():
-    """Reruns alone when the slider moves: a solver fit and an evaluation on the cached tables."""
-    if K == 1:
-        st.info(f"**{name}** has a single exit: every image pays its full {test.costs[0]:.1f} MFLOPs, so there is no "
-                "budget to choose. It is the static reference the early-exit models are compared with.")
-        budget = float(test.costs[0])
-    else:
-        budget = common.budget_slider(name, test.costs, key="explorer_budget")
-        if solver == "genetic":
-            st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
-    view = common.budget_view(name, solver, criterion, budget)
-
+def _numbers(view):
+    """The four headline numbers at this budget, and the notes that explain a surprising one."""
     c = st.columns(4)
     c[0].metric("Accuracy (test)", f"{view.accuracy:.2%}",
                 delta=f"{100 * view.change_vs_final:+.2f} points vs the final exit",
@@ -74,22 +62,28 @@ def budget_dependent():
                 help="Average compute actually spent per test image (the budget is met on the validation images).")
     c[2].metric("Speedup", f"{view.speedup:.2f}x", help="Full model's MFLOPs divided by the mean MFLOPs spent.")
     c[3].metric("Final exit alone", f"{view.final_accuracy:.2%}", help="Accuracy when every image goes to the last exit.")
-    if K > 1 and view.spending_note:
-        st.info(f"This rule {view.spending_note}.",
-                icon=":material/savings:")
-    if K > 1 and (dip := logic.accuracy_dip_note(view, common.dip_curve(name, solver, criterion))):
+    if static:  # one exit: no rule to underspend, no smaller budget to compare with
+        return
+    if view.spending_note:
+        st.info(f"This rule {view.spending_note}.", icon=":material/savings:")
+    if dip := logic.accuracy_dip_note(view, common.dip_curve(name, solver, criterion)):
         st.info(dip, icon=":material/trending_down:")
 
+
+def _curve_and_histogram(view):
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Accuracy vs budget")
         st.caption("The line: this solver at 12 budgets. Diamonds: each exit on its own (every image stops there). "
                    "Dashed: the oracle, which knows the labels and sends each image to its first right exit, the "
                    "best any threshold policy could do. The star is the budget you chose.")
-        cv = common.solver_curve(name, solver, criterion)
         anytime = {"single exits": (test.costs, test.exit_accuracy(), names)}
-        fig = viz.accuracy_vs_cost({f"{solver} solver": (cv["cost"], cv["accuracy"])} if K > 1 else None, anytime,
-                                   common.oracle(name) if K > 1 else None, (view.mean_cost, view.accuracy))
+        if static:  # a single point: no solver line, no oracle
+            solver_line, oracle = None, None
+        else:
+            cv = common.solver_curve(name, solver, criterion)
+            solver_line, oracle = {f"{solver} solver": (cv["cost"], cv["accuracy"])}, common.oracle(name)
+        fig = viz.accuracy_vs_cost(solver_line, anytime, oracle, (view.mean_cost, view.accuracy))
         st.plotly_chart(fig, width="stretch", key="curve")
     with right:
         st.subheader("Where the images leave")
@@ -97,6 +91,8 @@ def budget_dependent():
         fig = viz.exit_histogram(view.result.histogram_correct, view.result.histogram_wrong, names, test.costs)
         st.plotly_chart(fig, width="stretch", key="histogram")
 
+
+def _exit_galleries(view):
     st.subheader("Easy and hard images")
     st.caption("For each exit, the images that leave there at this budget: the most confident first, then the least "
                "confident. Blue frame and ✓: right; orange, thick frame and ✗: wrong. The caption is the prediction "
@@ -118,6 +114,8 @@ def budget_dependent():
             st.plotly_chart(_gallery_figure(most, least, k, view, title), width="stretch", key=f"gallery_{k}")
             _inspect_button(np.concatenate([most, least]), key=f"pick_{k}")
 
+
+def _overthinking(view):
     st.subheader(f"Overthinking: {len(view.overthinking):,} images")
     st.caption("Images an earlier exit got right but that went on and left wrong: computing more made them worse "
                "(Kaya et al., 2019). The caption says the exit that was right first.")
@@ -130,6 +128,19 @@ def budget_dependent():
         _inspect_button(rows, key="pick_over")
     else:
         st.write("None at this budget.")
+
+
+@st.fragment
+def budget_dependent():
+    """Reruns alone when the slider moves: a solver fit and an evaluation on the cached tables."""
+    budget = state.budget_control(name, test, key="explorer_budget")
+    if solver == "genetic" and not static:
+        st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
+    view = common.budget_view(name, solver, criterion, budget)
+    _numbers(view)
+    _curve_and_histogram(view)
+    _exit_galleries(view)
+    _overthinking(view)
 
 
 budget_dependent()

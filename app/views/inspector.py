@@ -4,16 +4,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import common, logic
 from dynexit import explain, viz
+from dynexit_app import common, logic, state
 
-name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
+choice = state.choices()
+name, solver, criterion = choice.model, choice.solver, choice.criterion
 with common.zoo_guard(name):
     test = common.table(name, "test")
     common.table(name, "val")  # the solvers fit on it
 names = list(test.exit_names)
 K, N = test.num_exits, test.num_samples
-HOW = ["from the gallery", "by index", "by class", "hardest", "easiest"]
+HOW = [state.FROM_GALLERY, "by index", "by class", "hardest", "easiest"]
 
 st.title("Image inspector")
 st.markdown("Pick one test image and follow it through the network: how confident each exit is, what each exit "
@@ -33,9 +34,9 @@ def attribution(name: str, row: int, k: int, method: str, target: int, zoo_dir: 
 
 def choose_row() -> int:
     """The test-table row of the image to inspect."""
-    how = st.radio("Choose an image", HOW, horizontal=True, key="inspect_how")
-    if how == "from the gallery":
-        row = st.session_state.get("inspect_row")
+    how = st.radio("Choose an image", HOW, horizontal=True, key=state.INSPECT_HOW)
+    if how == state.FROM_GALLERY:
+        row = state.picked_row()
         if row is None or not 0 <= row < N:
             st.info("No image picked yet: open one from a gallery of the budget explorer. Showing the first test image.")
             return 0
@@ -70,10 +71,7 @@ def budget_dependent():
         st.image(np.kron(img, np.ones((6, 6))), clamp=True,
                  caption=f"test image #{int(test.index[row])}, true class: {common.CLASSES[label]}")
     with c_main:
-        if K > 1:
-            budget = common.budget_slider(name, test.costs, key="inspector_budget")
-        else:
-            budget = float(test.costs[0])
+        budget = state.budget_control(name, test, key="inspector_budget")
         view = common.budget_view(name, solver, criterion, budget)
         k = int(view.result.exits[row])
         right = bool(test.correct[row, k])
@@ -104,32 +102,41 @@ def budget_dependent():
 
 budget_dependent()
 
-key = common.model_key(name)
-st.subheader("Where the model looks")
-if common.model_problem(name):  # damaged weights: the error box above the page says which file and how to rebuild it
-    st.stop()
-views = attention(name, row, *key)
-if not views:
-    st.caption(f"{name} has no attention layers (it is a CNN); the attribution below shows which pixels matter.")
-for v in views:
-    st.markdown(f"**{v.title}**")
-    st.caption(v.description)
-    st.plotly_chart(viz.attention_overlays(img, v.maps, size=170), width="stretch", key=f"attn_{v.title}")
+def where_it_looks():
+    """The model's attention on this image (nothing for a CNN: the attribution below still works)."""
+    st.subheader("Where the model looks")
+    if common.model_problem(name):  # damaged weights: the error box above the page says which file and how to rebuild it
+        st.stop()
+    views = attention(name, row, *common.model_key(name))
+    if not views:
+        st.caption(f"{name} has no attention layers (it is a CNN); the attribution below shows which pixels matter.")
+    for v in views:
+        st.markdown(f"**{v.title}**")
+        st.caption(v.description)
+        st.plotly_chart(viz.attention_overlays(img, v.maps, size=170), width="stretch", key=f"attn_{v.title}")
 
-st.subheader("Which pixels drive an exit (captum)")
-st.caption("Attribution of one exit's score for a class to every pixel. Integrated Gradients adds up the gradients "
-           "along a path from a black image to this one; Saliency is the size of the gradient. Orange pixels raise "
-           "the class score, purple ones lower it. Computed on demand (a few seconds), then cached.")
-c1, c2, c3 = st.columns(3)
-k_attr = c1.selectbox("Exit", range(K), index=K - 1, format_func=lambda j: f"{j + 1}. {names[j]}", key="attr_exit")
-method = c2.radio("Method", explain.ATTRIBUTION_METHODS, format_func=lambda m: m.replace("_", " "), key="attr_method")
-target_kind = c3.radio("For the class", ["predicted at that exit", "true class"], key="attr_target")
-target = int(test.predictions[row, k_attr]) if target_kind == "predicted at that exit" else label
-request = (name, row, k_attr, method, target)
-if st.button("Compute attribution", icon=":material/bolt:"):
-    st.session_state.attr_request = request
-if st.session_state.get("attr_request") == request:
-    amap, _ = attribution(name, row, k_attr, method, target, *key)
-    st.plotly_chart(viz.attribution_map(img, amap, title=f"{method.replace('_', ' ')} of exit {k_attr + 1} "
-                                        f"({names[k_attr]}) for class {common.CLASSES[target]}"),
-                    width="stretch", key="attribution")
+
+def which_pixels():
+    """A captum attribution of one exit for one class, computed when the button asks for it."""
+    st.subheader("Which pixels drive an exit (captum)")
+    st.caption("Attribution of one exit's score for a class to every pixel. Integrated Gradients adds up the gradients "
+               "along a path from a black image to this one; Saliency is the size of the gradient. Orange pixels raise "
+               "the class score, purple ones lower it. Computed on demand (a few seconds), then cached.")
+    c1, c2, c3 = st.columns(3)
+    k_attr = c1.selectbox("Exit", range(K), index=K - 1, format_func=lambda j: f"{j + 1}. {names[j]}", key="attr_exit")
+    method = c2.radio("Method", explain.ATTRIBUTION_METHODS, format_func=lambda m: m.replace("_", " "),
+                      key="attr_method")
+    target_kind = c3.radio("For the class", ["predicted at that exit", "true class"], key="attr_target")
+    target = int(test.predictions[row, k_attr]) if target_kind == "predicted at that exit" else label
+    request = (name, row, k_attr, method, target)
+    if st.button("Compute attribution", icon=":material/bolt:"):
+        st.session_state.attr_request = request
+    if st.session_state.get("attr_request") == request:
+        amap, _ = attribution(name, row, k_attr, method, target, *common.model_key(name))
+        st.plotly_chart(viz.attribution_map(img, amap, title=f"{method.replace('_', ' ')} of exit {k_attr + 1} "
+                                            f"({names[k_attr]}) for class {common.CLASSES[target]}"),
+                        width="stretch", key="attribution")
+
+
+where_it_looks()
+which_pixels()

@@ -4,10 +4,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import common
 from dynexit import explain, images, viz
+from dynexit_app import common, state
 
-name, solver, criterion = st.session_state.model, st.session_state.solver, st.session_state.criterion
+choice = state.choices()
+name, solver, criterion = choice.model, choice.solver, choice.criterion
 with common.zoo_guard(name):
     test = common.table(name, "test")
     common.table(name, "val")  # the solvers fit on it
@@ -60,7 +61,7 @@ with c:
     st.markdown("**What was done**")
     st.markdown("\n".join(f"- {n}" for n in prepared.notes))
 
-budget = common.budget_slider(name, test.costs, key="upload_budget") if K > 1 else float(test.costs[0])
+budget = state.budget_control(name, test, key="upload_budget")
 view = common.budget_view(name, solver, criterion, budget)  # cached: shared with the other pages
 thresholds, rule = view.thresholds, view.rule
 show_all = st.checkbox("Also compute the exits after the one it leaves at (to compare; they do not change the exit)",

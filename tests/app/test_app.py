@@ -5,21 +5,16 @@ zoo's names, synthetic tables), so these tests do not depend on the shipped zoo 
 """
 
 import io
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from dynexit import zoo
+from dynexit.testing import build_tiny_zoo
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # the app package lives at the repository root
-
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from dynexit.testing import build_tiny_zoo  # noqa: E402
-from dynexit import zoo  # noqa: E402
-
 ENTRY = str(ROOT / "app" / "streamlit_app.py")
 MODELS = ("dynperceiver_fmnist", "static_cnn_fmnist", "mevit_fmnist")
 
@@ -284,3 +279,35 @@ def test_damaged_zoo_files_are_error_boxes_on_every_page(damage, tiny_zoo_dir, t
         assert damaged in errors and "dynexit zoo reproduce dynperceiver_fmnist" in errors, (page, errors)
         if page == "views/compare.py" and damage is _garbage_weights:  # the tables are fine: the curves are drawn
             assert "static_cnn_fmnist.bench.json" in errors and charts(at) >= 1
+
+
+# ----------------------------------------------------------------------------- the app as an installed package
+
+def test_the_app_folder_is_installed_as_dynexit_app(tmp_path):
+    """app/ imports as ``dynexit_app`` from anywhere (the editable install), never as a top-level ``app``."""
+    import subprocess
+    import sys
+    code = ("import importlib.util as u, pathlib; "
+            "print(pathlib.Path(u.find_spec('dynexit_app.state').origin).resolve()); "
+            "print(u.find_spec('app'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin"}).stdout.split()
+    assert out == [str(ROOT / "app" / "state.py"), "None"]
+
+
+def test_pyproject_lists_every_package_folder():
+    """pyproject.toml names its packages one by one (app/ is mapped to dynexit_app): a new subpackage
+    folder missing from the list would be left out of a wheel."""
+    import tomllib
+
+    from setuptools import find_packages
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {"dynexit_app": "app"}
+    folders = find_packages(str(ROOT), include=["dynexit", "dynexit.*"])
+    folders += ["dynexit_app" + p.removeprefix("app") for p in find_packages(str(ROOT), include=["app", "app.*"])]
+    assert sorted(config["packages"]) == sorted(folders)
+
+
+def test_no_sys_path_edits_in_the_app_and_tools():
+    for path in [*(ROOT / "app").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]:
+        assert "sys.path" not in path.read_text(), path

@@ -6,17 +6,11 @@ package) the test is skipped locally and FAILS in CI (``$CI`` set), where it mus
 """
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools import browser  # noqa: E402
-from dynexit.testing import build_tiny_zoo  # noqa: E402
+from dynexit.testing import build_tiny_zoo
+from tools import browser  # the repository root is on pytest's pythonpath (pyproject.toml)
 
 ACCURACY = '[data-testid="stMetric"]:has-text("Accuracy (test)") [data-testid="stMetricValue"]'
 

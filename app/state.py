@@ -1,0 +1,154 @@
+"""What the user chose, as one typed value: the sidebar writes it, every page reads it through :func:`choices`.
+
+Streamlit keeps a widget's value in ``st.session_state`` under the widget's key; this module is the only
+code that knows those keys. The sidebar's selectboxes own ``model``, ``solver`` and ``criterion``; the
+budget of each model (MFLOPs per image, one per model, shared by every page) lives in
+``st.session_state["budgets"][model]`` and changes only when the user moves a budget slider. Session
+state belongs to one browser session, so nothing here is shared between threads; the shared objects
+(models, tables) are the caches of ``common``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+
+from dynexit import criteria, solvers
+
+from . import common, logic
+
+MODEL, SOLVER, CRITERION = "model", "solver", "criterion"  # the sidebar's widget keys
+BUDGETS = "budgets"  # {model name: budget in MFLOPs per image}
+PICKED_ROW, INSPECT_HOW = "inspect_row", "inspect_how"  # the image a gallery sends to the inspector
+FROM_GALLERY = "from the gallery"
+INSPECTOR_PAGE = "views/inspector.py"
+
+CRITERION_HELP = ("How ready an image is to leave at an exit, computed from that exit's class probabilities: "
+                  "max_prob = the top probability, entropy = how spread out the probabilities are, "
+                  "margin = top-1 minus top-2, patience = how many exits in a row agree, random = a control.")
+SOLVER_HELP = ("How the per-exit thresholds are chosen for a budget, on the validation images: crossval (ours, "
+               "default) is MSDNet's geometric rule on the exit score that wins by cross-validation on the validation "
+               "images; learned (ours) learns an exit score from all exits so far; lagrangian (ours) searches "
+               "thresholds exactly; geometric is MSDNet's rule; genetic is the search the DVT paper describes (its "
+               "released code uses the geometric rule; slow: seconds per budget).")
+
+
+def solver_uses_criterion(solver: str) -> bool:
+    """False for a solver that chooses its own exit score (crossval, learned): the criterion is unused.
+
+    Read from the solver's parameters (scikit-learn's public ``get_params``). ValueError: unknown solver.
+    """
+    return "criterion" in solvers.get(solver)().get_params()
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The sidebar's choices, shared by every page.
+
+    ``model``: a zoo model name; ``solver``: a name of ``dynexit.solvers.available()``; ``criterion``: a
+    name of ``dynexit.criteria.available()`` (unused when ``uses_criterion`` is False); ``budget``: the
+    MFLOPs per image last set for ``model`` on any page, None before any of its sliders was shown.
+    """
+
+    model: str
+    solver: str
+    criterion: str
+    budget: float | None
+
+    @property
+    def uses_criterion(self) -> bool:
+        """Whether the solver applies the chosen criterion (see :func:`solver_uses_criterion`)."""
+        return solver_uses_criterion(self.solver)
+
+
+def choices() -> Choices:
+    """The current choices (the sidebar has run: ``streamlit_app.py`` draws it before any page)."""
+    model = st.session_state[MODEL]
+    return Choices(model, st.session_state[SOLVER], st.session_state[CRITERION],
+                   st.session_state.get(BUDGETS, {}).get(model))
+
+
+def sidebar() -> Choices:
+    """Draw the sidebar's model, solver and criterion selectors; the choices they hold."""
+    names = common.available_models()
+    default = names.index(common.PREFERRED_MODEL) if common.PREFERRED_MODEL in names else 0
+    with st.sidebar:
+        st.header("Choices")
+        name = st.selectbox("Model", names, index=default, key=MODEL,
+                            help="Models of the zoo (data/zoo) that are on disk. Each was trained on Fashion-MNIST.")
+        solver = st.selectbox("Threshold solver", solvers.available(), index=solvers.available().index(solvers.DEFAULT),
+                              key=SOLVER, help=SOLVER_HELP)
+        uses_criterion = solver_uses_criterion(solver)
+        st.selectbox("Exit criterion", criteria.available(), key=CRITERION, help=CRITERION_HELP,
+                     disabled=not uses_criterion)
+        if not uses_criterion:
+            st.caption(f"The {solver} solver chooses its own exit score on the validation images, so the criterion "
+                       "is not used.")
+        try:
+            st.caption(common.info(name)["summary"])
+        except ValueError as err:  # a damaged sidecar: the page may still work from the tables
+            st.error(str(err))
+        missing = common.missing_models()
+        if missing:
+            st.caption("Not in the zoo (yet): " + ", ".join(missing) + ". Build one with `dynexit zoo reproduce NAME`.")
+    return choices()
+
+
+# ----------------------------------------------------------------------------- the budget
+
+def _budget_moved(name: str, wkey: str):
+    """The user moved a budget slider: the one place the budget changes."""
+    st.session_state[BUDGETS][name] = float(st.session_state[wkey])
+
+
+def budget_slider(name: str, costs, key: str, label: str = "Budget: mean MFLOPs per image") -> float:
+    """A budget slider for ``name``; ``costs`` (K,) are its exits' cumulative MFLOPs; returns the budget.
+
+    The budget changes only in the slider's ``on_change`` callback, i.e. when the user moves a slider.
+    The slider is created with the stored budget as its ``value`` (never left to default): Streamlit
+    forgets a widget's state when its page is not shown or a run stops before it (a rejected upload),
+    and a slider created without ``value`` then comes back in the browser at its default, the minimum,
+    which the browser sends back as a "change" that overwrote the budget on every page (issue 13).
+    Nothing is written to the widget's key from code.
+    """
+    lo, hi, step = logic.slider_steps(costs)
+    store = st.session_state.setdefault(BUDGETS, {})
+    current = float(np.clip(store.get(name, logic.default_budget(costs)), lo, hi))
+    store.setdefault(name, current)
+    wkey = f"{key}_{name}"
+    decimals = max(0, int(-np.floor(np.log10(step))))
+    budget = st.slider(label, min_value=lo, max_value=hi, value=current, step=step, key=wkey,
+                       format=f"%.{decimals}f", on_change=_budget_moved, args=(name, wkey),
+                       help="The average compute you allow per image, in millions of multiply-adds (MFLOPs). "
+                            "Thresholds are fitted on the validation images to spend at most this on average; "
+                            "the numbers below are measured on the 10,000 test images.")
+    full = float(costs[-1])
+    st.caption(f"Budget {budget:.{decimals}f} MFLOPs = **{min(budget / full, 1):.0%}** of the full model's "
+               f"{full:.{decimals}f} MFLOPs, an allowed speedup of **{max(full / budget, 1):.2f}x**.")
+    return float(budget)
+
+
+def budget_control(name: str, test, key: str) -> float:
+    """The budget (MFLOPs per image) of model ``name`` whose test table is ``test``: the slider ``key``
+    of a multi-exit model; a single-exit model has nothing to choose, says so and returns its one cost."""
+    if common.is_static(test):
+        st.info(f"**{name}** has a single exit: every image pays its full {test.costs[0]:.1f} MFLOPs, so there is no "
+                "budget to choose. It is the static reference the early-exit models are compared with.")
+        return float(test.costs[0])
+    return budget_slider(name, test.costs, key)
+
+
+# ----------------------------------------------------------------------------- gallery -> inspector
+
+def open_in_inspector(row: int):
+    """Switch to the image inspector showing test-table row ``row`` (a gallery's pick)."""
+    st.session_state[PICKED_ROW] = int(row)
+    st.session_state[INSPECT_HOW] = FROM_GALLERY
+    st.switch_page(INSPECTOR_PAGE)
+
+
+def picked_row() -> int | None:
+    """The test-table row last sent by :func:`open_in_inspector`; None before any."""
+    return st.session_state.get(PICKED_ROW)
