@@ -16,34 +16,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dynexit.data import SPLITS, get_dataset
 from dynexit.table import ExitTable
-
-DATASETS = ("fashion-mnist",)
 
 
 def load_split_images(split: str, dataset: str = "fashion-mnist", data_root=None, limit: int | None = None, *,
                       return_source: bool = False):
-    """``(images float (N, 1, 28, 28) in [0, 1], labels int64 (N,))`` of a split (the first ``limit``).
+    """``(images float32 (N, C, H, W) in [0, 1], labels int64 (N,))`` of a split (the first ``limit``).
 
-    ``data_root``: see :func:`dynexit.data.load_fashion_mnist` (an explicit root, else a set
+    ``dataset``: a name of :func:`dynexit.data.available_datasets`. ``data_root``: where its files
+    are (for Fashion-MNIST see :func:`dynexit.data.load_fashion_mnist`: an explicit root, else a set
     ``$DYNEXIT_DATA``, is the only place read). ``return_source=True`` adds a third item: the images
-    file read (relative to the working directory when below it).
+    file read (relative to the working directory when below it). ValueError for an unknown dataset
+    or split, a bad ``limit``; :class:`dynexit.data.DataNotFoundError` when the files are missing.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}: tables are built on {', '.join(DATASETS)}")
-    if split not in ("train", "val", "test"):
+    spec = get_dataset(dataset)
+    if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use val or test (or train)")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
         raise ValueError(f"limit must be a positive number of images, got {limit!r}")
-    from dynexit.data import load_fashion_mnist
-    from dynexit.zoo import _display_path
+    from dynexit.zoo import display_path
 
-    x, y, source = load_fashion_mnist(split, data_root, return_source=True)
+    x, y, source = spec.load(split, data_root, return_source=True)
     if limit is not None:
         x, y = x[:limit], y[:limit]
-    images, labels = torch.from_numpy(x).unsqueeze(1).float().div_(255.0), torch.from_numpy(y)
+    images, labels = torch.from_numpy(x), torch.from_numpy(y)
     if return_source:
-        return images, labels, _display_path(Path(source)) if Path(source).is_file() else source
+        return images, labels, display_path(Path(source)) if Path(source).is_file() else source
     return images, labels
 
 
@@ -79,11 +78,7 @@ def build_table(model, split: str = "test", dataset: str = "fashion-mnist", batc
     images, labels, data_source = load_split_images(split, dataset, data_root, limit, return_source=True)
     if isinstance(model, (str, Path)):
         model = zoo.resolve_model(model, untrained=untrained)
-    if (model.in_chans, *model.input_size) != (1, 28, 28) and dataset == "fashion-mnist":
-        raise ValueError(f"model {model.arch_name} takes {model.in_chans}x{model.input_size[0]}x{model.input_size[1]} "
-                         "images; fashion-mnist tables need a 1x28x28 model (e.g. dynperceiver_fmnist)")
-    if model.num_classes != 10:
-        raise ValueError(f"model {model.arch_name} has {model.num_classes} classes; fashion-mnist has 10")
+    get_dataset(dataset).check_model(model)
     logits = model_logits(model, images, batch_size, device, progress)
     source = zoo.weights_source(model)
     meta = {

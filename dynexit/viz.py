@@ -15,7 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dynexit.data import FASHION_MNIST_CLASSES  # noqa: F401 - re-exported for the notebooks
+from dynexit.data import get_dataset
 
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 RIGHT, WRONG, ORACLE, CURRENT = "#0072B2", "#D55E00", "#7f7f7f", "#000000"
@@ -56,7 +56,18 @@ def chromium_path() -> str | None:
 
 
 def color(i: int) -> str:
+    """The ``i``-th colour of the Okabe-Ito palette (cycling), as ``#RRGGBB``."""
     return PALETTE[i % len(PALETTE)]
+
+
+def class_names(dataset: str = "fashion-mnist", short: bool = False) -> tuple[str, ...]:
+    """A registered dataset's class names for labels: the full names, or ``short`` ones (<= 8
+    characters, for tick labels). ValueError for an unknown dataset (see :func:`dynexit.data.get_dataset`)."""
+    spec = get_dataset(dataset)
+    return spec.short_names if short else spec.class_names
+
+
+FASHION_MNIST_CLASSES = class_names("fashion-mnist")  # the notebooks' labels
 
 
 # ----------------------------------------------------------------------------- accuracy vs cost

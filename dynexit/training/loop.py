@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynexit.data import train_val_datasets
+
 
 @dataclass
 class TrainConfig:
@@ -124,25 +126,13 @@ def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> fl
 
 
 def build_datasets(cfg: TrainConfig):
-    """(train, val) datasets of float images in [0, 1] and int labels."""
-    if cfg.data in ("fashion-mnist", "fmnist", "fashion_mnist"):
-        from dynexit.data import fashion_mnist_dataset
-        train = fashion_mnist_dataset("train", augment=cfg.augment, root=cfg.data_root)
-        val = fashion_mnist_dataset("val", augment=False, root=cfg.data_root)
-    elif cfg.data in ("cifar10", "cifar100"):
-        from dynexit.data import torchvision_dataset
-        if not cfg.data_root:
-            raise ValueError(f"--data {cfg.data} needs --data-root (a directory with the torchvision download)")
-        if not Path(cfg.data_root).expanduser().is_dir():
-            raise ValueError(f"data root {cfg.data_root}: no such directory (it should hold the torchvision {cfg.data} download)")
-        try:
-            full = torchvision_dataset(cfg.data, str(Path(cfg.data_root).expanduser()), train=True)
-        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-            raise ValueError(f"data root {cfg.data_root} does not hold the torchvision {cfg.data} files ({err})") from None
-        perm = np.random.default_rng(12345).permutation(len(full))
-        train, val = torch.utils.data.Subset(full, perm[5000:].tolist()), torch.utils.data.Subset(full, perm[:5000].tolist())
-    else:
-        raise ValueError(f"unknown dataset {cfg.data!r}: use fashion-mnist, cifar10 or cifar100")
+    """``(train, val)`` torch Datasets of ``(float32 image (C, H, W) in [0, 1], int label)``.
+
+    The dataset comes from :func:`dynexit.data.train_val_datasets` (the registry, or a torchvision
+    name with ``cfg.data_root``); ``cfg.train_subset`` / ``cfg.val_subset`` keep the first images.
+    ValueError for an unknown dataset or a data root without its files.
+    """
+    train, val = train_val_datasets(cfg.data, cfg.data_root, augment=cfg.augment)
     if cfg.train_subset:
         train = torch.utils.data.Subset(train, range(min(cfg.train_subset, len(train))))
     if cfg.val_subset:
