@@ -61,10 +61,12 @@ def available_models() -> list[str]:
 
 
 def missing_models() -> list[str]:
+    """Zoo models with a file missing (the sidebar lists them, with the command that builds one)."""
     return [n for n in zoo.list() if not zoo.available(n)]
 
 
 def missing_files(name: str) -> list[str]:
+    """The paths of ``name``'s weights and tables that are not on disk."""
     paths = [zoo.weights_path(name), *(zoo.table_path(name, s) for s in zoo.SPLITS)]
     return [str(p) for p in paths if not p.exists()]
 
@@ -133,12 +135,13 @@ def model_problem(name: str) -> str | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def model_info(name: str, zoo_dir: str = "", mtime_ns: int = 0) -> dict:
+def _info(name: str, zoo_dir: str, mtime_ns: int) -> dict:
     return zoo.info(name)
 
 
 def info(name: str) -> dict:
-    return model_info(name, *model_key(name))
+    """``zoo.info(name)``: the model's sidecar facts and one-line summary. ValueError: a damaged sidecar."""
+    return _info(name, *model_key(name))
 
 
 @st.cache_resource(show_spinner="Loading the test images ...")
@@ -155,21 +158,21 @@ def images(test, rows) -> np.ndarray:
 
 
 def image(test, row: int) -> np.ndarray:
+    """One float32 image (H, W) in [0, 1]: row ``row`` of the test table (see :func:`images`)."""
     return images(test, [row])[0]
 
 
 # ----------------------------------------------------------------------------- derived, cached
 
 @st.cache_data(show_spinner="Fitting the solver at each budget for the curve ...", max_entries=64)
-def curve(name: str, solver: str, criterion: str, zoo_dir: str = "", mtimes: tuple = (),
-          n: int = logic.CURVE_POINTS) -> dict:
+def _curve(name: str, solver: str, criterion: str, zoo_dir: str, mtimes: tuple, n: int) -> dict:
     return logic.solver_curve(table(name, "val"), table(name, "test"), solver, criterion, n)
 
 
 def solver_curve(name: str, solver: str, criterion: str, n: int = logic.CURVE_POINTS) -> dict:
     """Test cost and accuracy of ``solver`` at ``n`` budgets (fitted once per model, solver, criterion, n)."""
     mtimes = tuple(_mtime(zoo.table_path(name, s)) for s in zoo.SPLITS)
-    return curve(name, solver, criterion, str(zoo.zoo_dir()), mtimes, n)
+    return _curve(name, solver, criterion, str(zoo.zoo_dir()), mtimes, n)
 
 
 def dip_curve(name: str, solver: str, criterion: str) -> dict:

@@ -49,6 +49,7 @@ def take(out: Path, full: bool = True) -> list[Path]:
         page = chromium.new_page(viewport=VIEWPORT)
 
         def save(name):
+            """Screenshot the page as ``name``.png, and the whole page as ``name``_full.png."""
             browser.wait_idle(page)
             page.screenshot(path=str(out / f"{name}.png"))
             shots.append(out / f"{name}.png")

@@ -23,11 +23,13 @@ st.markdown("Pick one test image and follow it through the network: how confiden
 
 @st.cache_data(show_spinner="Capturing the model's attention on this image ...", max_entries=256)
 def attention(name: str, row: int, zoo_dir: str, mtime_ns: int) -> list:
+    """``explain.attention_views`` of test row ``row`` (one entry per attention kind; [] for a CNN)."""
     return explain.attention_views(common.model(name), common.image(common.table(name, "test"), row))
 
 
 @st.cache_data(show_spinner="Computing the attribution (captum) ...", max_entries=256)
 def attribution(name: str, row: int, k: int, method: str, target: int, zoo_dir: str, mtime_ns: int):
+    """``explain.attribution`` of exit ``k`` for class ``target`` on test row ``row``: (signed map (H, W), class)."""
     return explain.attribution(common.model(name), common.image(common.table(name, "test"), row), k, target=target,
                                method=method)
 
@@ -66,6 +68,7 @@ probs = test.probabilities_of(row)  # (K, C)
 
 @st.fragment
 def budget_dependent():
+    """Reruns alone when the slider moves: where this image leaves at the budget, its scores, each exit."""
     c_img, c_main = st.columns([1, 3])
     with c_img:
         st.image(np.kron(img, np.ones((6, 6))), clamp=True,
