@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from dynexit.layers.cross_attention import CrossAttention
 from dynexit.layers.exit_heads import LatentExitHead, LogitsEmbedding
@@ -33,7 +32,7 @@ from dynexit.layers.token_mixer import LatentTransition
 from dynexit.models._registry import register_model
 from dynexit.models._backbones import build_backbone, stage_shapes
 from dynexit.models._base import MultiExitModel
-from dynexit.models.multiexit_cnn import FMNIST_BACKBONE, FMNIST_MEAN, FMNIST_STD
+from dynexit.models._defaults import FMNIST_BACKBONE, default_normalisation
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +63,7 @@ class DynamicPerceiver(MultiExitModel):
                  small_input: bool | None = None, stem_stride: int = 1, pretrained: bool = False, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, mean=None, std=None):
         if mean is None:
-            mean, std = (FMNIST_MEAN, FMNIST_STD) if in_chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+            mean, std = default_normalisation(in_chans)
         super().__init__(num_classes, in_chans, input_size, mean, std)
         if num_latents % 8:
             raise ValueError(f"num_latents must be divisible by 8 (it halves three times), got {num_latents}")
@@ -188,7 +187,7 @@ def dynperceiver(**kwargs) -> DynamicPerceiver:
 
 @register_model
 def dynperceiver_fmnist(**kwargs) -> DynamicPerceiver:
-    """28x28 grayscale: half-width ResNet-18 (see multiexit_cnn.FMNIST_BACKBONE), 32 latent tokens, SA 2-2-6-2."""
+    """28x28 grayscale: half-width ResNet-18 (see models._defaults.FMNIST_BACKBONE), 32 latent tokens, SA 2-2-6-2."""
     cfg = dict(FMNIST_BACKBONE, num_classes=10, in_chans=1, input_size=28, num_latents=32,
                sa_depths=(2, 2, 6, 2), sa_heads=(1, 2, 4, 8))
     return DynamicPerceiver(**{**cfg, **kwargs})

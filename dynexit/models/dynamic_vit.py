@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 
@@ -31,7 +30,7 @@ from dynexit.layers.dvt_reuse import FeatureReuse, RelationReuse, ReuseBlock
 from dynexit.layers.vit_attention import make_attention_capturable
 from dynexit.models._registry import register_model
 from dynexit.models._base import MultiExitModel
-from dynexit.models.multiexit_cnn import FMNIST_MEAN, FMNIST_STD
+from dynexit.models._defaults import default_normalisation
 
 
 class DVTStage(nn.Module):
@@ -135,7 +134,7 @@ class DynamicViT(MultiExitModel):
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  mean=None, std=None):
         if mean is None:
-            mean, std = (FMNIST_MEAN, FMNIST_STD) if in_chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+            mean, std = default_normalisation(in_chans)
         super().__init__(num_classes, in_chans, input_size, mean, std)
         patch_sizes = tuple(int(p) for p in patch_sizes)
         n = len(patch_sizes)

@@ -9,20 +9,13 @@ reference for "early exits do not hurt the last exit".
 
 from __future__ import annotations
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from dynexit.layers.exit_heads import ConvExitHead
 from dynexit.models._registry import register_model
 from dynexit.models._backbones import build_backbone, stage_shapes
 from dynexit.models._base import MultiExitModel
-
-FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-# The backbone shared by the three Fashion-MNIST models: timm ResNet-18 at half width (32-64-128-256)
-# with the 3-layer 3x3 stem (16-16-32), first conv of stride 2 and no max-pool: feature maps of
-# 14, 14, 7, 4 and 2 pixels. Wider-but-smaller maps run faster on CPU than a stride-1 stem at
-# quarter width for the same FLOPs, and keep measured early-exit speedups close to the FLOP ratios.
-FMNIST_BACKBONE = dict(backbone="resnet18_half", small_input=True, stem_stride=2)
+from dynexit.models._defaults import FMNIST_BACKBONE, default_normalisation
 
 
 class MultiExitCNN(MultiExitModel):
@@ -42,7 +35,7 @@ class MultiExitCNN(MultiExitModel):
                  small_input: bool | None = None, stem_stride: int = 1, pretrained: bool = False, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, mean=None, std=None, loss_weights=None):
         if mean is None:
-            mean, std = (FMNIST_MEAN, FMNIST_STD) if in_chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+            mean, std = default_normalisation(in_chans)
         super().__init__(num_classes, in_chans, input_size, mean, std)
         small_input = (self.input_size[0] < 64) if small_input is None else small_input
         self.backbone = build_backbone(backbone, in_chans, num_classes, pretrained=pretrained,

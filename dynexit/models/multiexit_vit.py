@@ -22,7 +22,6 @@ import operator
 
 import numpy as np
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
@@ -31,7 +30,7 @@ from dynexit.layers.vit_embed import embed_parts, embed_tokens
 from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
 from dynexit.models._registry import register_model
 from dynexit.models._base import ModuleView, MultiExitModel
-from dynexit.models.multiexit_cnn import FMNIST_MEAN, FMNIST_STD
+from dynexit.models._defaults import default_normalisation
 
 
 def parse_exits(exits, depth: int) -> list[tuple[int, str, dict]]:
@@ -79,7 +78,7 @@ class MultiExitViT(MultiExitModel):
                  class_token: bool = True, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, mean=None, std=None, loss_weights=None, **vit_kwargs):
         if mean is None:
-            mean, std = (FMNIST_MEAN, FMNIST_STD) if in_chans == 1 else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
+            mean, std = default_normalisation(in_chans)
         super().__init__(num_classes, in_chans, img_size, mean, std)
         if not class_token and vit_kwargs.get("reg_tokens"):
             raise ValueError("register tokens without a class token are not supported: the exit branches would "
