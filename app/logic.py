@@ -12,11 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from dynexit import metrics, solvers
-from dynexit.solvers._base import ExitResult, evaluate_thresholds
+from dynexit.cache import TableCache
+from dynexit.policy import ExitResult, ExitRule
 
 CURVE_POINTS = 12  # budgets per accuracy-vs-budget curve (each is one solver fit)
 DIP_POINTS = 100   # budgets checked for "a smaller budget was more accurate on test" (fast solvers)
 GALLERY_SIZE = 8   # images per gallery row
+# image rankings of test tables (two orders per table), kept here and keyed by table content: the
+# app's sessions share table objects across threads, and nothing writes into a table
+_RANKS = TableCache(16)
 
 
 @dataclass
@@ -26,8 +30,8 @@ class BudgetView:
     budget: float
     solver: str
     criterion: str
-    thresholds: np.ndarray   # (K,)
-    rule: object             # the criterion for dynexit.inference.early_exit: a name, or the learned scorer
+    thresholds: np.ndarray   # (K,) = rule.thresholds
+    rule: ExitRule           # the fitted exit policy: thresholds + the score they apply to (rule.criterion)
     result: ExitResult       # test: exits, correct, histogram
     scores: np.ndarray       # (N, K) the solver's exit score of every test image at every exit
     confidence: np.ndarray   # (N,) max-probability at the exit each image took
@@ -55,7 +59,8 @@ class BudgetView:
     @property
     def score_name(self) -> str:
         """What the thresholds apply to, in words: the fitted learned score or a criterion's name."""
-        return f"exit score ({self.rule})" if isinstance(self.rule, str) else "learned exit score"
+        criterion = self.rule.criterion
+        return f"exit score ({criterion})" if isinstance(criterion, str) else "learned exit score"
 
     @property
     def spending_note(self) -> str | None:
@@ -69,22 +74,23 @@ class BudgetView:
 
 
 def budget_view(val, test, solver: str, criterion: str, budget: float) -> BudgetView:
-    """Fit ``solver`` at ``budget`` on val, evaluate on test. A single-exit model needs no solver."""
+    """Fit ``solver`` at ``budget`` (MFLOPs per image) on the val ExitTable, evaluate its rule on test.
+
+    A single-exit model needs no solver (its rule sends everyone to the one exit). ValueError when
+    val and test have different numbers of exits, or from the solver (unknown name, bad budget).
+    """
     if val.num_exits != test.num_exits:
         raise ValueError(f"val table has {val.num_exits} exits, test table {test.num_exits}")
     if test.num_exits == 1:
+        rule = ExitRule(np.array([-np.inf]), criterion, costs=test.costs)  # everyone leaves at the only exit
         scores = np.zeros((test.num_samples, 1))
-        thresholds = np.array([-np.inf])
-        result = evaluate_thresholds(test, scores, thresholds)
+        result = rule.evaluate(test, scores)
         val_cost, val_acc = float(val.costs[0]), float(val.exit_accuracy()[0])
-        rule = criterion
     else:
         fitted = solvers.make(solver, float(budget), criterion).fit(val)
-        result = fitted.evaluate(test)
-        scores, thresholds = fitted.scores(test), fitted.thresholds_
+        rule, result, scores = fitted.rule_, fitted.evaluate(test), fitted.scores(test)
         val_cost, val_acc = float(fitted.expected_cost_), float(fitted.expected_accuracy_)
-        rule = getattr(fitted, "criterion", criterion)  # the learned solver's fitted scorer
-    return BudgetView(float(budget), solver, criterion, np.asarray(thresholds, dtype=np.float64), rule, result,
+    return BudgetView(float(budget), solver, criterion, np.asarray(rule.thresholds, dtype=np.float64), rule, result,
                       np.asarray(scores), metrics.confidence_at_exit(test, result),
                       metrics.easy_hard(test, result)["overthinking"], float(test.exit_accuracy()[-1]),
                       val_cost, val_acc)
@@ -152,7 +158,7 @@ def rank_images(test, how: str) -> np.ndarray:
         if how == "hardest":
             return np.lexsort((probs[rows, -1, test.labels], n_right))
         return np.lexsort((-n_right, -probs[rows, 0, test.labels]))
-    return test.memo(("app_rank", how), compute)
+    return _RANKS.get(test, ("app_rank", how), compute)
 
 
 # ----------------------------------------------------------------------------- curves, comparisons

@@ -30,11 +30,13 @@ per exit on validation logits; ECE uses equal-width confidence bins.
 from __future__ import annotations
 
 import inspect
+import math
+import reprlib
 from typing import Callable
 
 import numpy as np
 
-from dynexit.table import row_chunks
+from dynexit.arrays import row_chunks
 
 Criterion = Callable[[np.ndarray], np.ndarray]
 
@@ -160,37 +162,145 @@ def apply(criterion: str | Criterion, probs: np.ndarray, rows=None) -> np.ndarra
     return np.asarray(fn(probs))
 
 
-def scores(table, criterion: str | Criterion = "max_prob", temperature=None) -> np.ndarray:
-    """Criterion scores (N, K) float64 of an ExitTable, memoised on the table for named criteria.
+def score_valid(criterion: Criterion, probs: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Scores (n, K) of probabilities (n, K, C) known to be valid (a table's own softmax: finite by
+    construction), skipping the named criteria's finiteness check; ``rows`` (n,) the sample ids."""
+    return _UNCHECKED[criterion](probs) if criterion in _UNCHECKED else apply(criterion, probs, rows=rows)
 
-    Named criteria are computed a row chunk at a time (:func:`scores_many`); a callable gets the
-    whole probabilities (N, K, C), as it may not be a per-sample function.
-    """
-    if isinstance(criterion, str):
-        return scores_many(table, [criterion], temperature)[0]
-    return np.asarray(get(criterion)(table.probabilities(temperature)), dtype=np.float64)
+
+def scores(table, criterion: str | Criterion = "max_prob", temperature=None) -> np.ndarray:
+    """Criterion scores (N, K) float64 of an ExitTable: :meth:`dynexit.table.ExitTable.scores`."""
+    return table.scores(criterion, temperature)
 
 
 def scores_many(table, names, temperature=None, chunk_values: int | None = None) -> list[np.ndarray]:
-    """Scores (N, K) float64 of several named criteria of an ExitTable, in one chunked pass.
+    """Scores (N, K) of several named criteria of an ExitTable in one chunked pass:
+    :meth:`dynexit.table.ExitTable.scores_many`."""
+    return table.scores_many(names, temperature, chunk_values)
 
-    Equal to ``[scores(table, name, temperature) for name in names]`` and memoised the same way,
-    but the probabilities of each row chunk are computed once for all the criteria not memoised
-    yet, and never held whole (an ImageNet-size table's would take 1 GB). ValueError for an
-    unknown criterion name or a bad temperature.
+# ----------------------------------------------------------------------------- the learned exit score
+# Fitted by :class:`dynexit.solvers.LearnedScoreSolver` (and the default solver's "learned" candidate);
+# it lives here, with the other scores, so that an exit rule (dynexit.policy) never imports a solver.
+# Features follow the "learning to exit" line of work (Kag, Saligrama and Chakraborty, "Learning to
+# Exit"; the confidence-combination features of Wołczyk et al., "Zero Time Waste", NeurIPS 2021).
+
+def exit_features(probs: np.ndarray, k: int) -> np.ndarray:
+    """Features (N, F) of exit k computed from exits 0..k of ``probs`` (N, K, C)."""
+    p = probs[:, k].astype(np.float64)
+    top = np.partition(p, -2, axis=1)  # only the two largest are read: a partial sort
+    conf = top[:, -1]
+    feats = [
+        conf,
+        np.log(np.clip(conf, 1e-7, None)) - np.log(np.clip(1 - conf, 1e-7, None)),
+        top[:, -1] - top[:, -2],
+        np.sum(p * np.log(np.clip(p, 1e-12, None)), axis=1),
+    ]
+    if k > 0:
+        pred = probs[:, : k + 1].argmax(axis=2)
+        prev_pred = pred[:, k - 1]
+        run = np.ones(len(p))
+        for j in range(1, k + 1):
+            run = np.where(pred[:, j] == pred[:, j - 1], run + 1, 1)
+        mean_p = probs[:, : k + 1].mean(axis=1)
+        feats += [
+            (pred[:, k] == prev_pred).astype(np.float64),
+            run / (k + 1),
+            probs[:, k - 1].max(axis=1),
+            p[np.arange(len(p)), prev_pred],
+            mean_p.max(axis=1),
+            (mean_p.argmax(axis=1) == pred[:, k]).astype(np.float64),
+        ]
+    return np.stack(feats, axis=1)
+
+
+class ExitScorer:
+    """The learned exit score: per-exit logistic scores, callable on probabilities (N, K', C) ->
+    scores (N, K') in [0, 1], a criterion like the named ones (exit k reads exits 1..k only).
+
+    Each exit holds either a constant (its correctness never varied on the fitting table) or the
+    standardisation and logistic weights of its regression as plain arrays, so a fitted scorer
+    is cheap to call and can be written to JSON (:meth:`to_dict`) for deployment.
     """
-    fns = {name: get(name) for name in names}
-    t_key = None if temperature is None else tuple(np.broadcast_to(temperature, (table.num_exits,)).tolist())
-    key = lambda name: ("scores", name, t_key)  # noqa: E731
-    todo = [name for name in dict.fromkeys(names) if not table.memoised(key(name))]
-    out = {name: np.empty((table.num_samples, table.num_exits)) for name in todo}
-    if todo:
-        for rows, probs in table.iter_probabilities(temperature, chunk_values):
-            ids = np.arange(rows.start, rows.stop)
-            for name in todo:
-                fn = fns[name]
-                out[name][rows] = _UNCHECKED[fn](probs) if fn in _UNCHECKED else apply(fn, probs, rows=ids)
-    return [table.memo(key(name), lambda name=name: out[name]) for name in names]
+
+    def __init__(self, models):
+        """``models``: one entry per exit, a float (constant score) or the dict of arrays
+        ``{"mean", "scale", "coef"}`` (F,) and float ``"intercept"`` of a standardised logistic
+        regression (what :func:`dynexit.solvers.learned.fit_exit_model` returns)."""
+        self.models = list(models)
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        probs = np.asarray(probs)
+        out = np.empty(probs.shape[:2])
+        for k in range(probs.shape[1]):
+            model = self.models[k]
+            if isinstance(model, float):
+                out[:, k] = model + 1e-3 * probs[:, k].max(axis=1)  # constant exit: fall back to max-prob order
+            else:
+                z = (exit_features(probs, k) - model["mean"]) / model["scale"] @ model["coef"] + model["intercept"]
+                out[:, k] = 1.0 / (1.0 + np.exp(-z))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": "dynexit.learned_exit_score", "exits": [
+            m if isinstance(m, float) else {k: np.asarray(v).tolist() for k, v in m.items()} for m in self.models]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExitScorer":
+        """The scorer written by :meth:`to_dict`; ValueError naming the exit and field that is wrong.
+
+        Each exit is a finite number (a constant score) or ``{"mean", "scale", "coef"}`` lists of
+        the exit's feature count (4 at the first exit, 10 after; finite, scale > 0) and a finite
+        ``"intercept"``.
+        """
+        if not isinstance(data, dict) or data.get("kind") != "dynexit.learned_exit_score":
+            raise ValueError("not a learned exit score (no kind 'dynexit.learned_exit_score')")
+        exits = data.get("exits")
+        if not isinstance(exits, list) or not exits:
+            raise ValueError("a learned exit score needs a non-empty list 'exits', one entry per exit")
+        return cls([_exit_model_from_json(m, k) for k, m in enumerate(exits)])
+
+
+_LIMIT = 1e6
+
+
+def _finite(value) -> bool:
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        return False
+
+
+def _exit_model_from_json(model, k: int):
+    """One exit of :meth:`ExitScorer.from_dict`: a constant or the arrays of its linear model."""
+    if _finite(model):
+        return float(model)
+    where = f"learned exit score, exit {k + 1}"
+    if not isinstance(model, dict):
+        raise ValueError(f"{where}: expected a finite number or an object with mean, scale, coef, intercept; "
+                         f"got {reprlib.repr(model)}")
+    missing = [key for key in ("mean", "scale", "coef", "intercept") if key not in model]
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(missing)}")
+    n_features = 4 if k == 0 else 10  # see exit_features
+    out = {}
+    for key in ("mean", "scale", "coef"):
+        values = model[key]
+        if not (isinstance(values, list) and len(values) == n_features and all(_finite(v) for v in values)):
+            raise ValueError(f"{where}: {key!r} must be a list of {n_features} finite numbers, "
+                             f"got {reprlib.repr(values)}")
+        out[key] = np.asarray(values, dtype=np.float64)
+    if np.any(out["scale"] <= 0):
+        raise ValueError(f"{where}: 'scale' must be positive, got {out['scale'].tolist()}")
+    if not _finite(model["intercept"]):
+        raise ValueError(f"{where}: 'intercept' must be a finite number, got {reprlib.repr(model['intercept'])}")
+    # the features are bounded (probabilities, clipped logits, entropies), so a fitted model's numbers
+    # are far inside these limits; beyond them the score would overflow to NaN on some inputs
+    if (np.abs(out["mean"]).max() > _LIMIT or np.abs(out["coef"]).max() > _LIMIT or abs(model["intercept"]) > _LIMIT
+            or out["scale"].min() < 1 / _LIMIT ** 2 or out["scale"].max() > _LIMIT ** 2):
+        raise ValueError(f"{where}: numbers out of range (|mean|, |coef|, |intercept| <= {_LIMIT:g}, "
+                         f"scale in [{1 / _LIMIT ** 2:g}, {_LIMIT ** 2:g}]): not a fitted exit score")
+    out["intercept"] = float(model["intercept"])
+    return out
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dynexit import criteria
-from dynexit.inference import _check_thresholds, exit_probabilities
+from dynexit.inference import check_thresholds, staged_exit
 from dynexit.layers.attention_capture import AttentionMap, attention_rollout
 from dynexit.models._base import eval_view  # noqa: F401  (re-exported: explanations never change a model's mode)
 
@@ -190,23 +189,21 @@ def traced_early_exit(model, image, thresholds, criterion="max_prob", run_all: b
                       row: int = 0) -> ExitTrace:
     """Run one image stage by stage and stop at the first exit whose score reaches its threshold.
 
-    Same rule and scores as :func:`dynexit.inference.early_exit`, in eval mode (:func:`eval_view`);
-    ``run_all`` keeps computing the later exits after it left (to show what they would have said;
-    they do not change the exit). ``row`` is the image's sample id for per-sample criteria
-    (``random``, see :mod:`dynexit.criteria`): pass its table row to get the table path's exit.
+    The staged loop of :func:`dynexit.inference.early_exit` (:func:`~dynexit.inference.staged_exit`),
+    in eval mode (:func:`eval_view`), keeping every computed exit's probabilities and score (the
+    last exit's too). ``image`` as :func:`as_batch`; ``thresholds`` (K,) or (K-1,); ``criterion`` a
+    name or callable. ``run_all`` keeps computing the later exits after it left (to show what they
+    would have said; they do not change the exit). ``row`` is the image's sample id for per-sample
+    criteria (``random``, see :mod:`dynexit.criteria`): pass its table row to get the table path's
+    exit. ValueError for bad thresholds, a negative or non-integer ``row``, or a batch of images.
     """
-    t = _check_thresholds(thresholds, model.num_exits)
-    score_fn = criteria.get(criterion)
-    rows = np.array([operator.index(row)])
+    t = check_thresholds(thresholds, model.num_exits)
     model = eval_view(model)
-    state = model.init_state(as_batch(image, model))
     probs, scores, taken = [], [], None
-    for k in range(model.num_exits):
-        state, logits = model.forward_stage(k, state)
-        probs.append(exit_probabilities(logits)[0])
-        scores.append(float(criteria.apply(score_fn, np.stack(probs)[None], rows=rows)[0, -1]))
-        if taken is None and (k == model.num_exits - 1 or scores[-1] >= t[k]):
-            taken = k
-            if not run_all:
-                break
+    for stage in staged_exit(model, as_batch(image, model), t, criterion, sample_ids=[operator.index(row)],
+                             run_all=run_all, score_last=True):
+        probs.append(stage.probs[0])
+        scores.append(float(stage.scores[0]))
+        if taken is None and stage.leave[0]:
+            taken = stage.k
     return ExitTrace(np.stack(probs), np.asarray(scores), t, taken, len(probs))

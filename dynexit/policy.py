@@ -1,9 +1,14 @@
-"""Exit rules: what a fitted solver decided, saved as JSON for deployment.
+"""The exit policy: one deployable object for "thresholds + the score they apply to".
 
-A rule is one threshold per exit plus the exit score they apply to: a criterion name
-(``max_prob``, ``entropy``, ...) or the default solver's learned exit score (its per-exit
-standardisation and logistic weights, plain numbers). :meth:`ExitRule.apply` runs real early exit
-(:func:`dynexit.inference.early_exit`) with it, so a deployment needs the checkpoint and this file.
+A sample leaves at the first exit k whose score >= T_k; the last exit takes everyone left (the
+budgeted-batch rule of Huang et al., MSDNet, ICLR 2018, Sec. 4). An :class:`ExitRule` is one
+threshold per exit plus the exit score they apply to: a criterion name (``max_prob``, ``entropy``,
+...), the learned exit score (:class:`dynexit.criteria.ExitScorer`: per-exit standardisation and
+logistic weights, plain numbers) or, in memory only, any criterion callable. Every solver's ``fit``
+sets ``rule_``; the rule scores a table (:meth:`ExitRule.scores`), assigns exits
+(:func:`assign_exits`), evaluates a table (:meth:`ExitRule.evaluate` -> :class:`ExitResult`), runs
+real early exit (:meth:`ExitRule.apply`, :func:`dynexit.inference.early_exit`) and is saved as
+JSON, so a deployment needs the checkpoint and this file.
 
 >>> rule = ExitRule.from_solver(solvers.make("learned", 25.0).fit(val), model="dynperceiver_fmnist")
 >>> rule.save("exit_rule.json")
@@ -35,9 +40,103 @@ from pathlib import Path
 import numpy as np
 
 from dynexit import criteria
-from dynexit.solvers.learned import ExitScorer
+from dynexit.criteria import ExitScorer
 
 FORMAT, FORMAT_VERSION = "dynexit.ExitRule", 1
+
+
+def assign_exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Exit index (N,) int of every sample: the first k with ``scores[:, k] >= thresholds[k]``.
+
+    ``scores`` (N, K), ``thresholds`` (K,); the last exit accepts everyone whatever its threshold.
+    ValueError when the shapes disagree.
+    """
+    scores = np.asarray(scores)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if scores.ndim != 2 or thresholds.shape != (scores.shape[1],):
+        raise ValueError(f"scores (N, K) and thresholds (K,) disagree: {scores.shape} vs {thresholds.shape}")
+    passes = scores >= thresholds
+    passes[:, -1] = True  # the last exit accepts everyone, whatever its threshold says
+    return passes.argmax(axis=1)
+
+
+@dataclass
+class ExitResult:
+    """Where each sample left and what it cost (costs in MFLOPs per image)."""
+
+    exits: np.ndarray        # (N,) exit index of each sample
+    correct: np.ndarray      # (N,) bool, right at the exit it took
+    thresholds: np.ndarray   # (K,)
+    costs: np.ndarray        # (K,) cumulative MFLOPs per exit
+    budget: float | None = None    # the budget the rule was fitted for (MFLOPs per image), if any
+    fit_cost: float | None = None  # what the rule spent on its fitting (validation) table
+    histogram: np.ndarray = field(init=False)          # (K,) samples leaving at each exit
+    histogram_correct: np.ndarray = field(init=False)  # (K,) of which right
+
+    def __post_init__(self):
+        k = len(self.costs)
+        self.histogram = np.bincount(self.exits, minlength=k)
+        self.histogram_correct = np.bincount(self.exits, weights=self.correct, minlength=k).astype(np.int64)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def mean_cost(self) -> float:
+        return float(self.costs[self.exits].mean())
+
+    @property
+    def speedup(self) -> float:
+        """Full cost (last exit) over the mean cost spent."""
+        return float(self.costs[-1] / self.mean_cost)
+
+    @property
+    def unspent(self) -> float:
+        """MFLOPs per image the rule left unspent on its fitting table, of what it could spend (the budget,
+        at most the full model's cost); 0 without a budget."""
+        if self.budget is None or self.fit_cost is None:
+            return 0.0
+        # a budget above the full model's cost cannot be spent: what is left beyond it is not "unspent"
+        return max(0.0, min(float(self.budget), float(self.costs[-1])) - float(self.fit_cost))
+
+    @property
+    def underspends(self) -> bool:
+        """True when the rule spends clearly less than its budget on the fitting table: more than 1% of
+        the model's cost range (exits 1..K) is left, because spending it did not help there."""
+        span = float(self.costs[-1] - self.costs[0])
+        return span > 0 and self.unspent > 0.01 * span
+
+    def spending_note(self) -> str | None:
+        """A sentence for users when the rule underspends (see :attr:`underspends`), else None."""
+        if not self.underspends:
+            return None
+        return (f"spends {self.fit_cost:.1f} of the {self.budget:.1f} MFLOPs allowed: spending more did not help "
+                "on the validation images")
+
+    @property
+    def histogram_wrong(self) -> np.ndarray:
+        return self.histogram - self.histogram_correct
+
+    def summary(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "mean_cost": self.mean_cost,
+            "speedup": self.speedup,
+            "thresholds": [float(t) for t in self.thresholds],
+            "histogram": self.histogram.tolist(),
+            "histogram_correct": self.histogram_correct.tolist(),
+            "budget": self.budget,
+            "unspent_on_fit": self.unspent,
+        }
+
+
+def evaluate_thresholds(table, scores: np.ndarray, thresholds: np.ndarray) -> ExitResult:
+    """Where every sample of ``table`` leaves under ``thresholds`` (K,) on ``scores`` (N, K), and
+    whether it is right there; costs (K,) in MFLOPs from the table. ValueError for shapes that disagree."""
+    exits = assign_exits(scores, thresholds)
+    correct = table.correct[np.arange(table.num_samples), exits]
+    return ExitResult(exits, correct, np.asarray(thresholds, dtype=np.float64), table.costs)
 
 
 def _encode(t: float):
@@ -95,15 +194,24 @@ def _identity_mismatch(meta: dict, model) -> str | None:
 
 @dataclass
 class ExitRule:
-    """Thresholds (K,) and the exit score they compare against; ``meta`` says where they came from."""
+    """Thresholds (K,) and the exit score they compare against; where they came from in ``meta``.
+
+    ``criterion``: a criterion name, the learned exit score (:class:`~dynexit.criteria.ExitScorer`)
+    or a criterion callable (in memory only: :meth:`to_dict` refuses it). ``costs``: the cumulative
+    MFLOPs (K,) of the exits of the table the rule was fitted on, when known. ``meta`` (JSON) may
+    hold ``budget`` and ``expected_cost_on_fit_table`` (MFLOPs per image), which
+    :meth:`evaluate` reports with every result, and the model's identity (module docstring).
+    """
 
     thresholds: np.ndarray
-    criterion: str | ExitScorer
+    criterion: str | ExitScorer | criteria.Criterion
     meta: dict = field(default_factory=dict)
+    costs: np.ndarray | None = None
 
     def __post_init__(self):
         """Validate: thresholds (K,) without NaN (+inf: nobody leaves there; -inf: everyone does),
-        a known criterion name or a learned score with K exits, a JSON-serialisable dict ``meta``."""
+        a known criterion name, a learned score with K exits or a callable, a JSON-serialisable dict
+        ``meta``, costs (K,) if given. ValueError otherwise."""
         try:
             thresholds = np.array(self.thresholds, dtype=np.float64)
         except (TypeError, ValueError):
@@ -120,9 +228,14 @@ class ExitRule:
             if len(self.criterion.models) != thresholds.size:
                 raise ValueError(f"the learned exit score has {len(self.criterion.models)} exits but there are "
                                  f"{thresholds.size} thresholds")
-        else:
+        elif not callable(self.criterion):
             raise ValueError("the criterion must be a criterion name or a learned exit score, got "
                              f"{type(self.criterion).__name__}")
+        if self.costs is not None:
+            self.costs = np.array(self.costs, dtype=np.float64)
+            if self.costs.shape != thresholds.shape:
+                raise ValueError(f"costs must have one value per exit {thresholds.shape}, got {self.costs.shape}")
+            self.costs.setflags(write=False)
         if not isinstance(self.meta, dict):
             raise ValueError(f"meta must be a dict, got {type(self.meta).__name__}")
         try:
@@ -130,32 +243,76 @@ class ExitRule:
         except (TypeError, ValueError, RecursionError) as err:
             raise ValueError(f"meta must be JSON-serialisable: {err}") from None
 
+    @property
+    def num_exits(self) -> int:
+        return len(self.thresholds)
+
+    @property
+    def budget(self) -> float | None:
+        """The budget the rule was fitted for (MFLOPs per image), if ``meta`` records one."""
+        return self.meta.get("budget")
+
+    @property
+    def fit_cost(self) -> float | None:
+        """What the rule spent on its fitting table (MFLOPs per image), if ``meta`` records it."""
+        return self.meta.get("expected_cost_on_fit_table")
+
+    @property
+    def score_name(self) -> str:
+        """What the thresholds apply to, in words: a criterion's name or the learned exit score."""
+        if isinstance(self.criterion, str):
+            return self.criterion
+        return "learned exit score" if isinstance(self.criterion, ExitScorer) else "custom exit score"
+
     @classmethod
     def from_solver(cls, solver, **meta) -> "ExitRule":
-        """The rule of a fitted solver; ``meta`` adds e.g. the model name and the budget.
+        """The rule of a fitted solver (its ``rule_``) to save; ``meta`` adds e.g. the model name.
 
         ``model=`` may be the model object itself: its identity (:func:`model_identity`: name,
-        weights SHA-256, exit names) is recorded, and :meth:`apply` checks it.
+        weights SHA-256, exit names) is recorded, and :meth:`apply` checks it. ValueError for an
+        unfitted solver or a criterion callable (only names and the learned score can be saved).
         """
         if meta.get("model") is not None and not isinstance(meta["model"], str):
             ident = model_identity(meta.pop("model"))
             meta = {"model": ident["model"], "exit_names": ident["exit_names"],
                     **({"weights_sha256": ident["weights_sha256"]} if ident["weights_sha256"] else {}), **meta}
-        if not hasattr(solver, "thresholds_"):
+        rule = getattr(solver, "rule_", None)
+        if rule is None:
             raise ValueError(f"{type(solver).__name__} is not fitted: call .fit(val_table) first")
-        crit = solver.criterion
-        if not isinstance(crit, (str, ExitScorer)):
+        if not isinstance(rule.criterion, (str, ExitScorer)):
             raise ValueError("only named criteria and the learned exit score can be saved; "
-                             f"got {type(crit).__name__}")
-        if isinstance(crit, str):
-            criteria.get(crit)  # unknown names fail here, not at deployment
-        budget = getattr(solver, "budget", None)
-        info = {"solver": type(solver).__name__, "budget": None if budget is None else float(budget),
-                "expected_cost_on_fit_table": float(solver.expected_cost_),
-                "expected_accuracy_on_fit_table": float(solver.expected_accuracy_), **meta}
-        return cls(np.asarray(solver.thresholds_, dtype=np.float64), crit, info)
+                             f"got {type(rule.criterion).__name__}")
+        return cls(rule.thresholds, rule.criterion, {**rule.meta, **meta}, rule.costs)
+
+    def scores(self, table) -> np.ndarray:
+        """Exit scores (N, K) float64 of an ExitTable under this rule's criterion.
+
+        Named criteria are cached by the table itself; the learned score is computed a row chunk
+        at a time (an ImageNet-size table's whole probabilities would take 1 GB).
+        """
+        if not isinstance(self.criterion, ExitScorer):
+            return table.scores(self.criterion)
+        return np.concatenate([self.criterion(probs) for _, probs in table.iter_probabilities()])
+
+    def assign(self, scores: np.ndarray) -> np.ndarray:
+        """Exit index (N,) of every sample from its scores (N, K): :func:`assign_exits`."""
+        return assign_exits(scores, self.thresholds)
+
+    def evaluate(self, table, scores: np.ndarray | None = None) -> ExitResult:
+        """Where every sample of ``table`` leaves and whether it is right there (an :class:`ExitResult`
+        with this rule's budget and fitting cost). ``scores`` (N, K) replaces :meth:`scores` (e.g. the
+        cross-fitted scores of the fitting table). ValueError when the table has another number of exits."""
+        if table.num_exits != self.num_exits:
+            raise ValueError(f"the rule has {self.num_exits} thresholds but the table has {table.num_exits} exits")
+        result = evaluate_thresholds(table, self.scores(table) if scores is None else scores, self.thresholds)
+        result.budget, result.fit_cost = self.budget, self.fit_cost
+        return result
 
     def to_dict(self) -> dict:
+        """The JSON form :meth:`from_dict` reads; ValueError for a criterion callable (not saveable)."""
+        if not isinstance(self.criterion, (str, ExitScorer)):
+            raise ValueError("only named criteria and the learned exit score can be saved; "
+                             f"got {type(self.criterion).__name__}")
         crit = self.criterion if isinstance(self.criterion, str) else self.criterion.to_dict()
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "thresholds": [_encode(t) for t in self.thresholds], "criterion": crit, "meta": self.meta}
@@ -184,6 +341,7 @@ class ExitRule:
         return cls(thresholds, crit, dict(meta or {}))
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` as JSON to ``path`` (atomically: never half a file); returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

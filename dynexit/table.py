@@ -18,42 +18,15 @@ import hashlib
 import json
 import os
 import reprlib
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from dynexit import criteria
+from dynexit.arrays import row_chunks, softmax_f32
+from dynexit.table_npz import FIX, TableFileError, describe, max_abs, read_npz
+
 FORMAT_VERSION = 1
-_REQUIRED_KEYS = ("logits", "labels", "costs", "exit_names", "index", "meta")
-# values per row chunk (16 MB as float64): small enough for the temporaries of a softmax, large
-# enough that numpy's per-call overhead does not show
-CHUNK_VALUES = 1 << 21
-
-
-def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def row_chunks(n: int, row_size: int, chunk_values: int | None = None):
-    """Slices of ``range(n)`` holding about ``chunk_values`` (default :data:`CHUNK_VALUES`) values of
-    ``row_size`` each (>= 1 row)."""
-    step = max(1, (chunk_values or CHUNK_VALUES) // max(1, row_size))
-    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
-
-
-def _softmax_f32(logits: np.ndarray) -> np.ndarray:
-    """float32 softmax over the last axis, computed in float64 (the values :meth:`ExitTable.probabilities`
-    and :func:`dynexit.inference.exit_probabilities` have always given); one chunk at a time."""
-    x = logits.astype(np.float64)
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
-    return x.astype(np.float32)
-
-
 def _check_finite(logits: np.ndarray) -> None:
     """ValueError naming the first NaN / inf of float32 logits (N, K, C), checked chunk by chunk."""
     n, k, c = logits.shape
@@ -86,6 +59,85 @@ def _integers(arr: np.ndarray, name: str) -> np.ndarray:
                      + (" with non-integer values" if arr.dtype.kind == "f" else ""))
 
 
+def _check_logits(logits) -> np.ndarray:
+    """Logits (N, K, C) as read-only-ready float32; ValueError for a bad shape, dtype, NaN or inf."""
+    logits = np.asarray(logits)
+    if logits.ndim != 3:
+        raise ValueError(f"logits must have shape (N, K, C), got {logits.shape}")
+    n, k, c = logits.shape
+    if n == 0 or k == 0 or c < 2:
+        raise ValueError(f"logits shape {logits.shape}: need N >= 1 samples, K >= 1 exits, C >= 2 classes")
+    if not _is_real(logits):
+        raise ValueError(f"logits must be real numbers, got dtype {logits.dtype}")
+    with np.errstate(over="ignore"):  # a float64 beyond the float32 range becomes inf and is reported below
+        logits = logits.astype(np.float32, copy=False)
+    _check_finite(logits)
+    return logits
+
+
+def _check_labels(labels, n: int, c: int) -> np.ndarray:
+    """Labels (N,) int64 in [0, C); ValueError otherwise."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match logits, got {labels.shape}")
+    labels = _integers(labels, "labels")
+    if labels.min() < 0 or labels.max() >= c:
+        raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got range [{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int64)
+
+
+def _check_costs(costs, k: int) -> np.ndarray:
+    """Cumulative MFLOPs (K,) float64, positive, finite and non-decreasing; ValueError otherwise."""
+    costs = np.asarray(costs)
+    if costs.shape != (k,):
+        raise ValueError(f"costs must have shape ({k},), one per exit, got {costs.shape}")
+    if not _is_real(costs):
+        raise ValueError(f"costs must be real numbers (MFLOPs), got dtype {costs.dtype}")
+    costs = costs.astype(np.float64)
+    if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
+        raise ValueError(f"costs must be positive and finite, got {costs.tolist()}")
+    if np.any(np.diff(costs) < 0):
+        raise ValueError(f"costs must be cumulative (non-decreasing along the exits), got {costs.tolist()}")
+    return costs
+
+
+def _check_exit_names(exit_names, k: int) -> tuple:
+    """K exit names as a tuple of str (default ``exit1 .. exitK``); ValueError otherwise."""
+    if exit_names is None:
+        exit_names = [f"exit{i + 1}" for i in range(k)]
+    names = np.asarray(exit_names)
+    if names.ndim != 1 or names.dtype.kind not in "UO" or not all(isinstance(s, str) for s in names.tolist()):
+        raise ValueError(f"exit_names must be a list of {k} strings, got an array of dtype {names.dtype} "
+                         f"and shape {names.shape}")
+    if len(names) != k:
+        raise ValueError(f"exit_names must have {k} entries, got {len(names)}")
+    return tuple(names.tolist())
+
+
+def _check_index(index, n: int) -> np.ndarray:
+    """Dataset positions (N,) int64, non-negative (default ``arange(N)``); ValueError otherwise."""
+    index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
+    if index.shape != (n,):
+        raise ValueError(f"index must have shape ({n},), got {index.shape}")
+    index = _integers(index, "index")
+    if index.min() < 0 or index.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"index holds positions in a dataset split: non-negative integers, got range "
+                         f"[{index.min()}, {index.max()}]")
+    return index.astype(np.int64)
+
+
+def _check_meta(meta) -> dict:
+    """A JSON-serialisable copy of ``meta`` ({} for None); ValueError otherwise."""
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
+    meta = {} if meta is None else dict(meta)
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError, RecursionError) as err:
+        raise ValueError(f"meta must be JSON-serialisable: {err}") from err
+    return meta
+
+
 class ExitTable:
     """Logits of K exits for N samples, their labels, and the cumulative cost of each exit.
 
@@ -101,69 +153,18 @@ class ExitTable:
     """
 
     def __init__(self, logits, labels, costs, exit_names=None, index=None, meta=None):
-        logits = np.asarray(logits)
-        if logits.ndim != 3:
-            raise ValueError(f"logits must have shape (N, K, C), got {logits.shape}")
+        logits = _check_logits(logits)
         n, k, c = logits.shape
-        if n == 0 or k == 0 or c < 2:
-            raise ValueError(f"logits shape {logits.shape}: need N >= 1 samples, K >= 1 exits, C >= 2 classes")
-        if not _is_real(logits):
-            raise ValueError(f"logits must be real numbers, got dtype {logits.dtype}")
-        with np.errstate(over="ignore"):  # a float64 beyond the float32 range becomes inf and is reported below
-            logits = logits.astype(np.float32, copy=False)
-        _check_finite(logits)
-
-        labels = np.asarray(labels)
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},) to match logits, got {labels.shape}")
-        labels = _integers(labels, "labels")
-        if labels.min() < 0 or labels.max() >= c:
-            raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got range [{labels.min()}, {labels.max()}]")
-        labels = labels.astype(np.int64)
-
-        costs = np.asarray(costs)
-        if costs.shape != (k,):
-            raise ValueError(f"costs must have shape ({k},), one per exit, got {costs.shape}")
-        if not _is_real(costs):
-            raise ValueError(f"costs must be real numbers (MFLOPs), got dtype {costs.dtype}")
-        costs = costs.astype(np.float64)
-        if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
-            raise ValueError(f"costs must be positive and finite, got {costs.tolist()}")
-        if np.any(np.diff(costs) < 0):
-            raise ValueError(f"costs must be cumulative (non-decreasing along the exits), got {costs.tolist()}")
-
-        if exit_names is None:
-            exit_names = [f"exit{i + 1}" for i in range(k)]
-        names = np.asarray(exit_names)
-        if names.ndim != 1 or names.dtype.kind not in "UO" or not all(isinstance(s, str) for s in names.tolist()):
-            raise ValueError(f"exit_names must be a list of {k} strings, got an array of dtype {names.dtype} "
-                             f"and shape {names.shape}")
-        exit_names = names.tolist()
-        if len(exit_names) != k:
-            raise ValueError(f"exit_names must have {k} entries, got {len(exit_names)}")
-
-        index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
-        if index.shape != (n,):
-            raise ValueError(f"index must have shape ({n},), got {index.shape}")
-        index = _integers(index, "index")
-        if index.min() < 0 or index.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"index holds positions in a dataset split: non-negative integers, got range "
-                             f"[{index.min()}, {index.max()}]")
-        index = index.astype(np.int64)
-
-        if meta is not None and not isinstance(meta, dict):
-            raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
-        meta = {} if meta is None else dict(meta)
-        try:
-            json.dumps(meta)
-        except (TypeError, ValueError, RecursionError) as err:
-            raise ValueError(f"meta must be JSON-serialisable: {err}") from err
-
+        labels = _check_labels(labels, n, c)
+        costs = _check_costs(costs, k)
+        index = _check_index(index, n)
         for arr in (logits, labels, costs, index):
             arr.setflags(write=False)
         self.logits, self.labels, self.costs, self.index = logits, labels, costs, index
-        self.exit_names = tuple(exit_names)
-        self.meta = meta
+        self.exit_names = _check_exit_names(exit_names, k)
+        self.meta = _check_meta(meta)
+        # what the table computes about itself (probabilities, predictions, scores, fingerprint);
+        # only its own methods write here. Solvers and the app keep their state themselves.
         self._memo: dict = {}
 
     # ------------------------------------------------------------------ sizes
@@ -188,8 +189,8 @@ class ExitTable:
                 f"K={self.num_exits}, C={self.num_classes}, costs={np.round(self.costs, 3).tolist()})")
 
     # ------------------------------------------------------------------ derived views
-    def memo(self, key, compute):
-        """Cache ``compute()`` under ``key`` on this table (its arrays are read-only)."""
+    def _cached(self, key, compute):
+        """``compute()``, computed once per table under ``key`` (the table's arrays are read-only)."""
         if key not in self._memo:
             value = compute()
             if isinstance(value, np.ndarray):
@@ -198,7 +199,8 @@ class ExitTable:
         return self._memo[key]
 
     def memoised(self, key) -> bool:
-        """Whether :meth:`memo` holds a value under ``key``."""
+        """Whether the table holds a computed value under ``key`` (e.g. ``("probs", None)``: the whole
+        probabilities, ``("scores", name, None)``: a criterion's scores)."""
         return key in self._memo
 
     @property
@@ -211,7 +213,7 @@ class ExitTable:
                 # the array's own buffer: tobytes() would copy 1 GB of an ImageNet-size table
                 h.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
             return h.hexdigest()[:32]
-        return self.memo("fingerprint", compute)
+        return self._cached("fingerprint", compute)
 
     def _temperature_key(self, temperature):
         """(memo key, per-exit temperatures (K,) or None); ValueError for a bad temperature."""
@@ -225,7 +227,7 @@ class ExitTable:
     def _probabilities_of(self, rows, t) -> np.ndarray:
         """float32 softmax probabilities of ``self.logits[rows]`` (float64 inside, as always)."""
         logits = self.logits[rows]
-        return _softmax_f32(logits if t is None else logits / t[None, :, None])
+        return softmax_f32(logits if t is None else logits / t[None, :, None])
 
     def probabilities_of(self, rows, temperature=None) -> np.ndarray:
         """``probabilities(temperature)[rows]`` (n, K, C) float32 for a slice or integer positions
@@ -249,7 +251,7 @@ class ExitTable:
             for rows in row_chunks(self.num_samples, self.num_exits * self.num_classes):
                 out[rows] = self._probabilities_of(rows, t)
             return out
-        return self.memo(key, compute)
+        return self._cached(key, compute)
 
     def iter_probabilities(self, temperature=None, chunk_values: int | None = None):
         """Yield ``(rows, probs)``: a slice of the samples and their probabilities (n, K, C) float32,
@@ -268,12 +270,42 @@ class ExitTable:
             for rows in row_chunks(self.num_samples, self.num_exits * self.num_classes):
                 out[rows] = self.logits[rows].argmax(axis=2)
             return out
-        return self.memo("pred", compute)
+        return self._cached("pred", compute)
 
     @property
     def correct(self) -> np.ndarray:
         """Correctness matrix (N, K): is exit k's prediction right."""
-        return self.memo("correct", lambda: self.predictions == self.labels[:, None])
+        return self._cached("correct", lambda: self.predictions == self.labels[:, None])
+
+    def scores(self, criterion="max_prob", temperature=None) -> np.ndarray:
+        """Criterion scores (N, K) float64 (:mod:`dynexit.criteria`), cached here for named criteria.
+
+        Named criteria are computed a row chunk at a time (:meth:`scores_many`); a callable gets the
+        whole probabilities (N, K, C), as it may not be a per-sample function, and is not cached.
+        ValueError for an unknown criterion name or a bad temperature.
+        """
+        if isinstance(criterion, str):
+            return self.scores_many([criterion], temperature)[0]
+        return np.asarray(criteria.get(criterion)(self.probabilities(temperature)), dtype=np.float64)
+
+    def scores_many(self, names, temperature=None, chunk_values: int | None = None) -> list[np.ndarray]:
+        """Scores (N, K) float64 of several named criteria, in one chunked pass, cached per name.
+
+        Equal to ``[scores(name, temperature) for name in names]``, but the probabilities of each row
+        chunk are computed once for all the criteria not cached yet, and never held whole (an
+        ImageNet-size table's would take 1 GB). ValueError for an unknown name or a bad temperature.
+        """
+        fns = {name: criteria.get(name) for name in names}
+        t_key = None if temperature is None else tuple(np.broadcast_to(temperature, (self.num_exits,)).tolist())
+        key = lambda name: ("scores", name, t_key)  # noqa: E731
+        todo = [name for name in dict.fromkeys(names) if not self.memoised(key(name))]
+        out = {name: np.empty((self.num_samples, self.num_exits)) for name in todo}
+        if todo:
+            for rows, probs in self.iter_probabilities(temperature, chunk_values):
+                ids = np.arange(rows.start, rows.stop)
+                for name in todo:
+                    out[name][rows] = criteria.score_valid(fns[name], probs, ids)
+        return [self._cached(key(name), lambda name=name: out[name]) for name in names]
 
     def exit_accuracy(self) -> np.ndarray:
         """Accuracy of every exit on its own (the "anytime" view), shape (K,)."""
@@ -301,7 +333,7 @@ class ExitTable:
         """
         if logits_dtype not in ("float32", "float16"):
             raise ValueError(f"logits_dtype must be 'float32' or 'float16', got {logits_dtype!r}")
-        if logits_dtype == "float16" and _max_abs(self.logits) > np.finfo(np.float16).max:
+        if logits_dtype == "float16" and max_abs(self.logits) > np.finfo(np.float16).max:
             raise ValueError("logits exceed the float16 range (65504); save them as float32")
         path = Path(path)
         if path.suffix != ".npz":
@@ -336,150 +368,33 @@ class ExitTable:
             raise ValueError(f"{path}: no such file; check the path")
         if not path.is_file():
             raise ValueError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}, not an "
-                             f"ExitTable .npz; {_FIX}")
+                             f"ExitTable .npz; {FIX}")
         with open(path, "rb") as f:
             magic = f.read(6)
         if not magic:
-            raise ValueError(f"{path}: empty file, not an ExitTable .npz; {_FIX}")
+            raise ValueError(f"{path}: empty file, not an ExitTable .npz; {FIX}")
         if magic == b"\x93NUMPY":
-            raise ValueError(f"{path}: a single numpy array (.npy) renamed .npz, not an ExitTable; {_FIX}")
+            raise ValueError(f"{path}: a single numpy array (.npy) renamed .npz, not an ExitTable; {FIX}")
         if not magic.startswith(b"PK"):
-            raise ValueError(f"{path}: not an ExitTable .npz (not a zip archive); {_FIX}")
+            raise ValueError(f"{path}: not an ExitTable .npz (not a zip archive); {FIX}")
         try:
-            arrays = _read_npz(path)
-        except _TableFileError as err:
-            raise ValueError(f"{path}: {err}; {_FIX}") from None
+            arrays = read_npz(path)
+        except TableFileError as err:
+            raise ValueError(f"{path}: {err}; {FIX}") from None
         except Exception as err:  # noqa: BLE001 - zipfile / zlib / numpy on untrusted bytes: any failure is damage
-            raise ValueError(f"{path}: damaged ExitTable .npz ({_describe(err)}); {_FIX}") from err
+            raise ValueError(f"{path}: damaged ExitTable .npz ({describe(err)}); {FIX}") from err
         try:
             meta = json.loads(str(arrays["meta"][()]))
         except (json.JSONDecodeError, RecursionError) as err:
-            raise ValueError(f"{path}: corrupt meta field ({_describe(err)}); {_FIX}") from err
+            raise ValueError(f"{path}: corrupt meta field ({describe(err)}); {FIX}") from err
         if not isinstance(meta, dict) or meta.pop("format", None) != "dynexit.ExitTable":
-            raise ValueError(f"{path}: not a dynexit ExitTable (meta has no dynexit format tag); {_FIX}")
+            raise ValueError(f"{path}: not a dynexit ExitTable (meta has no dynexit format tag); {FIX}")
         version = meta.pop("format_version", None)
         if version != FORMAT_VERSION or isinstance(version, bool):
             raise ValueError(f"{path}: ExitTable format version {reprlib.repr(version)}, this dynexit reads "
-                             f"{FORMAT_VERSION}; {_FIX}")
+                             f"{FORMAT_VERSION}; {FIX}")
         try:
             return cls(arrays["logits"], arrays["labels"], arrays["costs"], arrays["exit_names"],
                        arrays["index"], meta)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}; {_FIX}") from err
-
-
-# what each stored array must be: allowed dtype kinds and number of dimensions
-_STORED = {"logits": ("f", 3), "labels": ("iu", 1), "costs": ("f", 1), "exit_names": ("U", 1),
-           "index": ("iu", 1), "meta": ("U", 0)}
-_FIX = "rebuild the table (dynexit.tables) or restore the file"
-
-
-def _max_abs(arr: np.ndarray) -> float:
-    """max |arr| of (N, ...) float logits, a row chunk at a time (no full-size temporary)."""
-    row = int(np.prod(arr.shape[1:]))
-    return max(float(np.abs(arr[rows]).max()) for rows in row_chunks(len(arr), row))
-
-
-class _TableFileError(Exception):
-    """A problem found in a table file, worded for the user (``load`` adds the path)."""
-
-
-def _describe(err: Exception) -> str:
-    """A library error in a few words, never numpy's advice to load with allow_pickle."""
-    text = " ".join(str(err).split()) or type(err).__name__
-    if "pickle" in text:
-        return "it holds pickled Python objects, which dynexit never loads"
-    return f"{type(err).__name__}: {text[:300]}"
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """The six arrays of a table file, each header checked (dtype, rank, size) before its data is read."""
-    arrays = {}
-    with zipfile.ZipFile(path) as zf:
-        members = set(zf.namelist())
-        missing = [k for k in _REQUIRED_KEYS if f"{k}.npy" not in members]
-        if missing:
-            raise _TableFileError(f"not a dynexit ExitTable (missing arrays: {', '.join(missing)})")
-        for key, (kinds, ndim) in _STORED.items():
-            info = zf.getinfo(f"{key}.npy")
-            with zf.open(info) as f:
-                version = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0)
-                shape, _, dtype = read_header(f)
-                if dtype.hasobject or dtype.kind not in kinds or len(shape) != ndim:
-                    what = "Python objects" if dtype.hasobject else f"dtype {dtype}"
-                    raise _TableFileError(f"array {key!r} holds {what} with {len(shape)} dimensions; an "
-                                          f"ExitTable stores it as {ndim}-dimensional {_KIND_NAMES[kinds]}")
-                # the header must not promise more data than the member holds (no huge allocations)
-                if int(np.prod(shape, dtype=object)) * dtype.itemsize > info.file_size:
-                    raise _TableFileError(f"array {key!r}: its header says shape {shape} of {dtype}, more than "
-                                          "the file holds (damaged header)")
-            mapped = _map_float32(path, zf, info) if key == "logits" else None
-            if mapped is not None:
-                arrays[key] = mapped
-                continue
-            with zf.open(info) as f:  # read_array wants the member from its start
-                if key == "logits":
-                    arrays[key] = _read_as_float32(f)
-                else:
-                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
-    return arrays
-
-
-def _map_float32(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray | None:
-    """A read-only memory map of a member stored uncompressed as C-order little-endian float32
-    (``save(compress=False)``), its CRC-32 checked like zipfile's; None for any other member.
-
-    Nothing is copied or converted, so such a table loads in the time of one pass over its bytes
-    (CRC, then the constructor's NaN check). The map reads the file as it is on disk: ``save``
-    replaces files (a new inode), which leaves a mapped table intact.
-    """
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:  # compressed or encrypted
-        return None
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(f)
-        header_size = f.tell()
-    count = int(np.prod(shape, dtype=np.int64))
-    if dtype != np.dtype("<f4") or fortran_order or header_size + 4 * count != info.file_size or count == 0:
-        return None
-    with open(path, "rb") as raw:  # the data starts after the member's local header, name and extra field
-        raw.seek(info.header_offset)
-        local = raw.read(30)
-        if len(local) != 30 or local[:4] != b"PK\x03\x04":
-            raise zipfile.BadZipFile(f"bad local header of {info.filename!r}")
-        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
-        raw.seek(start)
-        crc = zlib.crc32(raw.read(header_size))
-    data = np.memmap(path, dtype=np.float32, mode="r", offset=start + header_size, shape=(count,))
-    for rows in row_chunks(count, 1):
-        crc = zlib.crc32(data[rows], crc)
-    if crc != info.CRC:
-        raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")  # zipfile's own words
-    return data.reshape(shape)
-
-
-def _read_as_float32(f) -> np.ndarray:
-    """The float array of an open ``.npy`` member as float32, converted chunk by chunk while it is read
-    (a float16 file never exists in memory twice, a float64 one never at full size). Out-of-range
-    float64 values become inf, which the constructor reports."""
-    version = np.lib.format.read_magic(f)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran_order, dtype = read_header(f)
-    count = int(np.prod(shape, dtype=np.int64))
-    out = np.empty(count, dtype=np.float32)
-    step = max(1, CHUNK_VALUES // 2)
-    with np.errstate(over="ignore"):
-        for start in range(0, count, step):
-            n = min(step, count - start)
-            data = f.read(n * dtype.itemsize)
-            if len(data) != n * dtype.itemsize:
-                raise ValueError(f"EOF: reading array data, expected {n * dtype.itemsize} bytes got {len(data)}")
-            out[start:start + n] = np.frombuffer(data, dtype=dtype)
-    f.read(1)  # reach the end of the member, so that zipfile checks its CRC-32
-    return out.reshape(shape[::-1]).transpose() if fortran_order else out.reshape(shape)
-
-
-_KIND_NAMES = {"f": "floats", "iu": "integers", "U": "strings"}
+            raise ValueError(f"{path}: {err}; {FIX}") from err

@@ -1,112 +1,31 @@
-"""What every threshold solver shares: the exit rule, the evaluation result, budget checks.
+"""What every threshold solver shares: budget checks, the fit cache, the estimator base class.
 
-Exit rule: a sample leaves at the first exit k whose score >= T_k; the last threshold is -inf, so
-every sample leaves somewhere. Budgets are average MFLOPs per image.
+The rule a solver fits is a :class:`dynexit.policy.ExitRule` (a sample leaves at the first exit k
+whose score >= T_k; the last exit takes everyone left). Budgets are average MFLOPs per image.
+
+Caches: budget-independent work (sort orders, threshold searches, learned scores, the default
+solver's grid) is kept here, in one bounded, thread-safe LRU keyed by the table's fingerprint and
+the solver's parameters (the app's sessions share tables across threads); a solver never writes
+into the table it is given (scikit-learn's convention).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
 
 import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from dynexit import criteria
-
-
-def assign_exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Exit index (N,) of every sample: the first k with ``scores[:, k] >= thresholds[k]``."""
-    scores = np.asarray(scores)
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    if scores.ndim != 2 or thresholds.shape != (scores.shape[1],):
-        raise ValueError(f"scores (N, K) and thresholds (K,) disagree: {scores.shape} vs {thresholds.shape}")
-    passes = scores >= thresholds
-    passes[:, -1] = True  # the last exit accepts everyone, whatever its threshold says
-    return passes.argmax(axis=1)
+from dynexit.cache import TableCache
+from dynexit.policy import ExitResult, ExitRule, evaluate_thresholds
 
 
 def all_at_last(num_exits: int) -> np.ndarray:
+    """Thresholds (K,) sending everyone to the last exit: +inf, then -inf at the last."""
     thresholds = np.full(num_exits, np.inf)
     thresholds[-1] = -np.inf
     return thresholds
-
-
-@dataclass
-class ExitResult:
-    """Where each sample left and what it cost."""
-
-    exits: np.ndarray        # (N,) exit index of each sample
-    correct: np.ndarray      # (N,) bool, right at the exit it took
-    thresholds: np.ndarray   # (K,)
-    costs: np.ndarray        # (K,) cumulative MFLOPs per exit
-    budget: float | None = None    # the budget the rule was fitted for (MFLOPs per image), if any
-    fit_cost: float | None = None  # what the rule spent on its fitting (validation) table
-    histogram: np.ndarray = field(init=False)          # (K,) samples leaving at each exit
-    histogram_correct: np.ndarray = field(init=False)  # (K,) of which right
-
-    def __post_init__(self):
-        k = len(self.costs)
-        self.histogram = np.bincount(self.exits, minlength=k)
-        self.histogram_correct = np.bincount(self.exits, weights=self.correct, minlength=k).astype(np.int64)
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.correct.mean())
-
-    @property
-    def mean_cost(self) -> float:
-        return float(self.costs[self.exits].mean())
-
-    @property
-    def speedup(self) -> float:
-        """Full cost (last exit) over the mean cost spent."""
-        return float(self.costs[-1] / self.mean_cost)
-
-    @property
-    def unspent(self) -> float:
-        """MFLOPs per image the rule left unspent on its fitting table, of what it could spend (the budget,
-        at most the full model's cost); 0 without a budget."""
-        if self.budget is None or self.fit_cost is None:
-            return 0.0
-        # a budget above the full model's cost cannot be spent: what is left beyond it is not "unspent"
-        return max(0.0, min(float(self.budget), float(self.costs[-1])) - float(self.fit_cost))
-
-    @property
-    def underspends(self) -> bool:
-        """True when the rule spends clearly less than its budget on the fitting table: more than 1% of
-        the model's cost range (exits 1..K) is left, because spending it did not help there."""
-        span = float(self.costs[-1] - self.costs[0])
-        return span > 0 and self.unspent > 0.01 * span
-
-    def spending_note(self) -> str | None:
-        """A sentence for users when the rule underspends (see :attr:`underspends`), else None."""
-        if not self.underspends:
-            return None
-        return (f"spends {self.fit_cost:.1f} of the {self.budget:.1f} MFLOPs allowed: spending more did not help "
-                "on the validation images")
-
-    @property
-    def histogram_wrong(self) -> np.ndarray:
-        return self.histogram - self.histogram_correct
-
-    def summary(self) -> dict:
-        return {
-            "accuracy": self.accuracy,
-            "mean_cost": self.mean_cost,
-            "speedup": self.speedup,
-            "thresholds": [float(t) for t in self.thresholds],
-            "histogram": self.histogram.tolist(),
-            "histogram_correct": self.histogram_correct.tolist(),
-            "budget": self.budget,
-            "unspent_on_fit": self.unspent,
-        }
-
-
-def evaluate_thresholds(table, scores: np.ndarray, thresholds: np.ndarray) -> ExitResult:
-    exits = assign_exits(scores, thresholds)
-    correct = table.correct[np.arange(table.num_samples), exits]
-    return ExitResult(exits, correct, np.asarray(thresholds, dtype=np.float64), table.costs)
 
 
 def check_budget(budget, costs: np.ndarray) -> float:
@@ -128,6 +47,22 @@ def check_budget(budget, costs: np.ndarray) -> float:
     return max(budget, float(costs[0]))
 
 
+# every solver's budget-independent work: 32 (table, parameters) pairs, a few MB each at Fashion-MNIST size
+CACHE = TableCache(32)
+
+
+def clear_cache() -> None:
+    """Forget every solver's cached work (e.g. to time a cold first fit)."""
+    CACHE.clear()
+
+
+def init_params(cls) -> list[str]:
+    """The parameter names of an estimator class, read from its ``__init__`` signature (what
+    scikit-learn's ``get_params`` reports, without its private helper)."""
+    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 # relative slack of the budget check after fit: a mean of N equal costs can round a few ulp above them
 BUDGET_RTOL = 1e-9
 
@@ -135,17 +70,39 @@ BUDGET_RTOL = 1e-9
 class BaseSolver(BaseEstimator):
     """scikit-learn style: ``__init__`` stores, ``fit(val_table)`` learns ``thresholds_``, returns self."""
 
-    def scores(self, table) -> np.ndarray:
-        """Exit scores (N, K) this solver thresholds; the fitted criterion of the solver."""
-        return criteria.scores(table, self.criterion)
+    clear_cache = staticmethod(clear_cache)
+    # True for solvers whose exit score is learned on the fitting table by cross-fitting: their
+    # thresholds were searched on out-of-fold scores, which only exist for that table
+    cross_fits_score = False
+
+    def scores(self, table, out_of_fold: bool = False) -> np.ndarray:
+        """Exit scores (N, K) float64 this solver thresholds: its fitted rule's scores of ``table``
+        (before fit: its criterion's).
+
+        ``out_of_fold=True`` asks for the scores the thresholds were searched on, which exist for the
+        fitting table only (ValueError on another table): for a cross-fitted learned score each sample
+        is scored by models that never saw it; for a criterion they are the criterion's scores.
+        """
+        if out_of_fold:
+            if not self.fitted_on(table):
+                raise ValueError(f"{type(self).__name__}: out-of-fold scores exist for the fitting table only; "
+                                 "call scores(table) for any other table")
+            return self.fit_scores_
+        return self.rule_.scores(table) if hasattr(self, "rule_") else table.scores(self.criterion)
+
+    def fitted_on(self, table) -> bool:
+        """Whether ``table`` holds the content this solver was fitted on (same fingerprint)."""
+        self._check_fitted()
+        return table.fingerprint == self.fit_fingerprint_
 
     def _check_fitted(self):
         if not hasattr(self, "thresholds_"):
             raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(val_table) first")
 
     def _store(self, table, thresholds: np.ndarray, scores: np.ndarray | None = None):
-        """Set the learned attributes from the chosen thresholds on the fitting table."""
-        scores = self.scores(table) if scores is None else scores
+        """Set the learned attributes (and ``rule_``) from the chosen thresholds (K,) and the scores
+        (N, K) they were chosen on (default: the criterion's), on the fitting table."""
+        scores = table.scores(self.criterion) if scores is None else scores
         thresholds = np.asarray(thresholds, dtype=np.float64)
         if thresholds.shape != (table.num_exits,) or np.isnan(thresholds).any():
             raise ValueError(f"{type(self).__name__} produced invalid thresholds {thresholds.tolist()} for "
@@ -168,13 +125,22 @@ class BaseSolver(BaseEstimator):
         self.budget_ = None if budget is None else check_budget(budget, table.costs)
         result.budget, result.fit_cost = self.budget_, result.mean_cost
         self.budget_shortfall_ = result.unspent
+        self.fit_fingerprint_ = table.fingerprint
+        self.fit_scores_ = scores
+        self.rule_ = ExitRule(thresholds, self.criterion, {
+            "solver": type(self).__name__, "budget": self.budget_, "expected_cost_on_fit_table": self.expected_cost_,
+            "expected_accuracy_on_fit_table": self.expected_accuracy_}, table.costs)
         return self
 
     def evaluate(self, table) -> ExitResult:
-        """Apply the fitted thresholds to a table (usually the test split)."""
+        """Apply the fitted rule (``rule_``) to a table (usually the test split): an ExitResult.
+
+        On the fitting table itself, a solver that cross-fits its score evaluates the out-of-fold
+        scores its thresholds were searched on (``scores(table, out_of_fold=True)``), so that
+        ``evaluate(val)`` reproduces ``expected_cost_``; on any other table it equals
+        ``rule_.evaluate(table)``. ValueError for a table with another number of exits.
+        """
         self._check_fitted()
         if table.num_exits != self.n_exits_:
             raise ValueError(f"solver fitted for {self.n_exits_} exits, table has {table.num_exits}")
-        result = evaluate_thresholds(table, self.scores(table), self.thresholds_)
-        result.budget, result.fit_cost = self.budget_, self.expected_cost_
-        return result
+        return self.rule_.evaluate(table, self.scores(table, self.cross_fits_score and self.fitted_on(table)))

@@ -32,32 +32,28 @@ accurate on val, the fit keeps the cheaper rule, and ``budget_shortfall_`` / ``E
 say so (e.g. ``multiexit_cnn_fmnist``, whose deeper exits are no more accurate on val).
 
 Budget-independent work (scores, the fold split, every candidate's thresholds on a grid of ratios,
-the selection at every grid budget) is done once per table and cached in a module-level cache keyed
-by the table's fingerprint and the solver's parameters; the table is never written to. A later fit
-at any budget is a lookup.
+the selection at every grid budget) is done once per table and kept in the solvers' shared cache
+(:data:`dynexit.solvers._base.CACHE`), keyed by the table's fingerprint and the solver's parameters;
+the table is never written to. A later fit at any budget is a lookup.
 """
 
 from __future__ import annotations
 
 import operator
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.model_selection import KFold
 
-from dynexit import criteria, table as table_module
-from dynexit.solvers._base import BaseSolver, check_budget
-from dynexit.solvers.geometric import LOG_Q_GRID as _LOG_Q, geometric_grid, geometric_thresholds_grid  # noqa: F401
-from dynexit.solvers.learned import ExitScorer, _fit_exit_model, exit_features
+from dynexit import arrays, criteria
+from dynexit.criteria import ExitScorer, exit_features
+from dynexit.solvers._base import CACHE, BaseSolver, check_budget
+from dynexit.solvers.geometric import LOG_Q_GRID as _LOG_Q, geometric_grid
+from dynexit.solvers.learned import fit_exit_model
 
 ANCHOR = "max_prob"
 LEARNED = "learned"
 DEFAULT_CANDIDATES = ("margin", "patience")
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 16
-_CACHE_LOCK = threading.Lock()  # the app fits from several threads at once
 
 
 def _exits(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -86,16 +82,15 @@ def cross_fitted_learned(table, n_folds: int, random_state, C: float = 1.0):
     features = [np.concatenate([part[k] for part in parts]) for k in range(k_exits)]
     oof = np.empty((table.num_samples, k_exits))
     for train, held in KFold(n_folds, shuffle=True, random_state=random_state).split(features[0]):
-        scorer = ExitScorer([_fit_exit_model(f[train], correct[train, k], C) for k, f in enumerate(features)])
+        scorer = ExitScorer([fit_exit_model(f[train], correct[train, k], C) for k, f in enumerate(features)])
         oof[held] = _score_by_chunks(table, scorer, held)
-    full = ExitScorer([_fit_exit_model(f, correct[:, k], C) for k, f in enumerate(features)])
+    full = ExitScorer([fit_exit_model(f, correct[:, k], C) for k, f in enumerate(features)])
     return full, oof
 
 
-def _score_by_chunks(table, scorer: ExitScorer, rows: np.ndarray | None = None) -> np.ndarray:
-    """``scorer(table.probabilities()[rows])`` (all rows by default), a chunk of rows at a time."""
-    rows = np.arange(table.num_samples) if rows is None else rows
-    n_chunks = max(1, len(table_module.row_chunks(len(rows), table.num_exits * table.num_classes)))
+def _score_by_chunks(table, scorer: ExitScorer, rows: np.ndarray) -> np.ndarray:
+    """``scorer(table.probabilities()[rows])``, a chunk of rows at a time."""
+    n_chunks = max(1, len(arrays.row_chunks(len(rows), table.num_exits * table.num_classes)))
     return np.concatenate([scorer(table.probabilities_of(part)) for part in np.array_split(rows, n_chunks)])
 
 
@@ -177,31 +172,6 @@ def _prepare(table, candidates, n_folds, z, n_budgets, random_state) -> _Fitted:
     return _Fitted(grid, choice, thresholds, cost, acc, raw_choice, gain_of_choice, scores, scorer)
 
 
-def _cached_prepare(table, key, make):
-    """The fitted grid for (table content, parameters): computed once, shared by threads, LRU of 16.
-
-    Two threads asking for the same missing entry may both compute it (the result is the same); the
-    lock only guards the dictionary, so one slow fit never blocks fits of other tables.
-    """
-    full_key = (table.fingerprint,) + key
-    with _CACHE_LOCK:
-        if full_key in _CACHE:
-            _CACHE.move_to_end(full_key)
-            return _CACHE[full_key]
-    value = make()
-    with _CACHE_LOCK:
-        _CACHE[full_key] = value
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return value
-
-
-def clear_cache() -> None:
-    """Forget every cached fit (e.g. to time a cold first fit)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
 # ----------------------------------------------------------------------------- the estimator
 
 class CrossValidatedSolver(BaseSolver):
@@ -234,7 +204,7 @@ class CrossValidatedSolver(BaseSolver):
         self.n_budgets = n_budgets
         self.random_state = random_state
 
-    clear_cache = staticmethod(clear_cache)
+    cross_fits_score = True
 
     @property
     def criterion(self):
@@ -271,21 +241,17 @@ class CrossValidatedSolver(BaseSolver):
         budget = check_budget(self.budget, table.costs)
         candidates = self._validate(table)
         key = ("crossval", candidates, int(self.n_folds), float(self.z), int(self.n_budgets), self.random_state)
-        fitted = _cached_prepare(table, key, lambda: _prepare(table, candidates, int(self.n_folds),
-                                                               float(self.z), int(self.n_budgets),
-                                                               self.random_state))
+        fitted = CACHE.get(table, key, lambda: _prepare(table, candidates, int(self.n_folds), float(self.z),
+                                                        int(self.n_budgets), self.random_state))
         g = _largest_within(fitted.grid, budget)
         self.score_ = fitted.choice[g]
         self.scorer_ = fitted.scorer
         self.oof_gain_ = float(fitted.oof_gain[g])
-        self.fit_fingerprint_ = table.fingerprint
-        self.fit_scores_ = fitted.scores[self.score_]
-        return self._store(table, fitted.thresholds[g], self.fit_scores_)
+        return self._store(table, fitted.thresholds[g], fitted.scores[self.score_])
 
-    def scores(self, table) -> np.ndarray:
+    def scores(self, table, out_of_fold: bool = False) -> np.ndarray:
+        """The chosen score (N, K) of ``table``: a criterion's, or the learned score refitted on the whole
+        fitting table; ``out_of_fold=True``: the scores of the fitting table the thresholds were set on
+        (cross-fitted for the learned score; see :meth:`BaseSolver.scores`)."""
         self._check_fitted()
-        if self.score_ != LEARNED:
-            return criteria.scores(table, self.score_)
-        if table.fingerprint == self.fit_fingerprint_:
-            return self.fit_scores_  # the cross-fitted scores the thresholds were set on
-        return _score_by_chunks(table, self.scorer_)
+        return super().scores(table, out_of_fold)

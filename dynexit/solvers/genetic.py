@@ -61,7 +61,7 @@ class GeneticSolver(BaseSolver):
         budget = check_budget(self.budget, table.costs)
         if self.population < 4 or self.generations < 1 or not 0 <= self.elite < self.population:
             raise ValueError("GeneticSolver needs population >= 4, generations >= 1, 0 <= elite < population")
-        scores = self.scores(table)
+        scores = table.scores(self.criterion)
         k = table.num_exits
         if budget >= table.costs[-1] or k == 1:
             return self._store(table, all_at_last(k), scores)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynexit.solvers._base import BaseSolver, all_at_last, assign_exits, check_budget
+from dynexit.policy import assign_exits
+from dynexit.solvers._base import CACHE, BaseSolver, all_at_last, check_budget
 
 
 def geometric_thresholds(scores: np.ndarray, q: float, order: np.ndarray | None = None) -> np.ndarray:
@@ -105,10 +106,10 @@ class GeometricSolver(BaseSolver):
     def fit(self, table):
         if (self.q is None) == (self.budget is None):
             raise ValueError("GeometricSolver needs exactly one of q= or budget=")
-        scores = self.scores(table)
+        scores = table.scores(self.criterion)
         sort = lambda: np.argsort(-scores, axis=0, kind="stable")  # noqa: E731
-        # named criteria give the same scores every time, so their order is cached on the table
-        order = table.memo(("geometric_order", self.criterion), sort) if isinstance(self.criterion, str) else sort()
+        # named criteria give the same scores every time, so their order is cached (by table content)
+        order = CACHE.get(table, ("geometric_order", self.criterion), sort) if isinstance(self.criterion, str) else sort()
         if self.q is not None:
             self.q_ = float(self.q)
             return self._store(table, geometric_thresholds(scores, self.q_, order), scores)

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dynexit.solvers._base import BaseSolver, all_at_last, assign_exits, check_budget
+from dynexit.policy import assign_exits
+from dynexit.solvers._base import CACHE, BaseSolver, all_at_last, check_budget
 
 _MAX_SWEEPS = 6
 
@@ -153,8 +154,10 @@ class ThresholdSearch:
 
 
 def cached_search(table, key, scores, min_gap: int = 1) -> ThresholdSearch:
-    return table.memo(("threshold_search", key, min_gap),
-                      lambda: ThresholdSearch(scores, table.correct, table.costs, min_gap=min_gap))
+    """The :class:`ThresholdSearch` of ``scores`` (N, K) on ``table``, cached by table content and ``key``
+    (what the scores are, e.g. a criterion name) in the solvers' shared cache."""
+    return CACHE.get(table, ("threshold_search", key, min_gap),
+                     lambda: ThresholdSearch(scores, table.correct, table.costs, min_gap=min_gap))
 
 
 class LagrangianSolver(BaseSolver):
@@ -177,7 +180,7 @@ class LagrangianSolver(BaseSolver):
         if int(self.min_gap) < 0:
             raise ValueError(f"min_gap must be >= 0, got {self.min_gap}")
         gap = int(self.min_gap) or max(1, table.num_samples // 200)
-        scores = self.scores(table)
+        scores = table.scores(self.criterion)
         if budget >= table.costs[-1]:
             return self._store(table, all_at_last(table.num_exits), scores)
         if isinstance(self.criterion, str):

@@ -62,7 +62,7 @@ def test_single_exit_model_needs_no_solver():
     view = logic.budget_view(val, test, "learned", "max_prob", 123.0)
     assert view.result.exits.max() == 0 and view.speedup == 1.0 and view.accuracy == test.exit_accuracy()[0]
     assert logic.solver_curve(val, test, "learned", "max_prob")["accuracy"] == [test.exit_accuracy()[0]]
-    assert view.thresholds.tolist() == [-np.inf] and view.rule == "max_prob"
+    assert view.thresholds.tolist() == [-np.inf] and view.rule.criterion == "max_prob"
 
 
 @pytest.mark.parametrize("costs", [[21.68, 33.2, 41.59, 42.22], [0.0031, 0.0102], [1, 2, 3]])

@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from dynexit import criteria, table as table_module
-from dynexit.solvers import crossval
+from dynexit import arrays, criteria, solvers
 from dynexit.solvers.crossval import CrossValidatedSolver, _exits
 from dynexit.solvers.geometric import LOG_Q_GRID, geometric_grid, geometric_thresholds
-from dynexit.table import ExitTable, softmax
+from dynexit.arrays import softmax
+from dynexit.table import ExitTable
 from dynexit.testing import synthetic_logits
 
 NAMES = ["max_prob", "entropy", "margin", "patience", "random"]
@@ -30,13 +30,13 @@ def make_table(n=600, k=4, c=10, seed=0, dtype=np.float32):
 def tiny_chunks(monkeypatch):
     """Chunks of 70 values: a (N, 4, 10) table is scored 1 row at a time, a (N, 2, 5) one 7 rows
     at a time with a ragged last chunk."""
-    monkeypatch.setattr(table_module, "CHUNK_VALUES", 70)
+    monkeypatch.setattr(arrays, "CHUNK_VALUES", 70)
 
 
 def test_chunked_probabilities_equal_the_plain_softmax(tiny_chunks):
     for t in (make_table(n=53, k=2, c=5), make_table(n=40)):
         plain = softmax(t.logits.astype(np.float64)).astype(np.float32)
-        assert len(table_module.row_chunks(t.num_samples, t.num_exits * t.num_classes)) > 5
+        assert len(arrays.row_chunks(t.num_samples, t.num_exits * t.num_classes)) > 5
         np.testing.assert_array_equal(t.probabilities(), plain)  # bit-identical, as before chunking
         # the chunks without the memoised array, and slices of it once it exists
         fresh = ExitTable(t.logits, t.labels, t.costs)
@@ -145,7 +145,7 @@ def traced_peak(fn) -> int:
 
 
 def test_no_full_size_copies(tmp_path, monkeypatch):
-    monkeypatch.setattr(table_module, "CHUNK_VALUES", 1 << 15)
+    monkeypatch.setattr(arrays, "CHUNK_VALUES", 1 << 15)
     n, k, c = 1000, 4, 1000  # many classes, like ImageNet: the logits dominate
     t = make_table(n=n, k=k, c=c, seed=3)
     float32_size = n * k * c * 4  # 16 MB; a float64 copy would be 32 MB
@@ -195,11 +195,11 @@ def test_learned_candidate_is_scored_by_chunks_as_by_the_whole_table(monkeypatch
         return fitted, fitted.scorer_(test.probabilities()), fitted.scores(ExitTable(test.logits, test.labels,
                                                                                          test.costs))
 
-    crossval._CACHE.clear()
-    monkeypatch.setattr(table_module, "CHUNK_VALUES", 1 << 30)  # one chunk: the whole-array computation
+    solvers.clear_cache()
+    monkeypatch.setattr(arrays, "CHUNK_VALUES", 1 << 30)  # one chunk: the whole-array computation
     whole, whole_test, _ = fit_and_score()
-    crossval._CACHE.clear()
-    monkeypatch.setattr(table_module, "CHUNK_VALUES", 90)      # two rows per chunk
+    solvers.clear_cache()
+    monkeypatch.setattr(arrays, "CHUNK_VALUES", 90)      # two rows per chunk
     chunked, _, chunked_test = fit_and_score()
     # equal up to the last bits of the logistic's matrix product, whose BLAS kernel depends on the
     # batch size (as it always did: the cross-fitted scores were computed one fold at a time)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from dynexit import metrics
-from dynexit.solvers.crossval import CrossValidatedSolver, geometric_thresholds_grid
+from dynexit.solvers.crossval import CrossValidatedSolver
+from dynexit.solvers.geometric import geometric_thresholds_grid
 from dynexit.solvers.geometric import geometric_thresholds
 from dynexit.table import ExitTable
 
