@@ -46,203 +46,23 @@ registry entrypoint :func:`timm_exits` (``create_model("timm_exits", timm_name=.
 
 from __future__ import annotations
 
-import fnmatch
-import operator
 import warnings
-from dataclasses import dataclass
 from typing import Sequence
 
-import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from dynexit.layers.exit_heads import ConvExitHead
+from dynexit.layers.pool_linear_head import PoolLinearHead
 from dynexit.layers.vit_attention import make_attention_capturable
 from dynexit.layers.vit_embed import embed_parts, embed_tokens
-from dynexit.layers.vit_exit_branches import BRANCH_TYPES, create_branch
-from dynexit.models._registry import create_model, register_model
+from dynexit.layers.vit_exit_branches import create_branch
 from dynexit.models._base import ModuleView, MultiExitModel
-
-CNN_HEADS = ("conv", "linear")
-VIT_HEADS = tuple(BRANCH_TYPES)
-# top-level containers whose items are the network's stages (opened up by the CNN split)
-STAGE_LISTS = ("stages", "layers", "blocks", "features", "body")
-EMBED = "<embed>"  # the ViT unit: patch embedding, prefix tokens, position embedding, norm_pre
-SUPPORTED = ("timm VisionTransformer (and subclasses such as DeiT), and networks whose forward_features runs a "
-             "stem, its stages and a tail module after module: ResNet / ResNeXt / ResNeSt / Res2Net, ResNetV2, "
-             "RegNet, ConvNeXt, EfficientNet, MobileNetV3, GhostNet, ReXNet, CSPNet, ByobNet (RepVGG, GerNet, "
-             "MobileViTv2), NFNet, VoVNet, DPN, DLA, DenseNet, VGG, Inception-v3, TResNet, HGNetV2, RepViT, "
-             "FastViT, EdgeNeXt, EfficientFormer, PVTv2, MetaFormer, Sequencer, Swin, MaxViT / CoAtNet, DaViT, "
-             "EfficientViT, MambaOut, ...")
-
-
-class PoolLinearHead(nn.Module):
-    """Global average pool, dropout, linear: the lightest classifier on a feature map."""
-
-    def __init__(self, in_chs: int, num_classes: int, drop_rate: float = 0.0):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.fc = nn.Linear(in_chs, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(self.pool(x).flatten(1)))
-
-
-@dataclass
-class Split:
-    """A network as units run one after the other (module paths, or ``EMBED`` for a ViT).
-
-    ``feature_units[i]`` is the unit whose output is ``forward_intermediates`` index i (None when
-    that output is inside a unit); ``head_modules`` are what ``forward_head`` runs (the network's
-    own classifier); ``layout`` is the units' output layout (``"NCHW"``, ``"NHWC"`` or ``"NLC"``).
-    """
-
-    kind: str
-    units: list[str]
-    feature_names: list[str]
-    feature_units: list[int | None]
-    reductions: list[int]
-    head_modules: list[str]
-    layout: str
-
-
-class _Tracer:
-    """Records which of a set of modules run, in call order, and any that runs inside another."""
-
-    def __init__(self, modules: dict[str, nn.Module]):
-        self.calls: list[str] = []
-        self.nested: list[tuple[str, str]] = []
-        self._active: list[str] = []
-        self._handles = []
-        for name, m in modules.items():
-            self._handles.append(m.register_forward_pre_hook(self._enter(name)))
-            self._handles.append(m.register_forward_hook(self._leave))
-
-    def _enter(self, name):
-        def hook(module, args):
-            if self._active:
-                self.nested.append((self._active[-1], name))
-            self._active.append(name)
-            self.calls.append(name)
-        return hook
-
-    def _leave(self, module, args, out):
-        self._active.pop()
-
-    def take(self) -> list[str]:
-        calls, self.calls = self.calls, []
-        return calls
-
-    def remove(self):
-        for h in self._handles:
-            h.remove()
-
-
-def _unsupported(net: nn.Module, reason: str) -> ValueError:
-    return ValueError(f"attach_exits cannot split {type(net).__name__}: {reason}. Supported: {SUPPORTED}")
-
-
-def _feature_info(net: nn.Module) -> list[dict]:
-    info = getattr(net, "feature_info", None)
-    info = getattr(info, "info", info)
-    if not info or not hasattr(net, "forward_intermediates"):
-        raise _unsupported(net, "it has no feature_info / forward_intermediates (timm's intermediate-feature API)")
-    return [dict(f) for f in info]
-
-
-def _top_level(net: nn.Module, exclude: Sequence[str] = ()) -> dict[str, nn.Module]:
-    """The network's direct children, with the stage lists opened into their items."""
-    out = {}
-    for name, child in net.named_children():
-        if name in exclude:
-            continue
-        if name in STAGE_LISTS and isinstance(child, (nn.Sequential, nn.ModuleList)):
-            out.update({f"{name}.{i}": m for i, m in child.named_children()})
-        else:
-            out[name] = child
-    return out
-
-
-def _trace(net: nn.Module, x: torch.Tensor, modules: dict[str, nn.Module], features_fn):
-    """(modules run by features_fn(x), modules run by forward_head), each in call order."""
-    tracer = _Tracer(modules)
-    try:
-        try:
-            feats = features_fn(x)
-        except Exception as err:  # noqa: BLE001 - report which input was tried
-            raise ValueError(f"{type(net).__name__} fails on images of shape {tuple(x.shape[1:])} ({err}); "
-                             "pass the in_chans= and input_size= it takes") from err
-        feature_calls = tracer.take()
-        net.forward_head(feats)
-        head_calls = tracer.take()
-    finally:
-        tracer.remove()
-    if tracer.nested:
-        outer, inner = tracer.nested[0]
-        raise _unsupported(net, f"module {inner!r} runs inside {outer!r}, so the two cannot be separated")
-    return feature_calls, head_calls
-
-
-def _vit_split(net: VisionTransformer, x: torch.Tensor) -> Split:
-    depth = len(net.blocks)
-    _, head_calls = _trace(net, x, _top_level(net, exclude=("blocks",)), net.forward_features)
-    return Split(kind="vit", units=[EMBED] + [f"blocks.{i}" for i in range(depth)] + ["norm"],
-                 feature_names=[f"blocks.{i}" for i in range(depth)], feature_units=list(range(1, depth + 1)),
-                 reductions=[int(net.patch_embed.patch_size[0])] * depth,
-                 head_modules=head_calls, layout="NLC")
-
-
-def _cnn_split(net: nn.Module, x: torch.Tensor) -> Split:
-    info = _feature_info(net)
-    if not hasattr(net, "forward_features") or not hasattr(net, "forward_head"):
-        raise _unsupported(net, "it has no forward_features / forward_head")
-    units, head_calls = _trace(net, x, _top_level(net), net.forward_features)
-    repeated = sorted({n for n in units if units.count(n) > 1})
-    if repeated:
-        raise _unsupported(net, f"forward_features runs {repeated[0]!r} more than once")
-    if not units:
-        raise _unsupported(net, "forward_features runs none of its top-level modules")
-    names = [f["module"] for f in info]
-    return Split(kind="cnn", units=units, feature_names=names,
-                 feature_units=[units.index(n) if n in units else None for n in names],
-                 reductions=[int(f.get("reduction", 0)) for f in info],
-                 head_modules=head_calls, layout=getattr(net, "output_fmt", "NCHW") or "NCHW")
-
-
-def _first_conv_in_chans(net: nn.Module) -> int | None:
-    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d)), None)
-    return None if conv is None else int(conv.in_channels)
-
-
-def _normalisation(net: nn.Module, in_chans: int, mean, std, inferred: bool):
-    """mean/std given, else the network's pretrained_cfg (ImageNet's without one), fitted to in_chans."""
-    if (mean is None) != (std is None):
-        raise ValueError("pass both mean and std (one value per input channel, or one for all), or neither")
-    if mean is not None:
-        return tuple(torch.as_tensor(mean).flatten().tolist()), tuple(torch.as_tensor(std).flatten().tolist())
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    mean, std = tuple(cfg.get("mean", IMAGENET_DEFAULT_MEAN)), tuple(cfg.get("std", IMAGENET_DEFAULT_STD))
-    if len(mean) != in_chans:
-        if in_chans != 1:
-            how = " (inferred from its first convolution; pass in_chans= if wrong)" if inferred else ""
-            raise ValueError(f"the network's pretrained_cfg has {len(mean)}-channel mean/std but it takes {in_chans} "
-                             f"channels{how}: pass mean= and std= with one value per channel")
-        mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)  # gray images: average of the RGB values
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
-
-
-def _is_json_value(v) -> bool:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return True
-    if isinstance(v, (list, tuple)):
-        return all(_is_json_value(i) for i in v)
-    if isinstance(v, dict):
-        return all(isinstance(k, str) and _is_json_value(i) for k, i in v.items())
-    return False
-
+from dynexit.models._registry import create_model, register_model
+from dynexit.models._timm_build import (create_timm, first_conv_in_chans, input_size_of, normalisation,
+                                        rebuild_config)
+from dynexit.models._timm_split import EMBED, feature_info, resolve_exits, split_network, unsupported
 
 class TimmExitModel(MultiExitModel):
     """A timm network run stage by stage, with exit heads on chosen intermediate outputs.
@@ -277,14 +97,14 @@ class TimmExitModel(MultiExitModel):
                  freeze: bool = True, timm_name: str | None = None, timm_kwargs: dict | None = None):
         is_vit = isinstance(net, VisionTransformer)
         if not is_vit:
-            _feature_info(net)  # refuses networks without timm's intermediate-feature API
-        found_chans = int(net.patch_embed.proj.in_channels) if is_vit else _first_conv_in_chans(net)
+            feature_info(net)  # refuses networks without timm's intermediate-feature API
+        found_chans = int(net.patch_embed.proj.in_channels) if is_vit else first_conv_in_chans(net)
         if is_vit and in_chans is not None and int(in_chans) != found_chans:
             raise ValueError(f"in_chans={in_chans}, but the network takes {found_chans}-channel images")
         inferred = in_chans is None
         in_chans = int(in_chans if in_chans is not None else found_chans or 3)
-        input_size = self._input_size(net, input_size)
-        mean, std = _normalisation(net, in_chans, mean, std, inferred)
+        input_size = input_size_of(net, input_size)
+        mean, std = normalisation(net, in_chans, mean, std, inferred)
         num_classes = int(getattr(net, "num_classes", 0) or 0)
         if num_classes < 1:
             raise ValueError(f"the network has no classifier (num_classes={num_classes}); its own head is the last "
@@ -300,8 +120,8 @@ class TimmExitModel(MultiExitModel):
             with torch.no_grad():
                 g = torch.Generator().manual_seed(0)
                 probe = self.normalize(torch.rand(1, in_chans, *self.input_size, generator=g).to(device))
-                self.split = _vit_split(net, probe) if is_vit else _cnn_split(net, probe)
-                self.at, self.head_types = self._resolve_exits(at, head)
+                self.split = split_network(net, probe)
+                self.at, self.head_types = resolve_exits(self.split, net, at, head)
                 shapes = self._unit_shapes(probe)
             self.exit_heads = nn.ModuleList([self._make_head(kind, shapes[self.split.feature_units[i]])
                                              for i, kind in zip(self.at, self.head_types)]).to(device)
@@ -319,90 +139,21 @@ class TimmExitModel(MultiExitModel):
         if freeze:
             net.requires_grad_(False)
         self.train(self.training)
-        self.config_kwargs, self.rebuild_error = self._rebuild_config(timm_name, timm_kwargs, freeze)
+        self.config_kwargs, self.rebuild_error = rebuild_config(self, timm_name, timm_kwargs, freeze)
         if self.rebuild_error is None:
             self.arch_name, self.arch_kwargs = "timm_exits", dict(self.config_kwargs)
 
     # ------------------------------------------------------------------ construction
-    @staticmethod
-    def _input_size(net, input_size) -> tuple[int, int]:
-        built_for = getattr(getattr(net, "patch_embed", None), "img_size", None)  # ViT, Swin, ...: fixed size
-        if input_size is None:
-            if built_for is not None:
-                input_size = tuple(built_for)
-            else:
-                cfg_size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
-                if cfg_size is None:
-                    raise ValueError("the network's input size is unknown (no pretrained_cfg): pass input_size=")
-                input_size = tuple(cfg_size[-2:])
-        input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
-        if built_for is not None and input_size != tuple(built_for) and not getattr(net, "dynamic_img_size", False):
-            raise ValueError(f"input_size={input_size}, but the network was built for {tuple(built_for)} images: "
-                             "create it with img_size= (or dynamic_img_size=True)")
-        return input_size
-
-    def _resolve_exits(self, at, head) -> tuple[list[int], list[str]]:
-        split, net = self.split, self.model
-        n = len(split.feature_names)
-        usable = [i for i in range(n - 1) if split.feature_units[i] is not None]
-        if not usable:
-            raise _unsupported(net, f"none of its intermediate outputs but the last is the output of a whole module "
-                               f"(feature_info: {split.feature_names}), so no exit can be placed")
-        if at is None:
-            if split.kind == "vit":
-                at = list(range(2, n - 1, 3)) or usable[-1:]
-            else:  # every stage but the stem (stride <= 2) and the last
-                at = [i for i in usable if split.reductions[i] > 2] or usable
-        try:
-            at = [operator.index(i) for i in at]
-        except TypeError:
-            raise ValueError(f"at must be a list of forward_intermediates indices (e.g. at=[1, 2, 3]), "
-                             f"got {at!r}") from None
-        if not at:
-            raise ValueError("at is empty: give at least one index for an intermediate exit")
-        for i in at:
-            j = i + n if i < 0 else i
-            if not 0 <= j < n - 1:
-                raise ValueError(f"at={at}: index {i} is out of range: {type(net).__name__} has {n} intermediate "
-                                 f"outputs (forward_intermediates indices 0..{n - 1}), exits go at 0..{n - 2}; index "
-                                 f"{n - 1} is the final features, which the network's own head classifies (always "
-                                 "the last exit)")
-            if split.feature_units[j] is None:
-                raise ValueError(f"at={at}: index {i} is {split.feature_names[j]!r}, an output inside a module of "
-                                 f"{type(net).__name__}, where the staged network cannot stop; usable: {usable}")
-        at = [i + n if i < 0 else i for i in at]
-        kinds = VIT_HEADS if split.kind == "vit" else CNN_HEADS
-        if isinstance(head, str):
-            head = [head] * len(at)
-        head = list(head)
-        if len(head) != len(at):
-            raise ValueError(f"head lists {len(head)} types for {len(at)} exits (at={at}): give one per exit "
-                             "or a single one")
-        auto = "mlp" if split.kind == "vit" else "conv"
-        head = [auto if h == "auto" else h for h in head]
-        for h in head:
-            if h not in kinds:
-                family = "a ViT" if split.kind == "vit" else "a CNN"
-                other = (" (conv / linear heads need a CNN)" if split.kind == "vit" and h in CNN_HEADS else
-                         " (ViT branch types need a VisionTransformer)" if h in VIT_HEADS else "")
-                raise ValueError(f"unknown head type {h!r} for {family}: choose one of auto, {', '.join(kinds)}{other}")
-        order = sorted(range(len(at)), key=lambda k: at[k])
-        pairs = [(at[k], head[k]) for k in order]
-        dup = sorted({p for p in pairs if pairs.count(p) > 1})
-        if dup:
-            raise ValueError(f"exit at index {dup[0][0]} with head {dup[0][1]!r} is listed twice")
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-
     def _unit_shapes(self, x: torch.Tensor) -> list[tuple]:
         shapes = []
         for unit in self.split.units:
             try:
                 x = self._run_unit(unit, x)
             except Exception as err:  # noqa: BLE001 - any failure: forward_features does more than this
-                raise _unsupported(self.model, f"its modules cannot run one after the other ({unit!r} fails: "
+                raise unsupported(self.model, f"its modules cannot run one after the other ({unit!r} fails: "
                                    f"{err}); forward_features reshapes between them") from err
             if not isinstance(x, torch.Tensor):
-                raise _unsupported(self.model, f"its module {unit!r} returns a {type(x).__name__}, not a tensor")
+                raise unsupported(self.model, f"its module {unit!r} returns a {type(x).__name__}, not a tensor")
             shapes.append(tuple(x.shape[1:]))
         return shapes
 
@@ -412,7 +163,7 @@ class TimmExitModel(MultiExitModel):
             options = {"num_heads": net.blocks[0].attn.num_heads} if kind == "vit" else {}
             return create_branch(kind, net.embed_dim, net.patch_embed.grid_size, net.num_prefix_tokens, c, **options)
         if len(shape) != 3:
-            raise _unsupported(net, f"its stages output tokens {shape}, not (C, H, W) feature maps (of the token "
+            raise unsupported(net, f"its stages output tokens {shape}, not (C, H, W) feature maps (of the token "
                                "networks, VisionTransformer is supported)")
         chans, size = (shape[2], shape[0]) if self.split.layout == "NHWC" else (shape[0], shape[1])
         if kind == "linear":
@@ -477,7 +228,7 @@ class TimmExitModel(MultiExitModel):
             ref = net(self.normalize(x))
             final = self(x)[-1]
             if final.shape != ref.shape or not torch.allclose(final, ref, rtol=rtol, atol=atol):
-                raise _unsupported(net, "running its modules in the order forward_features calls them does not "
+                raise unsupported(net, "running its modules in the order forward_features calls them does not "
                                    "reproduce its forward (it computes something between them)")
             indices = sorted(set(self.at))
             if self.split.kind == "vit":
@@ -491,7 +242,7 @@ class TimmExitModel(MultiExitModel):
             for i, feats in zip(self.at, self.features(x)):
                 want = ref_at[i]
                 if feats.shape != want.shape or not torch.allclose(feats, want, rtol=rtol, atol=atol):
-                    raise _unsupported(net, f"the output of {self.split.feature_names[i]!r} on the staged path differs "
+                    raise unsupported(net, f"the output of {self.split.feature_names[i]!r} on the staged path differs "
                                        f"from forward_intermediates index {i}")
         finally:
             self.train(was)
@@ -525,46 +276,6 @@ class TimmExitModel(MultiExitModel):
         return self
 
     # ------------------------------------------------------------------ checkpoints
-    def _rebuild_config(self, timm_name, timm_kwargs, freeze) -> tuple[dict, str | None]:
-        """(kwargs of the timm_exits entrypoint, None) or ({}, why the network cannot be rebuilt)."""
-        net = self.model
-        settings = dict(at=list(self.at), head=list(self.head_types), num_classes=self.num_classes,
-                     in_chans=self.in_chans, input_size=list(self.input_size),
-                     mean=[float(v) for v in self.mean.flatten()], std=[float(v) for v in self.std.flatten()],
-                     freeze=bool(freeze))
-        timm_kwargs = dict(timm_kwargs or {})
-        if not _is_json_value(timm_kwargs):
-            return {}, (f"its timm kwargs {timm_kwargs} are not all JSON values (numbers, strings, lists); "
-                        "pass them by name (e.g. act_layer='gelu')")
-        if timm_name is not None:
-            return dict(timm_name=timm_name, timm_kwargs=timm_kwargs, **settings), None
-        arch = (getattr(net, "pretrained_cfg", None) or {}).get("architecture")
-        if not arch or not timm.is_model(arch):
-            return {}, ("the network was not built by timm.create_model (no pretrained_cfg['architecture']); "
-                        "build it with timm.create_model(name, **kwargs), or attach exits by name: "
-                        "attach_exits(name, ..., **kwargs)")
-        if self.is_vit:
-            timm_kwargs.setdefault("img_size", list(net.patch_embed.img_size))
-        build = dict(timm_kwargs, num_classes=self.num_classes, in_chans=self.in_chans)
-        twin, err = None, None
-        for device in ("meta", "cpu"):  # meta builds no weights; some timm constructors need real tensors
-            try:
-                with torch.device(device):
-                    twin = timm.create_model(arch, pretrained=False, **build)
-                break
-            except Exception as e:  # noqa: BLE001 - any failure means "cannot rebuild"
-                err = e
-        if twin is None:
-            return {}, f"timm.create_model({arch!r}, **{build}) fails ({err})"
-        own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-        other = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
-        if type(twin) is not type(net) or own != other:
-            diff = sorted(set(own.items()) ^ set(other.items()))[:1]
-            return {}, (f"timm.create_model({arch!r}, **{build}) builds a different network "
-                        f"(e.g. {diff[0][0] if diff else type(twin).__name__}); pass the timm kwargs the network was "
-                        "built with to attach_exits (e.g. attach_exits(net, embed_dim=192, depth=6))")
-        return dict(timm_name=arch, timm_kwargs=timm_kwargs, **settings), None
-
     def config(self) -> dict:
         """Registry name and kwargs that rebuild this model; ValueError saying why when timm cannot."""
         if self.rebuild_error is not None:
@@ -578,26 +289,6 @@ class TimmExitModel(MultiExitModel):
 
 # ---------------------------------------------------------------------- building
 
-def _create_timm(name: str, pretrained: bool, **kwargs) -> nn.Module:
-    if not isinstance(name, str) or not timm.is_model(name):
-        close = fnmatch.filter(timm.list_models(), f"*{str(name).split('_')[0]}*")[:5]
-        hint = f" (similar: {', '.join(close)})" if close else ""
-        raise ValueError(f"unknown timm model {name!r}{hint}; see timm.list_models()")
-    try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    except Exception as err:
-        if not pretrained:
-            raise
-        try:  # is it the weights, or the arguments?
-            timm.create_model(name, pretrained=False, **kwargs)
-        except Exception:
-            raise err from None
-        raise RuntimeError(f"could not download or load the pretrained weights of timm model {name!r} ({err}). "
-                           "Pass pretrained=False (random weights, e.g. offline), or load the weights yourself and "
-                           "pass the model: attach_exits(timm.create_model(name, pretrained_cfg_overlay="
-                           "dict(file='weights.safetensors')), ...)") from err
-
-
 @register_model
 def timm_exits(timm_name: str, at: Sequence[int] | None = None, head="auto", num_classes: int | None = None,
                in_chans: int | None = None, input_size=None, mean=None, std=None, freeze: bool = True,
@@ -608,7 +299,7 @@ def timm_exits(timm_name: str, at: Sequence[int] | None = None, head="auto", num
         kwargs["num_classes"] = int(num_classes)
     if in_chans is not None:
         kwargs["in_chans"] = int(in_chans)
-    net = _create_timm(timm_name, pretrained, **kwargs)
+    net = create_timm(timm_name, pretrained, **kwargs)
     trained_classes = (getattr(net, "pretrained_cfg", None) or {}).get("num_classes")
     if pretrained and num_classes is not None and trained_classes and int(num_classes) != trained_classes:
         warnings.warn(f"{timm_name}'s pretrained weights classify {trained_classes} classes, so its own head (the last "
