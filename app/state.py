@@ -35,14 +35,6 @@ SOLVER_HELP = ("How the per-exit thresholds are chosen for a budget, on the vali
                "released code uses the geometric rule; slow: seconds per budget).")
 
 
-def solver_uses_criterion(solver: str) -> bool:
-    """False for a solver that chooses its own exit score (crossval, learned): the criterion is unused.
-
-    Read from the solver's parameters (scikit-learn's public ``get_params``). ValueError: unknown solver.
-    """
-    return "criterion" in solvers.get(solver)().get_params()
-
-
 @dataclass(frozen=True)
 class Choices:
     """The sidebar's choices, shared by every page.
@@ -59,8 +51,8 @@ class Choices:
 
     @property
     def uses_criterion(self) -> bool:
-        """Whether the solver applies the chosen criterion (see :func:`solver_uses_criterion`)."""
-        return solver_uses_criterion(self.solver)
+        """False for a solver that chooses its own exit score (crossval, learned): the criterion is unused."""
+        return solvers.takes_criterion(self.solver)
 
 
 def choices() -> Choices:
@@ -80,7 +72,7 @@ def sidebar() -> Choices:
                             help="Models of the zoo (data/zoo) that are on disk. Each was trained on Fashion-MNIST.")
         solver = st.selectbox("Threshold solver", solvers.available(), index=solvers.available().index(solvers.DEFAULT),
                               key=SOLVER, help=SOLVER_HELP)
-        uses_criterion = solver_uses_criterion(solver)
+        uses_criterion = solvers.takes_criterion(solver)
         st.selectbox("Exit criterion", criteria.available(), key=CRITERION, help=CRITERION_HELP,
                      disabled=not uses_criterion)
         if not uses_criterion:

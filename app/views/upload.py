@@ -63,10 +63,10 @@ with c:
 
 budget = state.budget_control(name, test, key="upload_budget")
 view = common.budget_view(name, solver, criterion, budget)  # cached: shared with the other pages
-thresholds, rule = view.thresholds, view.rule
+thresholds = view.rule.thresholds  # the fitted rule: these thresholds on its score, view.rule.criterion
 show_all = st.checkbox("Also compute the exits after the one it leaves at (to compare; they do not change the exit)",
                        key="upload_all")
-trace = explain.traced_early_exit(model, prepared.array, thresholds, rule, run_all=show_all)
+trace = explain.traced_early_exit(model, prepared.array, thresholds, view.rule.criterion, run_all=show_all)
 k = trace.exit
 pred = trace.prediction
 st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of {test.costs[-1]:.1f} "
