@@ -263,46 +263,64 @@ def _shipped_val_table(source):
     return table if table.meta.get("checkpoint_sha256") == source["sha256"] else None
 
 
+def _fit_on_val(model, source, val_table, data_root, budget, solver, criterion) -> tuple:
+    """Thresholds fitted on val for ``budget``: ``(thresholds (K,), criterion, what to record)``.
+
+    The val table: ``val_table``, else the zoo's shipped one of these exact weights (no ``data_root``),
+    else built here from the model.
+    """
+    from dynexit import zoo
+    from dynexit.tables import build_table
+
+    notes: dict = {}
+    if val_table is None and data_root is None:
+        val_table = _shipped_val_table(source)
+        if val_table is not None:
+            notes["val_table"] = str(zoo.table_path(source["zoo"], "val"))
+    if val_table is None:
+        val_table = build_table(model, "val", data_root=data_root)
+    if val_table.num_exits != model.num_exits:
+        raise ValueError(f"val table has {val_table.num_exits} exits, the model {model.num_exits}")
+    thresholds, criterion, fitted = fit_thresholds(val_table, budget, solver, criterion)
+    notes.update(budget_mflops=float(budget), solver=solver or type(fitted).__name__,
+                 val_expected_cost=float(getattr(fitted, "expected_cost_", np.nan)),
+                 val_expected_accuracy=float(getattr(fitted, "expected_accuracy_", np.nan)))
+    return thresholds, criterion, notes
+
+
 def run_bench(model, budget: float | None = None, solver: str | None = None, thresholds=None,
               criterion: str = "max_prob", val_table=None, limit: int | None = None, batch_sizes=(256, 1),
               batch1_limit: int = 300, repeats: int = 3, threads: int | None = None, data_root=None,
-              json_path: str | None = None, *, untrained: bool = False) -> dict:
+              json_path: str | None = None, *, untrained: bool = False, model_name: str | None = None) -> dict:
     """The whole benchmark: check the request, resolve the model, fit thresholds on val (unless given), time on test.
 
     The val table: ``val_table`` (an ExitTable or its path), else a zoo model's shipped val table
     when it was built from the same weights file (SHA-256 recorded in its meta), else built here.
 
-    ``model``: a MultiExitModel or a name for :func:`dynexit.zoo.resolve_model` (a zoo name runs
-    its shipped weights; an architecture name only with ``untrained=True``). Every argument is
-    checked (:func:`check_request`) before the model is built; the budget is checked against the
-    costs in the val table or the checkpoint's sidecar when they exist. The result's ``"weights"``
-    says which weights ran. ValueError for any bad argument or file.
+    ``model``: a MultiExitModel (run as it is: a pipeline that loaded it passes it, so the file is
+    read once) or a name for :func:`dynexit.zoo.resolve_model` (a zoo name runs its shipped weights;
+    an architecture name only with ``untrained=True``). Every argument is checked
+    (:func:`check_request`) before a named model is loaded; the budget (MFLOPs per image) is checked
+    against the costs in the val table or the checkpoint's sidecar when they exist. The result's
+    ``"model"`` is ``model_name``, else the name given, else the architecture; ``"weights"`` says
+    which weights ran. ValueError for any bad argument or file.
     """
     from dynexit import zoo
 
     costs, val_table = check_request(model, budget, thresholds, criterion, val_table, limit, batch_sizes,
                                      batch1_limit, repeats, threads, data_root, json_path)
-    from dynexit.tables import build_table, load_split_images  # torch: only once the request is sound
+    from dynexit.tables import load_split_images  # torch: only once the request is sound
 
-    name = str(model) if isinstance(model, (str, os.PathLike)) else getattr(model, "arch_name", "model")
-    model = zoo.resolve_model(model, untrained=untrained) if isinstance(model, (str, os.PathLike)) else model.eval()
+    named = isinstance(model, (str, os.PathLike))
+    name = model_name or (str(model) if named else getattr(model, "arch_name", "model"))
+    model = zoo.resolve_model(model, untrained=untrained) if named else model.eval()
     source = zoo.weights_source(model)
     if costs is None:  # an untrained architecture or a model object: now its costs are known
         check_model_costs(model.exit_costs(), budget, thresholds)
     info: dict = {"model": name, "weights": source if source is not None else "in memory (not loaded from a file by dynexit)"}
     if thresholds is None:
-        if val_table is None and data_root is None:
-            val_table = _shipped_val_table(source)
-            if val_table is not None:
-                info["val_table"] = str(zoo.table_path(source["zoo"], "val"))
-        if val_table is None:
-            val_table = build_table(model, "val", data_root=data_root)
-        if val_table.num_exits != model.num_exits:
-            raise ValueError(f"val table has {val_table.num_exits} exits, the model {model.num_exits}")
-        thresholds, criterion, fitted = fit_thresholds(val_table, budget, solver, criterion)
-        info.update(budget_mflops=float(budget), solver=solver or type(fitted).__name__,
-                    val_expected_cost=float(getattr(fitted, "expected_cost_", np.nan)),
-                    val_expected_accuracy=float(getattr(fitted, "expected_accuracy_", np.nan)))
+        thresholds, criterion, notes = _fit_on_val(model, source, val_table, data_root, budget, solver, criterion)
+        info.update(notes)
     else:
         info.update(budget_mflops=None, solver="given thresholds")
     info["criterion"] = criterion if isinstance(criterion, str) else type(criterion).__name__

@@ -1,35 +1,18 @@
-"""The model subcommands of the ``dynexit`` CLI: ``train``, ``table`` and ``bench``.
+"""``dynexit train | table | bench``: the commands that train or run a model.
 
-``dynexit.cli`` calls :func:`add_subcommands`; ``python -m dynexit.cli.models ...`` runs them alone
-(``torchrun --nproc_per_node N -m dynexit.cli.models train ...`` for DDP). Bad arguments or files
-print one line on stderr and exit with status 2 (:func:`dynexit.cli.run`); every argument is checked
-before a model or data set loads. A model name is resolved by :func:`dynexit.zoo.resolve_model`: a
-zoo name runs its shipped weights, an architecture name only with ``--untrained``.
+A model name is resolved by :func:`dynexit.zoo.resolve_model` (a zoo name runs its shipped weights,
+an architecture name only with ``--untrained``); every argument is checked before a model or data
+set loads. ``torchrun --nproc_per_node N -m dynexit train ...`` trains with DDP.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-
-from dynexit.cli import (UsageError, _Parser, budget_arg, directory_arg, existing_file_arg, floats_arg,
-                         output_file, output_file_arg, positive_float_arg, positive_int_arg, positive_ints_arg,
-                         run, thresholds_arg)
-
-
-def _json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r} ({err.msg})") from None
-    except RecursionError:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r}... (nested too deeply)") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r}")
-    return value
+from dynexit.cli.args import (UsageError, budget_arg, directory_arg, existing_file_arg, floats_arg,
+                              json_object_arg, output_file, output_file_arg, positive_float_arg, positive_int_arg,
+                              positive_ints_arg, thresholds_arg)
 
 
 def _check_model_name(args) -> None:
@@ -44,7 +27,7 @@ def _check_model_name(args) -> None:
         if not path.is_file():
             raise UsageError(f"{path}: missing weights of zoo model {text!r}; rebuild them with "
                              f"`dynexit zoo reproduce {text}` (or restore data/zoo from git)")
-    elif zoo._looks_like_path(text):
+    elif zoo.looks_like_path(text):
         path = Path(text).expanduser()
         if path.suffix == ".json":
             path = path.with_suffix(".safetensors")
@@ -60,32 +43,28 @@ def _check_data_root(root, *splits) -> None:
         check_fashion_mnist_source(split, root)
 
 
-# ----------------------------------------------------------------------------- handlers
-
 def cmd_train(args) -> int:
+    """Train ``--model`` (DDP under torchrun); rank 0 prints the checkpoint and val accuracies as JSON.
+
+    The parser's destinations are :class:`dynexit.training.loop.TrainConfig` fields, so
+    :func:`~dynexit.training.loop.config_from_args` maps them in one place.
+    """
     if args.data in ("fashion-mnist", "fmnist", "fashion_mnist"):
         _check_data_root(args.data_root, "train")
     from dynexit.models import is_model
     from dynexit.training.loop import config_from_args, train
 
     if not is_model(args.model):
-        raise ValueError(f"unknown model {args.model!r}; see `python -c 'import dynexit.models as m; print(m.list_models())'`")
-    args.out_dir = args.out
-    args.augment = not args.no_augment
-    args.progress = not args.no_progress
-    args.num_workers = args.workers
-    if args.model_kwargs is None:
-        args.model_kwargs = {}
-    cfg = config_from_args(args)
-    result = train(cfg)
+        raise UsageError(f"unknown model {args.model!r}; see `python -c 'import dynexit.models as m; print(m.list_models())'`")
+    result = train(config_from_args(args))
     if result["rank"] == 0:
-        acc = result["val_accuracy"]
-        print(json.dumps({"checkpoint": result["checkpoint"], "val_accuracy": acc,
+        print(json.dumps({"checkpoint": result["checkpoint"], "val_accuracy": result["val_accuracy"],
                           "exit_names": result["exit_names"], "seconds_per_epoch": result["seconds_per_epoch"]}))
     return 0
 
 
 def cmd_table(args) -> int:
+    """Run ``--model`` over ``--split`` and write its ExitTable (.npz); print which weights ran."""
     _check_model_name(args)
     _check_data_root(args.data_root, args.split)
     from dynexit.tables import build_table
@@ -102,6 +81,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """Time the full model against early exit at ``--budget`` (fitted on val) or ``--thresholds``."""
     from dynexit.bench import format_result, run_bench
 
     if (args.budget is None) == (args.thresholds is None):
@@ -118,51 +98,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_zoo(args) -> int:
-    from dynexit import zoo
-
-    if args.action == "list":
-        for name in zoo.list():
-            e = zoo.ENTRIES[name]
-            state = "shipped" if zoo.available(name) else "missing (reproduce it)"
-            print(f"{name:24s} {state:22s} {e.summary}")
-        return 0
-    if not args.name:
-        raise UsageError(f"`dynexit zoo {args.action}` needs a model name: one of {', '.join(zoo.list())}")
-    if args.action == "info":
-        print(json.dumps(zoo.info(args.name), indent=2))
-        return 0
-    out = zoo.reproduce(args.name, device=args.device, work_dir=args.work_dir, skip_train=args.skip_train,
-                        progress=not args.no_progress, bench=not args.no_bench)
-    print(f"wrote {out['weights']} and its val/test tables")
-    print(f"test accuracy per exit: {', '.join(f'{a:.4f}' for a in out['test_accuracy'])}")
-    if "bench" in out:
-        from dynexit.bench import format_result
-        print(format_result(out["bench"]))
-    return 0
-
-
-def cmd_report(args) -> int:
-    from dynexit.report import build_report
-
-    results = build_report(args.out, figures=not args.no_figures)
-    print(f"wrote {args.out} ({len(results)} zoo models)" + ("" if args.no_figures else " and its figures"))
-    return 0
-
-
-# ----------------------------------------------------------------------------- parsers
-
-def add_subcommands(subparsers) -> None:
-    """Register ``train``, ``table``, ``bench``, ``zoo`` and ``report`` on an argparse subparsers object."""
-    from dynexit import criteria, solvers
-
-    p = subparsers.add_parser("train", help="train a multi-exit model (DDP under torchrun)",
-                              description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch.")
+def _add_train(sub) -> None:
+    """``dynexit train``: every option a TrainConfig field (``dest``), None = the config default."""
+    p = sub.add_parser("train", help="train a multi-exit model (DDP under torchrun)",
+                       description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch.")
     p.add_argument("--model", required=True, help="registered model name, e.g. dynperceiver_fmnist")
-    p.add_argument("--model-kwargs", type=_json_dict, default=None, help='JSON kwargs for the model, e.g. \'{"drop_rate": 0.1}\'')
+    p.add_argument("--model-kwargs", type=json_object_arg, default=None, help='JSON kwargs for the model, e.g. \'{"drop_rate": 0.1}\'')
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or cifar100")
     p.add_argument("--data-root", type=directory_arg, default=None, help="folder with the dataset files")
-    p.add_argument("--out", default="runs/train", help="output directory (checkpoint, resume state, log)")
+    p.add_argument("--out", dest="out_dir", metavar="OUT", default="runs/train",
+                   help="output directory (checkpoint, resume state, log)")
     p.add_argument("--epochs", type=positive_float_arg, default=None,
                    help="training length in epochs, > 0 (a fraction trains part of an epoch)")
     p.add_argument("--batch-size", type=positive_int_arg, default=None)
@@ -176,28 +121,34 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--distill-temperature", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the weights (0 disables)")
     p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--no-augment", action="store_true", help="disable random crop + flip")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="disable random crop + flip")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--workers", dest="num_workers", metavar="WORKERS", type=int, default=0, help="DataLoader workers")
     p.add_argument("--train-subset", type=positive_int_arg, default=None, help="use only the first N training images")
     p.add_argument("--val-subset", type=positive_int_arg, default=None, help="use only the first N validation images")
     p.add_argument("--max-steps", type=positive_int_arg, default=None, help="stop after N optimiser steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/resume.safetensors")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
-    def model_args(p):
-        p.add_argument("--model", required=True,
-                       help="zoo model name (runs its shipped weights, e.g. dvt_fmnist), or a checkpoint "
-                            "(.safetensors with its .json sidecar)")
-        p.add_argument("--untrained", action="store_true",
-                       help="run an architecture name from the registry with RANDOM weights (timing, smoke tests); "
-                            "without it an architecture name is refused")
 
-    p = subparsers.add_parser("table", help="run a model over a split and write its ExitTable",
-                              description="Write the ExitTable (.npz) of a model on the fashion-mnist val or test split.")
-    model_args(p)
+def _model_args(p) -> None:
+    """--model (a zoo name or a checkpoint) and --untrained (an architecture with random weights)."""
+    p.add_argument("--model", required=True,
+                   help="zoo model name (runs its shipped weights, e.g. dvt_fmnist), or a checkpoint "
+                        "(.safetensors with its .json sidecar)")
+    p.add_argument("--untrained", action="store_true",
+                   help="run an architecture name from the registry with RANDOM weights (timing, smoke tests); "
+                        "without it an architecture name is refused")
+
+
+
+def _add_table(sub) -> None:
+    """``dynexit table``: a model's ExitTable on a Fashion-MNIST split."""
+    p = sub.add_parser("table", help="run a model over a split and write its ExitTable",
+                       description="Write the ExitTable (.npz) of a model on the fashion-mnist val or test split.")
+    _model_args(p)
     p.add_argument("--split", choices=("val", "test"), required=True)
     p.add_argument("--out", type=output_file(".npz"), required=True, help="output .npz path (its folder must exist)")
     p.add_argument("--batch-size", type=positive_int_arg, default=256)
@@ -209,10 +160,15 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_table)
 
-    p = subparsers.add_parser("bench", help="time the full model against real early exit (CPU)",
-                              description="Fit thresholds on val for a budget, then time full vs early-exit "
-                                          "inference on the test images at batch 256 and 1.")
-    model_args(p)
+
+def _add_bench(sub) -> None:
+    """``dynexit bench``: a budget or thresholds, and what to time (batch sizes, repeats, threads)."""
+    from dynexit import criteria, solvers
+
+    p = sub.add_parser("bench", help="time the full model against real early exit (CPU)",
+                       description="Fit thresholds on val for a budget, then time full vs early-exit "
+                                   "inference on the test images at batch 256 and 1.")
+    _model_args(p)
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="average MFLOPs per image, at least the first exit's cost (at or above the last exit's "
                         "cost every image may run the whole network)")
@@ -238,31 +194,21 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--json", type=output_file_arg, default=None, help="write the results as JSON here (its folder must exist)")
     p.set_defaults(func=cmd_bench)
 
-    p = subparsers.add_parser("zoo", help="the pretrained Fashion-MNIST zoo: list, info, reproduce",
-                              description="List the zoo, show one model, or rebuild its weights, tables and "
-                                          "bench result from scratch with the recipe it was trained with.")
-    p.add_argument("action", choices=("list", "info", "reproduce"))
-    p.add_argument("name", nargs="?", default=None, help="zoo model name (see `dynexit zoo list`)")
-    p.add_argument("--device", default="auto", help="training device: auto (default), cpu, cuda")
-    p.add_argument("--work-dir", default="runs/zoo", help="where training runs and resumes (default runs/zoo)")
-    p.add_argument("--skip-train", action="store_true", help="export the finished checkpoint in the work dir")
-    p.add_argument("--no-bench", action="store_true", help="skip the CPU speed benchmark")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_zoo)
 
-    p = subparsers.add_parser("report", help="write docs/results.md and its figures from the shipped zoo",
-                              description="Compute the results page (curves, per-exit tables, exit histograms, "
-                                          "criteria, the papers' claims, CPU speedups) from data/zoo.")
-    p.add_argument("--out", default="docs/results.md", help="the Markdown page (figures go to figures/ next to it)")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (they need Chromium)")
-    p.set_defaults(func=cmd_report)
+def add_commands(sub) -> None:
+    """Register ``train``, ``table`` and ``bench`` on an argparse subparsers object."""
+    _add_train(sub)
+    _add_table(sub)
+    _add_bench(sub)
 
 
 def main(argv=None) -> int:
-    parser = _Parser(prog="dynexit")
-    add_subcommands(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    return run(parser, argv)
+    """Temporary: tests/dynexit/training/test_loop.py and notebook 06 still run ``-m dynexit.cli.models``;
+    the one CLI is :func:`dynexit.cli.main` (``python -m dynexit``)."""
+    from dynexit.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -7,18 +7,15 @@ and kwargs (enough to rebuild the model through the registry), the exit names, p
 >>> save_checkpoint(model, "runs/dp/model.safetensors", val_accuracy=[...], recipe={...})
 >>> model = load_checkpoint("runs/dp/model.safetensors")
 
-Every problem is a ValueError that names it and says what to do.
+Every problem is a ValueError that names it and says what to do. The sidecar's format and checks
+live in :mod:`dynexit.io.sidecar` (torch-free); the loader validates both files in one pass.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import math
 import os
-import re
-import reprlib
 import struct
 import subprocess
 from pathlib import Path
@@ -26,13 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = "dynexit.checkpoint"
-FORMAT_VERSION = 1
-
-
-def sidecar_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    return path.with_suffix(".json")
+from dynexit.io.sidecar import (FIX, FORMAT, FORMAT_VERSION, file_sha256, read_sidecar, require_file, short,
+                                sidecar_path, sidecar_problem)
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
@@ -107,7 +99,7 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
     }
     if extra:
         side.update(_jsonable(extra))
-    problem = _check_sidecar_fields(side)
+    problem = sidecar_problem(side)
     if problem:  # never write a checkpoint that load_checkpoint would refuse
         raise ValueError(f"{path}: cannot save this checkpoint: {problem}")
     tmp_w = path.with_name(path.name + ".tmp")
@@ -122,131 +114,17 @@ def save_checkpoint(model, path: str | os.PathLike, *, val_accuracy=None, recipe
     return path
 
 
-_FIX = ("restore the file from where it came from, or rebuild the model and save it again with "
-        "dynexit.io.checkpoint.save_checkpoint")
 # dtypes a floating parameter may be stored in (the zoo stores float16 and loads into float32)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _require_file(path: Path, what: str) -> None:
-    """ValueError unless ``path`` is an existing regular file."""
-    if not path.exists():
-        raise ValueError(f"{path}: no such {what}; check the path")
-    if not path.is_file():
-        kind = "a folder" if path.is_dir() else "not a regular file"
-        raise ValueError(f"{path}: is {kind}, not a {what}; {_FIX}")
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_finite_number(x) -> bool:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int beyond the float range
-        return False
-
-
-def _short(value) -> str:
-    """A bounded repr for error messages (a damaged field can be huge)."""
-    return reprlib.repr(value)
-
-
-def _check_sidecar_fields(meta: dict) -> str | None:
-    """The first problem of a parsed sidecar's fields (types and values), or None."""
-    if not isinstance(meta.get("arch"), str) or not meta["arch"]:
-        return f"'arch' must be a registry name (a non-empty string), got {_short(meta.get('arch'))}"
-    if not isinstance(meta.get("kwargs"), dict):
-        return f"'kwargs' must be a JSON object, got {type(meta.get('kwargs')).__name__}"
-    for key in ("num_exits", "num_classes", "in_chans"):
-        if key in meta and not (_is_int(meta[key]) and meta[key] >= 1):
-            return f"{key!r} must be a positive integer, got {_short(meta[key])}"
-    k = meta.get("num_exits")
-    if "exit_names" in meta:
-        names = meta["exit_names"]
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            return f"'exit_names' must be a list of strings, got {_short(names)}"
-        if k is not None and len(names) != k:
-            return f"'exit_names' has {len(names)} entries but num_exits is {k}"
-    if "input_size" in meta:
-        size = meta["input_size"]
-        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(s) and s >= 1 for s in size)):
-            return f"'input_size' must be [height, width] in positive pixels, got {_short(size)}"
-    if meta.get("costs_mflops") is not None:
-        costs = meta["costs_mflops"]
-        if not isinstance(costs, list) or not costs or not all(_is_finite_number(c) and c > 0 for c in costs):
-            return f"'costs_mflops' must be a list of finite positive MFLOPs, got {_short(costs)}"
-        if k is not None and len(costs) != k:
-            return f"'costs_mflops' has {len(costs)} entries but num_exits is {k}"
-        if any(b < a for a, b in zip(costs, costs[1:])):
-            return f"'costs_mflops' must be cumulative (non-decreasing along the exits), got {_short(costs)}"
-    if meta.get("val_accuracy") is not None:
-        acc = meta["val_accuracy"]
-        if not isinstance(acc, list) or not all(_is_finite_number(a) and 0 <= a <= 1 for a in acc):
-            return f"'val_accuracy' must be a list of accuracies in [0, 1], got {_short(acc)}"
-        if k is not None and len(acc) != k:
-            return f"'val_accuracy' has {len(acc)} entries but num_exits is {k}"
-    if "recipe" in meta and not isinstance(meta["recipe"], dict):
-        return f"'recipe' must be a JSON object, got {type(meta['recipe']).__name__}"
-    for key in ("costs_counted_with", "dynexit_version", "created", "weights_storage"):
-        if key in meta and not isinstance(meta[key], str):
-            return f"{key!r} must be a string, got {_short(meta[key])}"
-    if meta.get("git_commit") is not None and not isinstance(meta["git_commit"], str):
-        return f"'git_commit' must be a string or null, got {_short(meta['git_commit'])}"
-    if "weights_sha256" in meta and not (isinstance(meta["weights_sha256"], str)
-                                         and re.fullmatch(r"[0-9a-f]{64}", meta["weights_sha256"])):
-        return f"'weights_sha256' must be 64 lowercase hex digits, got {_short(meta['weights_sha256'])}"
-    return None
-
-
-def read_sidecar(path: str | os.PathLike) -> dict:
-    """The validated JSON sidecar of a checkpoint (``path`` may be the .safetensors or the .json).
-
-    Checks the format tag and version and the type and value of every field the loaders use
-    (``arch``, ``kwargs``, ``num_exits``, ``exit_names``, ``num_classes``, ``in_chans``,
-    ``input_size``, ``costs_mflops``, ``val_accuracy``, ``recipe``, ``weights_sha256``, ...).
-    ValueError ``"{file}: {problem}; {what to do}"`` for anything else.
-    """
-    path = Path(path)
-    side = sidecar_path(path)
-    if not side.exists():
-        raise ValueError(f"{path}: no JSON sidecar {side.name} next to the weights; a dynexit checkpoint is "
-                         "NAME.safetensors + NAME.json written by dynexit.io.checkpoint.save_checkpoint")
-    _require_file(side, "checkpoint sidecar (JSON)")
-    try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{side}: corrupt checkpoint sidecar (not valid JSON: {err}); {_FIX}") from err
-    except RecursionError:
-        raise ValueError(f"{side}: corrupt checkpoint sidecar (JSON nested too deeply to read); {_FIX}") from None
-    except OSError as err:
-        raise ValueError(f"{side}: cannot read the checkpoint sidecar ({err.strerror or err}); {_FIX}") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ValueError(f"{side}: not a dynexit checkpoint sidecar (no format tag {FORMAT!r}); a dynexit "
-                         "checkpoint is written by dynexit.io.checkpoint.save_checkpoint")
-    version = meta.get("format_version")
-    if not _is_int(version) or version != FORMAT_VERSION:
-        hint = "upgrade dynexit" if _is_int(version) and version > FORMAT_VERSION else _FIX
-        raise ValueError(f"{side}: checkpoint format version {_short(version)}, this dynexit reads {FORMAT_VERSION}; {hint}")
-    missing = [k for k in ("arch", "kwargs") if k not in meta]
-    if missing:
-        raise ValueError(f"{side}: corrupt checkpoint sidecar (missing {', '.join(missing)}); {_FIX}")
-    problem = _check_sidecar_fields(meta)
-    if problem:
-        raise ValueError(f"{side}: corrupt checkpoint sidecar ({problem}); {_FIX}")
-    return meta
-
-
 def _check_safetensors(path: Path) -> None:
     """ValueError unless ``path`` is a regular file that starts like a safetensors file."""
-    _require_file(path, "checkpoint file")
+    require_file(path, "checkpoint file")
     with open(path, "rb") as f:
         head = f.read(9)
     if len(head) < 9:
-        raise ValueError(f"{path}: not a safetensors file (too short); {_FIX}")
+        raise ValueError(f"{path}: not a safetensors file (too short); {FIX}")
     (n,) = struct.unpack("<Q", head[:8])
     if head[8:9] != b"{" or n + 8 > path.stat().st_size:
         hint = " (it looks like a pickled torch.save file: dynexit never loads pickles)" if head[:2] in (b"PK", b"\x80\x02") else ""
@@ -254,64 +132,62 @@ def _check_safetensors(path: Path) -> None:
                          "safetensors.torch.save_file(model.state_dict(), path)")
 
 
-def _header_metadata(path: Path) -> dict:
-    """The ``__metadata__`` of a safetensors header (read without loading the tensors)."""
+def _read_safetensors(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The header's ``__metadata__`` and every tensor of a safetensors file, parsed once."""
     from safetensors import safe_open
 
     try:
-        with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
+        handle = safe_open(str(path), "pt")
     except Exception as err:  # noqa: BLE001 - a foreign parser on untrusted bytes: any failure means damage
-        raise ValueError(f"{path}: damaged safetensors header ({type(err).__name__}: {err}); {_FIX}") from err
+        raise ValueError(f"{path}: damaged safetensors header ({type(err).__name__}: {err}); {FIX}") from err
+    with handle as f:
+        header = dict(f.metadata() or {})
+        try:
+            return header, {key: f.get_tensor(key) for key in f.keys()}
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OverflowError, ...: all mean a damaged file
+            raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(err).__name__}: {err}); "
+                             f"{FIX}") from err
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Full SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _check_header(path: Path, header: dict, meta: dict) -> None:
+    """The architecture and kwargs the weights were saved with (their header) are the sidecar's."""
+    if "arch" in header and header["arch"] != meta["arch"]:
+        raise ValueError(f"{path}: the weights were saved for architecture {header['arch']!r} but the sidecar "
+                         f"says {meta['arch']!r}; {FIX}")
+    if "kwargs" in header:
+        try:
+            saved = json.loads(header["kwargs"])
+        except (ValueError, RecursionError):
+            raise ValueError(f"{path}: damaged safetensors header (its kwargs are not JSON); {FIX}") from None
+        if saved != meta["kwargs"]:
+            raise ValueError(f"{path}: the weights were saved with kwargs {short(saved)} but the sidecar says "
+                             f"{short(meta['kwargs'])}; {FIX}")
 
 
-def _verified_sidecar(path: Path) -> dict:
-    """The sidecar, after checking that it belongs to these weights (checksum, header's arch and kwargs).
+def _verified(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The sidecar and the tensors of a checkpoint, each validated once, before any model is built.
 
-    Runs before any model is built, so a damaged ``kwargs`` never reaches a constructor when the
-    weights say otherwise.
+    The file starts like a safetensors file, the sidecar is valid (:func:`read_sidecar`), the
+    weights have the sidecar's SHA-256, and their header names the sidecar's arch and kwargs, so a
+    damaged ``kwargs`` never reaches a constructor when the weights say otherwise.
     """
     _check_safetensors(path)
     meta = read_sidecar(path)
     expected = meta.get("weights_sha256")
     if expected is not None and file_sha256(path) != expected:
         raise ValueError(f"{path}: the weights do not match the SHA-256 recorded in {sidecar_path(path).name} "
-                         f"(the file is damaged or was replaced); {_FIX}")
-    header = _header_metadata(path)
-    if "arch" in header and header["arch"] != meta["arch"]:
-        raise ValueError(f"{path}: the weights were saved for architecture {header['arch']!r} but the sidecar "
-                         f"says {meta['arch']!r}; {_FIX}")
-    if "kwargs" in header:
-        try:
-            saved = json.loads(header["kwargs"])
-        except (ValueError, RecursionError):
-            raise ValueError(f"{path}: damaged safetensors header (its kwargs are not JSON); {_FIX}") from None
-        if saved != meta["kwargs"]:
-            raise ValueError(f"{path}: the weights were saved with kwargs {_short(saved)} but the sidecar says "
-                             f"{_short(meta['kwargs'])}; {_FIX}")
-    return meta
+                         f"(the file is damaged or was replaced); {FIX}")
+    header, tensors = _read_safetensors(path)
+    _check_header(path, header, meta)
+    return meta, tensors
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file, with a clear error for anything else (no dtype checks)."""
-    from safetensors.torch import load_file
-
+    """The tensors of a safetensors file (name -> tensor, as stored), with a clear ValueError for anything
+    else (not safetensors, a damaged header or data). No dtype checks: see :func:`load_weights`."""
     path = Path(path)
     _check_safetensors(path)
-    try:
-        return load_file(str(path))
-    except Exception as err:  # noqa: BLE001 - SafetensorError, OverflowError, ...: all mean a damaged file
-        raise ValueError(f"{path}: corrupt or truncated safetensors file ({type(err).__name__}: {err}); "
-                         f"{_FIX}") from err
+    return _read_safetensors(path)[1]
 
 
 def _check_tensors(path: Path, weights: dict, own: dict) -> None:
@@ -323,18 +199,18 @@ def _check_tensors(path: Path, weights: dict, own: dict) -> None:
         if target.dtype.is_floating_point:
             if value.dtype not in _FLOAT_DTYPES:
                 raise ValueError(f"{path}: tensor {key} has dtype {value.dtype}, the model needs a floating "
-                                 f"point tensor (float16, bfloat16, float32 or float64); {_FIX}")
+                                 f"point tensor (float16, bfloat16, float32 or float64); {FIX}")
             cast = value.to(target.dtype)  # a float64 beyond the float32 range becomes inf here
             if not bool(torch.isfinite(cast).all()):
                 bad = int((~torch.isfinite(cast)).sum())
                 raise ValueError(f"{path}: tensor {key} holds {bad} NaN or infinite values "
-                                 f"(in the model's {target.dtype}); {_FIX}")
+                                 f"(in the model's {target.dtype}); {FIX}")
         elif target.dtype == torch.bool:
             if value.dtype != torch.bool:
-                raise ValueError(f"{path}: tensor {key} has dtype {value.dtype}, the model needs bool; {_FIX}")
+                raise ValueError(f"{path}: tensor {key} has dtype {value.dtype}, the model needs bool; {FIX}")
         elif value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
             raise ValueError(f"{path}: tensor {key} has dtype {value.dtype}, the model needs an integer "
-                             f"tensor ({target.dtype}); {_FIX}")
+                             f"tensor ({target.dtype}); {FIX}")
 
 
 def load_weights(model, path: str | os.PathLike, strict: bool = True) -> dict:
@@ -345,16 +221,15 @@ def load_weights(model, path: str | os.PathLike, strict: bool = True) -> dict:
     inf, or either file is damaged. The model is left untouched on error.
     """
     path = Path(path)
-    return _load_weights(model, path, _verified_sidecar(path), strict)
+    return _load_weights(model, path, *_verified(path), strict)
 
 
-def _load_weights(model, path: Path, meta: dict, strict: bool) -> dict:
+def _load_weights(model, path: Path, meta: dict, weights: dict[str, torch.Tensor], strict: bool) -> dict:
     name = getattr(model, "arch_name", None)
     if name and (meta["arch"] != name or _jsonable(meta["kwargs"]) != _jsonable(model.arch_kwargs)):
-        raise ValueError(f"{path}: checkpoint of architecture {meta['arch']!r} with kwargs {_short(meta['kwargs'])}, "
+        raise ValueError(f"{path}: checkpoint of architecture {meta['arch']!r} with kwargs {short(meta['kwargs'])}, "
                          f"but the model is {name!r} with kwargs {model.arch_kwargs}; build the model with "
                          "dynexit.io.checkpoint.load_checkpoint(path) instead")
-    weights = read_weights(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     extra = sorted(set(weights) - set(own))
@@ -375,7 +250,7 @@ def _load_weights(model, path: Path, meta: dict, strict: bool) -> dict:
     try:
         model.load_state_dict(weights, strict=strict)
     except RuntimeError as err:  # what the checks above missed (e.g. a model's own load hooks)
-        raise ValueError(f"{path}: the weights do not load into {meta['arch']!r} ({err}); {_FIX}") from err
+        raise ValueError(f"{path}: the weights do not load into {meta['arch']!r} ({err}); {FIX}") from err
     return meta
 
 
@@ -386,8 +261,8 @@ def _check_model_matches_sidecar(path: Path, meta: dict, model) -> None:
                 "input_size": list(model.input_size)}
     for key, value in expected.items():
         if key in meta and meta[key] != value:
-            raise ValueError(f"{sidecar_path(path)}: corrupt checkpoint sidecar ({key!r} is {_short(meta[key])} but "
-                             f"the model {meta['arch']!r} it describes has {value!r}); {_FIX}")
+            raise ValueError(f"{sidecar_path(path)}: corrupt checkpoint sidecar ({key!r} is {short(meta[key])} but "
+                             f"the model {meta['arch']!r} it describes has {value!r}); {FIX}")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", eval: bool = True):
@@ -402,7 +277,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
-    meta = _verified_sidecar(path)
+    meta, weights = _verified(path)
     if not is_model(meta["arch"]):
         raise ValueError(f"{path}: checkpoint architecture {meta['arch']!r} is not registered in this dynexit; "
                          "upgrade dynexit or import the module that registers it")
@@ -410,17 +285,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         model = create_model(meta["arch"], **meta["kwargs"])
     except Exception as err:  # noqa: BLE001 - kwargs from a file reach arbitrary constructors
         raise ValueError(f"{path}: the sidecar's kwargs do not build architecture {meta['arch']!r} "
-                         f"({type(err).__name__}: {err}); {_FIX}") from err
+                         f"({type(err).__name__}: {err}); {FIX}") from err
     _check_model_matches_sidecar(path, meta, model)
-    _load_weights(model, path, meta, strict=True)
+    _load_weights(model, path, meta, weights, strict=True)
     # the sidecar's costs are what every budget is checked against, and the sidecar is not covered by the
     # weights' checksum: they must equal what this code counts for the rebuilt model (a recount is ~0.1 s)
     counted = model.eval().exit_costs(refresh=True)  # counted once here; later calls reuse it
     declared = meta.get("costs_mflops")
     if declared and not np.allclose(declared, counted, rtol=1e-6, atol=0):
-        raise ValueError(f"{path}: the sidecar's costs_mflops {_short([round(c, 4) for c in declared])} differ from "
-                         f"what this model counts ({_short([round(float(c), 4) for c in counted])} MFLOPs per exit); "
-                         f"{_FIX}")
+        raise ValueError(f"{path}: the sidecar's costs_mflops {short([round(c, 4) for c in declared])} differ from "
+                         f"what this model counts ({short([round(float(c), 4) for c in counted])} MFLOPs per exit); "
+                         f"{FIX}")
     model.checkpoint_meta = meta
     model.to(map_location)
     return model if eval else model.train()

@@ -100,7 +100,7 @@ def test_run_bench_with_solver(tiny_ckpt, tmp_path):
 
 
 def test_cli_table_and_bench(tiny_ckpt, tmp_path, capsys):
-    from dynexit.cli.models import main
+    from dynexit.cli import main
     out = tmp_path / "val.npz"
     assert main(["table", "--model", str(tiny_ckpt), "--split", "test", "--limit", "50", "--out", str(out), "--quiet"]) == 0
     assert ExitTable.load(out).num_samples == 50

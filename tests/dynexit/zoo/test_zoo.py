@@ -10,6 +10,7 @@ from dynexit import solvers, zoo
 from dynexit.metrics import budget_grid
 from dynexit.table import ExitTable
 from dynexit.tables import build_table
+from dynexit.zoo.reproduce import PIPELINES, match_final_budget, reproduce
 
 from conftest import random_table
 
@@ -34,7 +35,7 @@ def test_reproduce_builds_weights_tables_that_the_weights_reproduce(tiny_zoo, tm
         n = min(300, limit or 300)
         return (x[:n], y[:n], source) if return_source else (x[:n], y[:n])
     monkeypatch.setattr(tb, "load_split_images", first_300)
-    out = zoo.reproduce("tiny_cnn_fmnist", device="cpu", work_dir=tmp_path / "runs", progress=False, bench=False)
+    out = reproduce("tiny_cnn_fmnist", device="cpu", work_dir=tmp_path / "runs", progress=False, bench=False)
     assert zoo.available("tiny_cnn_fmnist")
     info = zoo.info("tiny_cnn_fmnist")
     assert info["train"]["epochs"] == 1 and info["train"]["trained_recipe"]["train_subset"] == 256
@@ -50,8 +51,35 @@ def test_reproduce_builds_weights_tables_that_the_weights_reproduce(tiny_zoo, tm
     np.testing.assert_array_equal(again.predictions, test.subset(np.arange(64)).predictions)
     np.testing.assert_allclose(again.logits, test.logits[:64], atol=0.02, rtol=2e-3)
     # reproduce again with skip_train: same weights, same tables
-    zoo.reproduce("tiny_cnn_fmnist", work_dir=tmp_path / "runs", skip_train=True, progress=False, bench=False)
+    reproduce("tiny_cnn_fmnist", work_dir=tmp_path / "runs", skip_train=True, progress=False, bench=False)
     np.testing.assert_array_equal(zoo.load_table("tiny_cnn_fmnist", "test").logits, test.logits)
+
+
+def test_reproduce_loads_the_exported_weights_once(tiny_zoo, tmp_path, monkeypatch):
+    """--skip-train: the exported file is loaded once; both tables and the bench run that model object."""
+    import dynexit.io.checkpoint as ck
+    import dynexit.tables as tb
+    from _tiny_models import tiny
+
+    real_images, real_load = tb.load_split_images, ck.load_checkpoint
+    def first_64(split, dataset="fashion-mnist", data_root=None, limit=None, return_source=False):
+        x, y, source = real_images(split, return_source=True)
+        return (x[:64], y[:64], source) if return_source else (x[:64], y[:64])
+    loads = []
+    def counted(path, *args, **kwargs):
+        loads.append(str(path))
+        return real_load(path, *args, **kwargs)
+    monkeypatch.setattr(tb, "load_split_images", first_64)
+    monkeypatch.setattr(ck, "load_checkpoint", counted)
+    work = tmp_path / "runs"
+    ck.save_checkpoint(tiny("multiexit_cnn").eval(), work / tiny_zoo.name / "checkpoint.safetensors")
+    out = reproduce(tiny_zoo.name, work_dir=work, skip_train=True, progress=False, bench=True)
+    weights = str(zoo.weights_path(tiny_zoo.name))
+    assert loads.count(weights) == 1, loads  # (the other load reads the trained checkpoint to export it)
+    assert len(loads) == 2 and out["bench"]["num_images"] == 64
+    assert out["bench"]["model"] == weights and out["bench"]["weights"]["sha256"] == zoo.load_table(
+        tiny_zoo.name, "val").meta["checkpoint_sha256"]
+    assert zoo.load_bench(tiny_zoo.name)["val_expected_accuracy"] == out["bench"]["val_expected_accuracy"]
 
 
 def test_missing_and_damaged_files_name_the_file_and_the_command(tiny_zoo):
@@ -72,7 +100,7 @@ def test_missing_and_damaged_files_name_the_file_and_the_command(tiny_zoo):
 
 def test_match_final_budget_is_the_first_grid_budget_that_keeps_final_accuracy_on_val():
     val = random_table(n=600, k=4, c=5, seed=3)
-    budget = zoo.match_final_budget(val, tolerance=0.001)
+    budget = match_final_budget(val, tolerance=0.001)
     target = val.exit_accuracy()[-1] - 0.001
     grid = budget_grid(val, 40)
     assert budget in grid
@@ -118,7 +146,7 @@ def test_branch_study_pipeline_keeps_practical_branches_on_a_frozen_backbone(tmp
              "max_branches": 2, "min_branches": 1, "max_steps": 3}
     entry = zoo.ZooEntry("tiny_mevit_fmnist", "mevit_tiny", "test entry", recipe, "branch-study", study)
     monkeypatch.setitem(zoo.ENTRIES, entry.name, entry)
-    ckpt, _ = zoo._PIPELINES["branch-study"](entry, tmp_path / "runs", "cpu", False)
+    ckpt, _ = PIPELINES["branch-study"](entry, tmp_path / "runs", "cpu", False)
     from dynexit.io.checkpoint import load_checkpoint
     backbone = load_checkpoint(tmp_path / "runs" / "backbone" / "checkpoint.safetensors")
     model = load_checkpoint(ckpt)

@@ -1,0 +1,195 @@
+"""``dynexit solve | curve | calibrate | demo``: the commands on ExitTables (no model runs).
+
+Thresholds and temperatures are fitted on the val table and reported on the test table; a val table
+that is the test split is refused (:func:`dynexit.bench.check_fit_table`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dynexit.cli.args import UsageError, budget_arg, output_file, output_file_arg
+
+
+def _load_table(path):
+    """The ExitTable at ``path``; a damaged file is the user's problem (UsageError), not a crash."""
+    from dynexit.table import ExitTable
+
+    try:
+        return ExitTable.load(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _pair(args):
+    """The (val, test) tables; UsageError when they are not of one model, or val is the test split
+    (its meta says split "test", or it is the test table itself): thresholds and temperatures are
+    fitted on val, and fitting them on test would report a result tuned on the data it is scored on."""
+    from dynexit.bench import check_fit_table
+
+    val, test = _load_table(args.val), _load_table(args.test)
+    if val.num_exits != test.num_exits or not np.allclose(val.costs, test.costs):
+        raise UsageError(f"{args.val} and {args.test} are not tables of the same model "
+                         f"(exits {val.num_exits} vs {test.num_exits}, costs differ)")
+    try:
+        check_fit_table(val, test, val_name=str(args.val), test_name=str(args.test))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return val, test
+
+
+def _fmt(values, digits=4) -> str:
+    return "[" + ", ".join(f"{v:.{digits}g}" for v in values) + "]"
+
+
+def _criterion(args) -> str:
+    """The criterion for ``args.solver``; a --criterion given to a solver that chooses its own score is an error."""
+    from dynexit import solvers
+
+    takes = "criterion" in solvers.get(args.solver)._get_param_names()  # H2: solvers.takes_criterion
+    if args.criterion is not None and not takes:
+        raise UsageError(f"--criterion {args.criterion}: the {args.solver} solver chooses its own exit score on val; "
+                         "drop --criterion, or pick a solver that takes one (geometric, genetic, lagrangian)")
+    return args.criterion or "max_prob"
+
+
+def _score_name(fitted) -> str:
+    """What the fitted thresholds apply to: a criterion's name or the learned exit score."""
+    score = getattr(fitted, "criterion", None)
+    return score if isinstance(score, str) else "learned exit score"
+
+
+def cmd_solve(args) -> int:
+    """Fit the solver on val for ``--budget`` (MFLOPs per image); print and (``--json``) write the test result."""
+    from dynexit import metrics, solvers
+
+    val, test = _pair(args)
+    try:
+        solver = solvers.make(args.solver, args.budget, _criterion(args)).fit(val)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    result = solver.evaluate(test)
+    oracle = metrics.oracle(test)
+    print(f"model        {test.meta.get('model', '?')}  ({test.num_samples} test samples, {test.num_exits} exits)")
+    print(f"solver       {args.solver}  score {_score_name(solver)}  budget {args.budget:.4g} MFLOPs")
+    print(f"thresholds   {_fmt(solver.thresholds_)}")
+    print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} MFLOPs"
+          + (f"  ({result.spending_note()})" if result.spending_note() else ""))
+    print(f"test         accuracy {result.accuracy:.4f}  mean cost {result.mean_cost:.4g} MFLOPs  "
+          f"speedup {result.speedup:.2f}x  (final exit {test.exit_accuracy()[-1]:.4f} at {test.costs[-1]:.4g})")
+    print(f"oracle       accuracy {oracle.accuracy:.4f}  mean cost {oracle.mean_cost:.4g} MFLOPs")
+    print("exit histogram (test):")
+    for name, cost, count, right in zip(test.exit_names, test.costs, result.histogram, result.histogram_correct):
+        print(f"  {name:>12s}  {cost:10.4g} MFLOPs  {count:6d} samples  {right:6d} right")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, score=_score_name(solver),
+                                                   budget=args.budget), indent=2))
+    return 0
+
+
+def cmd_curve(args) -> int:
+    """Accuracy against budget over ``--points`` budgets, solver fitted on val at each; CSV / JSON on request."""
+    from dynexit import metrics
+
+    val, test = _pair(args)
+    if args.points < 2:
+        raise UsageError("--points must be at least 2")
+    budgets = metrics.budget_grid(val, args.points)
+    try:
+        curve = metrics.budget_curve(val, test, args.solver, budgets, _criterion(args))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    print_curve(curve, test)
+    try:
+        metrics.write_curve(curve, args.csv, args.json)
+    except OSError as err:
+        raise UsageError(f"cannot write output: {err}") from None
+    return 0
+
+
+def print_curve(curve, test) -> None:
+    """One line per budget (val and test cost and accuracy, the oracle, the speedup), then every exit alone."""
+    from dynexit import metrics
+
+    top = metrics.oracle_curve(test, curve.test_cost)
+    print(f"{'budget':>10s} {'val cost':>10s} {'val acc':>8s} {'test cost':>10s} {'test acc':>8s} {'oracle':>8s} {'speedup':>8s}")
+    for row, o in zip(curve.to_rows(), top):
+        print(f"{row['budget']:10.4g} {row['val_cost']:10.4g} {row['val_accuracy']:8.4f} {row['test_cost']:10.4g} "
+              f"{row['test_accuracy']:8.4f} {o:8.4f} {test.costs[-1] / row['test_cost']:7.2f}x")
+    print("per-exit (anytime): " + ", ".join(f"{n} {a:.4f} @ {c:.4g}" for n, a, c in
+                                             zip(test.exit_names, test.exit_accuracy(), test.costs)))
+
+
+def cmd_calibrate(args) -> int:
+    """Per-exit temperature fitted on val; ECE of every exit on test before and after."""
+    from dynexit import criteria
+
+    val, test = _pair(args)
+    temps = criteria.fit_temperature(val)
+    before = criteria.expected_calibration_error(test)
+    after = criteria.expected_calibration_error(test, temps)
+    print(f"{'exit':>12s} {'temperature':>12s} {'ECE before':>11s} {'ECE after':>10s}   (test, 15 bins)")
+    for name, t, b, a in zip(test.exit_names, temps, before, after):
+        print(f"{name:>12s} {t:12.3f} {b:11.4f} {a:10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"temperature": temps.tolist(), "ece_before": before.tolist(),
+                                               "ece_after": after.tolist()}, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Train the toy multi-exit network on digits, save its tables, print the budget curve."""
+    from dynexit import metrics, solvers
+    from dynexit.testing import digits_tables
+
+    out = Path(args.out)
+    print(f"training a small multi-exit MLP on scikit-learn digits (seed {args.seed}) ...", flush=True)
+    val, test = digits_tables(args.seed)
+    val.save(out / "digits_val.npz")
+    test.save(out / "digits_test.npz")
+    print(f"tables written to {out}/digits_{{val,test}}.npz  (try: dynexit solve {out}/digits_val.npz "
+          f"{out}/digits_test.npz --budget {float(np.mean(val.costs[:2])):.4g})")
+    curve = metrics.budget_curve(val, test, solvers.DEFAULT, metrics.budget_grid(val, 10))
+    print(f"budget curve, solver {solvers.DEFAULT} fitted on val, evaluated on test (MFLOPs per image):")
+    print_curve(curve, test)
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Register ``solve``, ``curve``, ``calibrate`` and ``demo`` on an argparse subparsers object."""
+    from dynexit import criteria, solvers
+
+    def table_pair(p):
+        p.add_argument("val", help="validation ExitTable (.npz): thresholds are fitted here")
+        p.add_argument("test", help="test ExitTable (.npz): results are reported here")
+        p.add_argument("--solver", default=solvers.DEFAULT, choices=solvers.available())
+        p.add_argument("--criterion", default=None, choices=criteria.available(),
+                       help="exit criterion (default max_prob) for the solvers that take one (geometric, genetic, "
+                            "lagrangian); crossval and learned choose their own score")
+
+    p = sub.add_parser("solve", help="fit thresholds for a budget and evaluate them")
+    table_pair(p)
+    p.add_argument("--budget", type=budget_arg, required=True, help="average MFLOPs per image")
+    p.add_argument("--json", type=output_file_arg, help="write the result as JSON here")
+    p.set_defaults(func=cmd_solve)
+
+    p = sub.add_parser("curve", help="accuracy vs budget over a sweep of budgets")
+    table_pair(p)
+    p.add_argument("--points", type=int, default=20, help="budgets between the first and last exit's cost")
+    p.add_argument("--csv", type=output_file(".csv"), help="write the curve as CSV here")
+    p.add_argument("--json", type=output_file_arg, help="write the curve as JSON here")
+    p.set_defaults(func=cmd_curve)
+
+    p = sub.add_parser("calibrate", help="per-exit temperature scaling on val, ECE on test")
+    p.add_argument("val", help="validation ExitTable (.npz): temperatures are fitted here")
+    p.add_argument("test", help="test ExitTable (.npz): ECE is reported here")
+    p.add_argument("--json", type=output_file_arg, help="write temperatures and ECE as JSON here")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("demo", help="train a toy multi-exit net on digits (seconds) and print its budget curve")
+    p.add_argument("--out", default=".cache/demo", help="where the demo tables are written")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
