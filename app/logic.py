@@ -194,6 +194,7 @@ def accuracy_dip_note(view: BudgetView, curve: dict, tolerance: float = 5e-4) ->
 
 
 def oracle_points(test, n: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """(budgets (n,) MFLOPs over the test table's cost range, the oracle's test accuracy (n,) at each)."""
     grid = np.linspace(test.costs[0], test.costs[-1], n)
     return grid, metrics.oracle_curve(test, grid)
 

@@ -51,18 +51,23 @@ def _check(probs: np.ndarray) -> np.ndarray:
 
 
 def max_prob(probs: np.ndarray) -> np.ndarray:
+    """Max softmax probability (N, K) of probabilities (N, K, C) (MSDNet); ValueError for NaN / inf."""
     return _max_prob(_check(probs))
 
 
 def entropy(probs: np.ndarray) -> np.ndarray:
+    """Negative entropy in nats (N, K) of probabilities (N, K, C) (BranchyNet); ValueError for NaN / inf."""
     return _entropy(_check(probs))
 
 
 def margin(probs: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 probability (N, K) of probabilities (N, K, C) (Park et al. 2015); ValueError for NaN / inf."""
     return _margin(_check(probs))
 
 
 def patience(probs: np.ndarray) -> np.ndarray:
+    """Run length (N, K) of agreeing predictions ending at each exit plus the max-prob in [0, 1) as a
+    tie-breaker, of probabilities (N, K, C) (Zhou et al., NeurIPS 2020); ValueError for NaN / inf."""
     return _patience(_check(probs))
 
 
@@ -132,6 +137,7 @@ CRITERIA: dict[str, Criterion] = {
 
 
 def available() -> list[str]:
+    """The names of the criteria, for :func:`get`."""
     return list(CRITERIA)
 
 
@@ -241,6 +247,7 @@ class ExitScorer:
         return out
 
     def to_dict(self) -> dict:
+        """The JSON form :meth:`from_dict` reads: each exit a number or its plain lists."""
         return {"kind": "dynexit.learned_exit_score", "exits": [
             m if isinstance(m, float) else {k: np.asarray(v).tolist() for k, v in m.items()} for m in self.models]}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from dynexit import criteria as _criteria
 from dynexit import solvers as _solvers
-from dynexit.solvers._base import ExitResult
+from dynexit.policy import ExitResult
 
 
 # ----------------------------------------------------------------------------- anytime view
@@ -98,6 +98,8 @@ def confidence_at_exit(table, result: ExitResult) -> np.ndarray:
 
 @dataclass
 class BudgetCurve:
+    """A solver fitted on val at each budget (MFLOPs per image) and read on test: one list entry per budget."""
+
     solver: str
     criterion: str
     budgets: list
@@ -108,10 +110,12 @@ class BudgetCurve:
     fit_seconds: list = field(default_factory=list)
 
     def to_rows(self) -> list[dict]:
+        """One dict per budget (budget, val/test cost and accuracy, fit seconds)."""
         keys = ["budgets", "val_cost", "val_accuracy", "test_cost", "test_accuracy", "fit_seconds"]
         return [dict(zip(["budget"] + keys[1:], vals)) for vals in zip(*(getattr(self, k) for k in keys))]
 
     def to_dict(self) -> dict:
+        """All fields as plain lists."""
         return asdict(self)
 
 
@@ -283,10 +287,10 @@ def compare_solvers(val, test, solvers=None, reference: str = "geometric", n_bud
     budgets = budget_grid(val, n_budgets)
     curves = {}
     for name in names:
-        fresh = ExitTable(val.logits, val.labels, val.costs, val.exit_names)  # no cache from another solver
-        clear = getattr(_solvers.get(name), "clear_cache", None)  # a solver's own cache, keyed by content
-        if clear is not None:
-            clear()
+        # a fresh table (no criterion scores cached by another solver's fits) and no solver cache:
+        # every solver's first fit is timed cold
+        fresh = ExitTable(val.logits, val.labels, val.costs, val.exit_names)
+        _solvers.clear_cache()
         curves[name] = budget_curve(fresh, test, name, budgets, criterion)
     out = {}
     for name, curve in curves.items():
@@ -300,6 +304,7 @@ def compare_solvers(val, test, solvers=None, reference: str = "geometric", n_bud
 
 
 def write_curve(curve: BudgetCurve, csv_path=None, json_path=None):
+    """Write a budget curve as CSV (one row per budget) and/or JSON, to the paths given."""
     if csv_path:
         rows = curve.to_rows()
         with open(csv_path, "w") as f:

@@ -119,6 +119,7 @@ class ExitResult:
         return self.histogram - self.histogram_correct
 
     def summary(self) -> dict:
+        """The result as plain JSON values (accuracy in [0, 1], costs in MFLOPs per image)."""
         return {
             "accuracy": self.accuracy,
             "mean_cost": self.mean_cost,

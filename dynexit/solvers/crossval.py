@@ -238,6 +238,8 @@ class CrossValidatedSolver(BaseSolver):
         return candidates
 
     def fit(self, table):
+        """Choose the score and the geometric ratio for the budget on ``table`` (val); returns self.
+        ValueError for a budget below the cheapest exit or bad parameters."""
         budget = check_budget(self.budget, table.costs)
         candidates = self._validate(table)
         key = ("crossval", candidates, int(self.n_folds), float(self.z), int(self.n_budgets), self.random_state)

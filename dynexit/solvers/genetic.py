@@ -58,6 +58,8 @@ class GeneticSolver(BaseSolver):
         return np.where(over > 0, -over, acc), acc, cost
 
     def fit(self, table):
+        """Evolve the thresholds on ``table`` (val) for the budget; returns self. ValueError for a
+        budget below the cheapest exit or a bad population / generations / elite."""
         budget = check_budget(self.budget, table.costs)
         if self.population < 4 or self.generations < 1 or not 0 <= self.elite < self.population:
             raise ValueError("GeneticSolver needs population >= 4, generations >= 1, 0 <= elite < population")

@@ -104,6 +104,8 @@ class GeometricSolver(BaseSolver):
         self.criterion = criterion
 
     def fit(self, table):
+        """MSDNet's thresholds on ``table`` (val) for ``q``, or the ratio searched for ``budget``; returns
+        self. ValueError unless exactly one of them is given, or for a budget below the cheapest exit."""
         if (self.q is None) == (self.budget is None):
             raise ValueError("GeometricSolver needs exactly one of q= or budget=")
         scores = table.scores(self.criterion)

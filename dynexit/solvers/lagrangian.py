@@ -76,6 +76,7 @@ class ThresholdSearch:
         return cuts, cum_correct, cum_cost
 
     def totals(self, thresholds) -> tuple[float, float]:
+        """(number of correct samples, total MFLOPs) under ``thresholds`` (K,)."""
         exits = assign_exits(self.scores, thresholds)
         rows = np.arange(self.n)
         return float(self.correct[rows, exits].sum()), float(self.costs[exits].sum())
@@ -115,6 +116,7 @@ class ThresholdSearch:
 
     # ------------------------------------------------------------------ budgeted fit
     def solve(self, budget: float) -> np.ndarray:
+        """Thresholds (K,) of the most accurate point within ``budget`` (MFLOPs per image)."""
         feasible = [p for p in self.path if p[0] <= budget + 1e-12]
         _, _, thresholds = max(feasible, key=lambda p: (p[1], p[0]))
         return self.spend(budget, thresholds.copy())
@@ -176,6 +178,8 @@ class LagrangianSolver(BaseSolver):
         self.min_gap = min_gap
 
     def fit(self, table):
+        """Search the thresholds on ``table`` (val) for the budget; returns self. ValueError for a
+        budget below the cheapest exit or a negative ``min_gap``."""
         budget = check_budget(self.budget, table.costs)
         if int(self.min_gap) < 0:
             raise ValueError(f"min_gap must be >= 0, got {self.min_gap}")

@@ -99,6 +99,8 @@ def test_hardest_and_easiest_orders(tables):
     assert p_true[easy[0]] == p_true.max()
     with pytest.raises(ValueError):
         logic.rank_images(test, "median")
+    assert logic.rank_images(test, "hardest") is hard  # cached by the app, keyed by the table's content
+    assert not any("app_rank" in str(key) for key in test._memo)  # nothing written into the table
 
 
 def test_budget_for_accuracy_and_accuracy_at_budgets():

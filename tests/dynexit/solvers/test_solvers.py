@@ -7,6 +7,8 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from dynexit import criteria, metrics, solvers
+from dynexit.policy import ExitRule
+from dynexit.table import ExitTable
 from dynexit.solvers import assign_exits
 from conftest import random_table
 
@@ -75,6 +77,47 @@ def test_sklearn_conventions(digits):
         result = solver.evaluate(test)
         assert result.histogram.sum() == len(test)
         assert 0 <= result.accuracy <= 1
+
+
+# what a table may cache about itself: its fingerprint, probabilities, predictions, correctness and
+# criterion scores; never a solver's state
+TABLE_OWN_KEYS = ("fingerprint", "pred", "correct", "probs", "scores")
+
+
+@pytest.mark.parametrize("name", solvers.available())
+def test_fit_writes_nothing_into_the_table_and_the_rule_is_the_solver(digits, name):
+    val, test = digits
+    val, test = ExitTable(val.logits, val.labels, val.costs), ExitTable(test.logits, test.labels, test.costs)
+    fitted = solvers.make(name, budget=float(val.costs[1] + 0.3 * (val.costs[-1] - val.costs[1]))).fit(val)
+    for table in (val, test):
+        fitted.evaluate(table)
+        fitted.scores(table)
+        keys = [k if isinstance(k, str) else k[0] for k in table._memo]
+        assert set(keys) <= set(TABLE_OWN_KEYS), keys
+    assert isinstance(fitted.rule_, ExitRule)
+    np.testing.assert_array_equal(fitted.rule_.thresholds, fitted.thresholds_)
+    mine, its = fitted.rule_.evaluate(test), fitted.evaluate(test)
+    np.testing.assert_array_equal(mine.exits, its.exits)
+    assert mine.summary() == its.summary()
+    # the saved rule is the fitted one
+    assert ExitRule.from_dict(ExitRule.from_solver(fitted).to_dict()).evaluate(test).exits.tolist() == its.exits.tolist()
+
+
+def test_out_of_fold_scores_are_asked_for_explicitly(digits):
+    val, test = digits
+    fitted = solvers.make("learned", budget=float(val.costs[1]), n_folds=3).fit(val)
+    np.testing.assert_array_equal(fitted.scores(val, out_of_fold=True), fitted.fit_scores_)
+    assert not np.array_equal(fitted.scores(val), fitted.fit_scores_)  # the refitted score differs from the cross-fitted
+    np.testing.assert_allclose(fitted.scores(val), fitted.rule_.scores(val))
+    with pytest.raises(ValueError, match="fitting table only"):
+        fitted.scores(test, out_of_fold=True)
+    assert fitted.evaluate(val).mean_cost == pytest.approx(fitted.expected_cost_)  # evaluated on what it was fitted on
+
+
+def test_solvers_say_whether_they_take_a_criterion():
+    assert [n for n in solvers.available() if solvers.takes_criterion(n)] == ["lagrangian", "geometric", "genetic"]
+    with pytest.raises(ValueError, match="unknown solver"):
+        solvers.takes_criterion("nope")
 
 
 def test_budget_outside_range_is_an_error(digits):
