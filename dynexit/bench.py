@@ -26,7 +26,12 @@ import numpy as np
 
 
 def fit_thresholds(val_table, budget: float, solver: str | None = None, criterion: str = "max_prob"):
-    """Fit a solver on the val table; returns ``(thresholds (K,), criterion for early_exit, solver)``."""
+    """Fit a solver on the val table for ``budget`` (MFLOPs per image).
+
+    Returns ``(thresholds (K,) float64, the criterion early_exit applies them to, the fitted solver)``;
+    ``solver`` is a :func:`dynexit.solvers.make` name (default :data:`dynexit.solvers.DEFAULT`).
+    ValueError for an unknown solver or criterion.
+    """
     from dynexit import solvers
 
     fitted = solvers.make(solver or solvers.DEFAULT, budget=budget, criterion=criterion).fit(val_table)
@@ -47,7 +52,14 @@ def _timed(fn, batches, repeats: int) -> float:
 
 def benchmark(model, images, labels, thresholds, criterion="max_prob",
               batch_sizes=(256, 1), batch1_limit: int = 300, repeats: int = 3, threads: int | None = None) -> dict:
-    """Time the full model and early exit on ``images`` (float (N, C, H, W)); thresholds given directly."""
+    """Time the full model and early exit on ``images`` (float (N, C, H, W), labels (N,)); thresholds (K,)
+    given directly (the last may be omitted).
+
+    Best of ``repeats`` wall-clock runs at each batch size (batch 1 on the first ``batch1_limit``
+    images). Returns a JSON-able dict: exit histogram, mean / full cost (MFLOPs per image),
+    ``theoretical_speedup`` (cost ratio), ``measured_speedup`` (throughput ratio at the first batch
+    size), both accuracies and per-batch-size ``timings`` (images per second).
+    """
     import torch
 
     with torch.no_grad():
@@ -333,6 +345,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
 
 
 def format_result(r: dict) -> str:
+    """The lines ``dynexit bench`` prints for a :func:`run_bench` result (or a shipped NAME.bench.json)."""
     from dynexit.zoo import describe_weights
 
     if r.get("budget_mflops") is None:  # run with --thresholds: no budget, no solver

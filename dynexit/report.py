@@ -95,6 +95,7 @@ def curve_above(a: dict, b: dict, tie: float = TIE) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 def build_figures(results: dict[str, dict]) -> dict:
+    """The page's plotly figures by file stem (anytime_all, curve_all, curve_NAME, shares_NAME; :mod:`dynexit.viz`)."""
     from dynexit import viz
 
     figs = {}
@@ -142,17 +143,8 @@ def write_pngs(figs: dict, out_dir: Path, width: int = 900, height: int = 480) -
 
 # ----------------------------------------------------------------------------- page
 
-def render(results: dict[str, dict], extras: dict, fig_dir: str = "figures") -> str:
-    names = list(results)
-    L = ["# Results: the dynexit zoo on Fashion-MNIST", "",
-         f"Made by `dynexit report` on {extras['date']} ({extras['machine']}) from the shipped files in `data/zoo`. "
-         "Thresholds are fitted on the validation split (5,000 images held out from training); every accuracy and "
-         "cost below is measured on the 10,000 test images. Costs are multiply-adds per image counted with "
-         "`torch.utils.flop_counter.FlopCounterMode` on the early-exit path (MFLOPs).", ""]
-    if not names:
-        return "\n".join(L + ["No zoo model is shipped yet: run `dynexit zoo reproduce NAME` first."]) + "\n"
-
-    L += ["## Summary", ""]
+def _summary(results: dict[str, dict]) -> list[str]:
+    """The summary section: per model its exits, full cost, final accuracy, matched cost and CPU speedup."""
     rows = []
     for n, r in results.items():
         m = r.get("match_final")
@@ -163,10 +155,24 @@ def render(results: dict[str, dict], extras: dict, fig_dir: str = "figures") -> 
                                           f"{1 / m['share_of_full']:.2f}x)" if "curves" in r else "-",
                      "-" if not t else f"{t['measured_speedup']:.2f}x vs {b['theoretical_speedup']:.2f}x "
                                        f"({t['ratio_to_theoretical']:.2f}; {b.get('torch_threads', '?')} torch thread(s))"])
-    L += [_md_table(["model", "exits", "full MFLOPs", "final exit test acc (%)",
-                     "MFLOPs to match the final exit (within 0.1 pt; share, FLOPs speedup)",
-                     "measured CPU speedup, batch 256 (vs FLOPs speedup; ratio)"], rows), ""]
+    header = ["model", "exits", "full MFLOPs", "final exit test acc (%)",
+              "MFLOPs to match the final exit (within 0.1 pt; share, FLOPs speedup)",
+              "measured CPU speedup, batch 256 (vs FLOPs speedup; ratio)"]
+    return ["## Summary", "", _md_table(header, rows), ""]
 
+
+def render(results: dict[str, dict], extras: dict, fig_dir: str = "figures") -> str:
+    """The results page (Markdown) of :func:`model_results` per zoo model; figures linked under ``fig_dir``."""
+    names = list(results)
+    L = ["# Results: the dynexit zoo on Fashion-MNIST", "",
+         f"Made by `dynexit report` on {extras['date']} ({extras['machine']}) from the shipped files in `data/zoo`. "
+         "Thresholds are fitted on the validation split (5,000 images held out from training); every accuracy and "
+         "cost below is measured on the 10,000 test images. Costs are multiply-adds per image counted with "
+         "`torch.utils.flop_counter.FlopCounterMode` on the early-exit path (MFLOPs).", ""]
+    if not names:
+        return "\n".join(L + ["No zoo model is shipped yet: run `dynexit zoo reproduce NAME` first."]) + "\n"
+
+    L += _summary(results)
     L += ["## Per-exit accuracy and cost (anytime)", "", f"![per-exit accuracy]({fig_dir}/anytime_all.png)", ""]
     for n, r in results.items():
         L += [f"**{n}**", "", _md_table(["exit", "MFLOPs", "val acc (%)", "test acc (%)"],
