@@ -62,8 +62,7 @@ def _numbers(view):
                 help="Average compute actually spent per test image (the budget is met on the validation images).")
     c[2].metric("Speedup", f"{view.speedup:.2f}x", help="Full model's MFLOPs divided by the mean MFLOPs spent.")
     c[3].metric("Final exit alone", f"{view.final_accuracy:.2%}", help="Accuracy when every image goes to the last exit.")
-    if static:  # one exit: no rule to underspend, no smaller budget to compare with
-        return
+    # (a single-exit model gets neither note: its one cost leaves nothing unspent, no smaller budget exists)
     if view.spending_note:
         st.info(f"This rule {view.spending_note}.", icon=":material/savings:")
     if dip := logic.accuracy_dip_note(view, common.dip_curve(name, solver, criterion)):
