@@ -26,6 +26,7 @@ def load_tests(names: list[str]) -> dict:
 def curves_plot(tests: dict, curves: dict):
     """Every model's accuracy-vs-budget curve (single-exit models: points), optionally every exit alone."""
     def exits(t):
+        """(cumulative MFLOPs, test accuracy, name) of each exit of the test table ``t`` used alone."""
         return t.costs, t.exit_accuracy(), list(t.exit_names)
 
     multi = {n: (c["cost"], c["accuracy"]) for n, c in curves.items() if not common.is_static(tests[n])}
