@@ -1,4 +1,4 @@
-"""A learned exit score, thresholded by the exact search: our default solver.
+"""A learned exit score, thresholded by the exact search (the default solver is ``crossval``).
 
 The idea follows the "learning to exit" line of work (e.g. Kag, Saligrama and Chakraborty,
 "Learning to Exit", and the confidence-combination features of Wołczyk et al., "Zero Time Waste",
@@ -14,7 +14,8 @@ than from exit k's max-probability alone. For every exit we fit a logistic regre
 Guard against fitting the validation noise: the validation scores the thresholds are searched on are
 cross-fitted (each fold scored by models trained on the other folds), the regressions are
 L2-regularised, and threshold cuts are spaced ``min_gap`` samples apart. The models refitted on
-the whole validation table score every other table (test, live early exit).
+the whole validation table score every other table (test, live early exit). The fitted score is a
+:class:`dynexit.criteria.ExitScorer` (plain numbers, saved with the exit rule); this module fits it.
 """
 
 from __future__ import annotations
