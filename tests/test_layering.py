@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("dynexit", "app")
+PACKAGES = {"dynexit": "dynexit", "app": "app", "dynexit_app": "app"}  # import name -> folder (pyproject package-dir)
 
 VIEWER = ["app", "dynexit.viz", "dynexit.report", "dynexit.zoo", "dynexit.zoo.catalog", "dynexit.policy",
           "dynexit.table"]
@@ -24,9 +24,10 @@ TRAINING = ("dynexit.training", "dynexit.zoo.reproduce", "dynexit.tables", "dyne
 
 def module_file(name: str) -> Path | None:
     """The source file of a dynexit/app module (``None`` when it is not one of ours)."""
-    if name.split(".")[0] not in PACKAGES:
+    top, *rest = name.split(".")
+    if top not in PACKAGES:
         return None
-    base = ROOT.joinpath(*name.split("."))
+    base = ROOT.joinpath(PACKAGES[top], *rest)
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
