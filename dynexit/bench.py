@@ -28,15 +28,16 @@ import numpy as np
 def fit_thresholds(val_table, budget: float, solver: str | None = None, criterion: str = "max_prob"):
     """Fit a solver on the val table for ``budget`` (MFLOPs per image).
 
-    Returns ``(thresholds (K,) float64, the criterion early_exit applies them to, the fitted solver)``;
+    Returns ``(thresholds (K,) float64, the criterion early_exit applies them to, the fitted solver)``,
+    read from the solver's exit rule (:class:`dynexit.policy.ExitRule`, ``rule_``);
     ``solver`` is a :func:`dynexit.solvers.make` name (default :data:`dynexit.solvers.DEFAULT`).
     ValueError for an unknown solver or criterion.
     """
     from dynexit import solvers
 
     fitted = solvers.make(solver or solvers.DEFAULT, budget=budget, criterion=criterion).fit(val_table)
-    crit = getattr(fitted, "criterion", criterion)  # the learned solver's fitted exit score
-    return np.asarray(fitted.thresholds_, dtype=np.float64), crit, fitted
+    rule = fitted.rule_  # thresholds + the score they apply to (the learned solver's is its fitted score)
+    return np.asarray(rule.thresholds, dtype=np.float64), rule.criterion, fitted
 
 
 def _timed(fn, batches, repeats: int) -> float:

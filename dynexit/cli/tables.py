@@ -49,17 +49,10 @@ def _criterion(args) -> str:
     """The criterion for ``args.solver``; a --criterion given to a solver that chooses its own score is an error."""
     from dynexit import solvers
 
-    takes = "criterion" in solvers.get(args.solver)._get_param_names()  # H2: solvers.takes_criterion
-    if args.criterion is not None and not takes:
+    if args.criterion is not None and not solvers.takes_criterion(args.solver):
         raise UsageError(f"--criterion {args.criterion}: the {args.solver} solver chooses its own exit score on val; "
                          "drop --criterion, or pick a solver that takes one (geometric, genetic, lagrangian)")
     return args.criterion or "max_prob"
-
-
-def _score_name(fitted) -> str:
-    """What the fitted thresholds apply to: a criterion's name or the learned exit score."""
-    score = getattr(fitted, "criterion", None)
-    return score if isinstance(score, str) else "learned exit score"
 
 
 def cmd_solve(args) -> int:
@@ -71,10 +64,10 @@ def cmd_solve(args) -> int:
         solver = solvers.make(args.solver, args.budget, _criterion(args)).fit(val)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    result = solver.evaluate(test)
+    result, score = solver.evaluate(test), solver.rule_.score_name
     oracle = metrics.oracle(test)
     print(f"model        {test.meta.get('model', '?')}  ({test.num_samples} test samples, {test.num_exits} exits)")
-    print(f"solver       {args.solver}  score {_score_name(solver)}  budget {args.budget:.4g} MFLOPs")
+    print(f"solver       {args.solver}  score {score}  budget {args.budget:.4g} MFLOPs")
     print(f"thresholds   {_fmt(solver.thresholds_)}")
     print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} MFLOPs"
           + (f"  ({result.spending_note()})" if result.spending_note() else ""))
@@ -85,7 +78,7 @@ def cmd_solve(args) -> int:
     for name, cost, count, right in zip(test.exit_names, test.costs, result.histogram, result.histogram_correct):
         print(f"  {name:>12s}  {cost:10.4g} MFLOPs  {count:6d} samples  {right:6d} right")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, score=_score_name(solver),
+        Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, score=score,
                                                    budget=args.budget), indent=2))
     return 0
 

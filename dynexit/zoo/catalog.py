@@ -267,9 +267,6 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-_display_path = display_path  # temporary: dynexit/tables.py imports the old name until it moves to display_path
-
-
 def weights_record(model, path: str | os.PathLike, zoo: str | None = None) -> dict:
     """``{"path", "sha256" (full hex), "zoo" (entry name or None)}`` of the weights file ``model`` was
     loaded from. The sidecar's ``weights_sha256``, which ``load_checkpoint`` has just checked against
