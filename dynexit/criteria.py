@@ -10,6 +10,9 @@ calls it on the exits computed so far and reads the last column).
 - ``patience``: how many consecutive exits, ending at k, agree on the prediction (Zhou et al.,
   "BERT Loses Patience", NeurIPS 2020), with the max-prob as a tie-breaker in [0, 1).
 - ``random``: a seeded uniform score, the control every criterion should beat.
+- the learned exit score (:class:`ExitScorer`): per-exit logistic regressions on features of exits
+  1..k (:func:`exit_features`), fitted by :mod:`dynexit.solvers.learned`; a callable criterion that
+  an exit rule saves as plain numbers.
 
 Per-sample criteria (``random``): a criterion may take a keyword ``rows``, int (N,), the sample id
 of each row of ``probs``: its row in the table, or its position in the original batch of real early
