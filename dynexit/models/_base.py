@@ -69,8 +69,14 @@ class MultiExitModel(nn.Module):
         return len(self.exit_names)
 
     def loss_weights(self) -> list[float]:
+        """One training-loss weight per exit (``default_loss_weights``, else 1.0 each)."""
         w = self.default_loss_weights or (1.0,) * self.num_exits
         return [float(v) for v in w]
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters kept out of weight decay besides biases and norm weights (which have
+        ``ndim <= 1`` and are never decayed): timm's convention, read by the training loop."""
+        return set()
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError naming the problem when ``x`` is not a batch this model accepts."""

@@ -149,6 +149,11 @@ class DynamicPerceiver(MultiExitModel):
         z = self._x2z(k, x, z)
         return x, self.self_attn[k](z)
 
+    def no_weight_decay(self) -> set[str]:
+        """The learned latent tokens and the x2z key position offsets are not decayed (like the
+        latent array and position embeddings of Perceiver / ViT training recipes)."""
+        return {"latent"} | {f"x2z.{k}.key_pos" for k, m in self.x2z.items() if m.key_pos is not None}
+
     # ------------------------------------------------------------------ staged form
     def forward_stage(self, k, state):
         if k == 0:

@@ -26,6 +26,10 @@ import time
 import torch
 from torch import nn
 
+from dynexit.training.loop import evaluate, pick_device
+from dynexit.training.losses import multi_exit_loss
+from dynexit.training.optim import build_optimizer, train_steps
+
 STRATEGIES = ("classifier-wise", "end-to-end", "layer-wise")
 
 
@@ -68,7 +72,8 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
         ``requires_grad`` flags.
     loader : batches ``(images float (B, C, H, W) in [0, 1], labels (B,))``
     epochs : epochs per phase (layer-wise has one phase per exit, the others one phase)
-    lr, weight_decay : AdamW, with a cosine decay of the learning rate over each phase's steps
+    lr, weight_decay : AdamW (one group, every trained parameter decayed), with a cosine decay of the
+        learning rate to 0 over each phase's steps (:mod:`dynexit.training.optim`)
     loss_weights : one weight per exit; default ``model.loss_weights()`` for end-to-end and 1.0
         otherwise (each classifier-wise / layer-wise loss reaches its own parameters only)
     max_steps : stop each phase after this many optimiser steps (smoke tests)
@@ -78,10 +83,6 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
     ``epoch``, ``steps``, ``trained_exits``, ``loss`` {exit name: mean CE}, ``val_accuracy``),
     ``val_accuracy`` (the last one, or None), ``steps`` and ``seconds``.
     """
-    from tqdm.auto import tqdm
-
-    from dynexit.training.loop import evaluate, multi_exit_loss, pick_device
-
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown exit-training strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if int(epochs) < 1:
@@ -97,55 +98,63 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
     model.to(device)
     was_training = model.training
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
-    names = list(model.exit_names)
-    history = {"strategy": strategy, "exit_names": names, "records": [], "val_accuracy": None, "steps": 0}
+    history = {"strategy": strategy, "exit_names": list(model.exit_names), "records": [], "val_accuracy": None,
+               "steps": 0}
+    settings = dict(epochs=int(epochs), lr=lr, weight_decay=weight_decay, loss_weights=loss_weights, device=device,
+                    max_steps=max_steps, progress=progress, val_loader=val_loader, label_smoothing=label_smoothing)
     t0 = time.time()
     try:
         for phase, (parts, exits) in enumerate(phases):
-            params = _trainable(model, parts)
-            if not params:
-                raise ValueError(f"{strategy}: phase {phase + 1} (exits {[names[k] for k in exits]}) "
-                                 "has no parameters to train")
-            total = int(epochs) * len(loader)
-            total = min(total, max_steps) if max_steps else total
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total, 1))
-            step = 0
-            for epoch in range(int(epochs)):
-                if step >= total:
-                    break
-                _trainable(model, parts)  # evaluate() below switches the whole model's mode
-                sums, seen = torch.zeros(len(exits)), 0
-                label = f"{strategy} " + (f"exit {phase + 1}/{len(phases)} " if len(phases) > 1 else "")
-                bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{int(epochs)}", disable=not progress,
-                           leave=False, dynamic_ncols=True)
-                for x, y in bar:
-                    if step >= total:
-                        break
-                    x, y = x.to(device), y.to(device)
-                    outs = model.forward_upto(x, max(exits))
-                    loss, ces = multi_exit_loss([outs[k] for k in exits], y, [loss_weights[k] for k in exits],
-                                                label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    schedule.step()
-                    step += 1
-                    sums += torch.tensor(ces) * len(y)
-                    seen += len(y)
-                    bar.set_postfix(loss="/".join(f"{v:.3f}" for v in (sums / seen).tolist()))
-                bar.close()
-                record = {"phase": phase, "epoch": epoch + 1, "steps": step, "trained_exits": [names[k] for k in exits],
-                          "loss": {names[k]: float(s / max(seen, 1)) for k, s in zip(exits, sums)},
-                          "val_accuracy": None}
-                if val_loader is not None:
-                    record["val_accuracy"] = evaluate(model, val_loader, device).tolist()
-                    history["val_accuracy"] = record["val_accuracy"]
-                history["records"].append(record)
-            history["steps"] += step
+            _train_phase(model, loader, strategy, (phase, len(phases)), parts, exits, history, **settings)
     finally:
         for p, flag in grad_flags:
             p.requires_grad_(flag)
         model.train(was_training)
     history["seconds"] = time.time() - t0
     return history
+
+
+def _train_phase(model, loader, strategy: str, phase: tuple[int, int], parts: list[nn.Module], exits: list[int],
+                 history: dict, *, epochs: int, lr: float, weight_decay: float, loss_weights: list, device,
+                 max_steps: int | None, progress: bool, val_loader, label_smoothing: float) -> None:
+    """Train ``parts`` on the loss of ``exits`` (phase ``phase[0]`` of ``phase[1]``): one AdamW with a
+    cosine schedule over the phase; appends one record per epoch to ``history``."""
+    from tqdm.auto import tqdm
+
+    names = history["exit_names"]
+    params = _trainable(model, parts)
+    if not params:
+        raise ValueError(f"{strategy}: phase {phase[0] + 1} (exits {[names[k] for k in exits]}) "
+                         "has no parameters to train")
+    total = epochs * len(loader)
+    total = min(total, max_steps) if max_steps else total
+    optimizer, scheduler = build_optimizer([{"params": params, "weight_decay": weight_decay}], lr, total)
+    label = f"{strategy} " + (f"exit {phase[0] + 1}/{phase[1]} " if phase[1] > 1 else "")
+    step = 0
+    for epoch in range(epochs):
+        if step >= total:
+            break
+        _trainable(model, parts)  # evaluate() below switches the whole model's mode
+        stats = {"sums": torch.zeros(len(exits)), "seen": 0}  # summed CE per trained exit, images seen
+        bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+                   dynamic_ncols=True)
+
+        def loss_fn(x, y):
+            outs = model.forward_upto(x, max(exits))
+            loss, ces = multi_exit_loss([outs[k] for k in exits], y, [loss_weights[k] for k in exits],
+                                        label_smoothing)
+            stats["sums"] += torch.tensor(ces) * len(y)
+            stats["seen"] += len(y)
+            bar.set_postfix(loss="/".join(f"{v:.3f}" for v in (stats["sums"] / stats["seen"]).tolist()))
+            return loss
+
+        step = train_steps(bar, loss_fn, optimizer, scheduler, step=step, stop_at=total, device=device)
+        bar.close()
+        record = {"phase": phase[0], "epoch": epoch + 1, "steps": step, "trained_exits": [names[k] for k in exits],
+                  "loss": {names[k]: float(s / max(stats["seen"], 1)) for k, s in zip(exits, stats["sums"])},
+                  "val_accuracy": None}
+        if val_loader is not None:
+            record["val_accuracy"] = evaluate(model, val_loader, device).tolist()
+            history["val_accuracy"] = record["val_accuracy"]
+        history["records"].append(record)
+    history["steps"] += step

@@ -30,14 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dynexit.data import train_val_datasets
+from dynexit.training.losses import multi_exit_loss
+from dynexit.training.optim import WarmupCosineLR, build_optimizer, train_steps, weight_decay_groups
+from dynexit.training.resume import load_resume, save_resume
 
 
 @dataclass
 class TrainConfig:
+    """The settings of one training run (``dynexit train`` flags of the same names); see the module
+    docstring for the recipe. ``epochs`` may be fractional; ``max_steps`` stops early without
+    shortening the LR schedule; ValueError for non-positive ``epochs``."""
+
     model: str = "dynperceiver_fmnist"
     model_kwargs: dict = field(default_factory=dict)
     data: str = "fashion-mnist"
@@ -75,12 +81,15 @@ class TrainConfig:
             raise ValueError(f"epochs must be a positive number (an int, or a float for part of an epoch), got {e!r}")
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict (recorded in checkpoints and the resume state)."""
         return dataclasses.asdict(self)
 
 
 # ----------------------------------------------------------------------------- pieces
 
 def pick_device(device: str = "auto") -> torch.device:
+    """The torch device for ``device`` (auto: CUDA of ``$LOCAL_RANK``, then MPS, then CPU); ValueError
+    for an unknown name or CUDA requested where there is none."""
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -94,35 +103,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device auto or cpu")
     return dev
-
-
-def multi_exit_loss(outputs, labels, weights=None, label_smoothing: float = 0.0, distill_alpha: float = 0.0,
-                    temperature: float = 1.0):
-    """Weighted CE over the exits plus self-distillation from the detached last exit.
-
-    Returns ``(loss, per_exit_ce list of floats)``.
-    """
-    k = len(outputs)
-    weights = [1.0] * k if weights is None else list(weights)
-    if len(weights) != k:
-        raise ValueError(f"loss weights need one value per exit ({k}), got {len(weights)}")
-    ces = [F.cross_entropy(o, labels, label_smoothing=label_smoothing) for o in outputs]
-    loss = sum(w * ce for w, ce in zip(weights, ces))
-    if distill_alpha > 0 and k > 1:
-        t = float(temperature)
-        teacher = F.log_softmax(outputs[-1].detach() / t, dim=1)
-        for o in outputs[:-1]:
-            kd = F.kl_div(F.log_softmax(o / t, dim=1), teacher, reduction="batchmean", log_target=True)
-            loss = loss + distill_alpha * kd * t * t
-    return loss, [float(c.detach()) for c in ces]
-
-
-def lr_at(step: int, total: int, warmup: int, base: float, minimum: float) -> float:
-    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to ``minimum``."""
-    if warmup > 0 and step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def build_datasets(cfg: TrainConfig):
@@ -160,55 +140,6 @@ def evaluate(model, loader, device, distributed: bool = False) -> np.ndarray:
     return (counts[:-1] / counts[-1].clamp(min=1)).numpy()
 
 
-# ----------------------------------------------------------------------------- resume state
-
-def _save_resume(path: Path, model, ema, optimizer, step: int, epoch: int, history: list, cfg: TrainConfig):
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.module.state_dict().items()})
-    opt = optimizer.state_dict()
-    for idx, st in opt["state"].items():
-        for key, val in st.items():
-            t = val if isinstance(val, torch.Tensor) else torch.tensor(val)
-            tensors[f"opt.{idx}.{key}"] = t.detach().cpu().contiguous().clone()
-    tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"step": step, "epoch": epoch, "history": history, "config": cfg.to_dict(),
-            "param_groups": opt["param_groups"], "ema_updates": getattr(ema, "num_updates", None) if ema else None}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    path.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=1, default=float))
-    os.replace(tmp, path)
-    os.replace(path.with_suffix(".json.tmp"), path.with_suffix(".json"))
-
-
-def _load_resume(path: Path, model, ema, optimizer):
-    from dynexit.io.checkpoint import read_weights
-
-    tensors = read_weights(path)
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path.with_suffix('.json')}: missing or corrupt resume state ({err})") from err
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-        if ema_sd:
-            ema.module.load_state_dict(ema_sd)
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
-    if ema is not None and meta.get("ema_updates") is not None and hasattr(ema, "num_updates"):
-        ema.num_updates = meta["ema_updates"]
-    return meta
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def _setup_distributed(device: torch.device):
@@ -221,30 +152,41 @@ def _setup_distributed(device: torch.device):
     return True, dist.get_rank(), dist.get_world_size()
 
 
-def train(cfg: TrainConfig | None = None, **overrides) -> dict:
-    """Train a model; returns ``{"history", "val_accuracy", "checkpoint", "seconds_per_epoch"}``."""
-    from tqdm.auto import tqdm
+@dataclass
+class _Run:
+    """What one training run holds while it goes: the model (and its DDP wrapper), data, optimiser."""
 
-    from dynexit.io.checkpoint import save_checkpoint
-    from dynexit.models import create_model
+    cfg: TrainConfig
+    device: torch.device
+    distributed: bool
+    rank: int
+    world: int
+    model: nn.Module
+    net: nn.Module  # what the steps run: the model, or its DistributedDataParallel wrapper
+    loss_weights: list
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    sampler: object  # the DistributedSampler of the training set, or None
+    generator: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: WarmupCosineLR
+    ema: object  # timm ModelEmaV3, or None
+    schedule_steps: int  # the LR schedule's length
+    total_steps: int  # where to stop (max_steps may stop early)
 
-    cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
-    device = pick_device(cfg.device)
-    distributed, rank, world = _setup_distributed(device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    main = rank == 0
-    torch.manual_seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
+    @property
+    def main(self) -> bool:
+        """Rank 0, which prints and writes the files."""
+        return self.rank == 0
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = create_model(cfg.model, **cfg.model_kwargs).to(device)
-    torch.manual_seed(cfg.seed + rank)
-    weights = cfg.loss_weights or model.loss_weights()
-    if len(weights) != model.num_exits:
-        raise ValueError(f"--loss-weights needs {model.num_exits} values for {cfg.model}, got {len(weights)}")
+    def eval_model(self) -> nn.Module:
+        """What is validated and saved: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _loaders(cfg: TrainConfig, distributed: bool, rank: int, world: int):
+    """``(train_loader, val_loader, train sampler or None, the train loader's generator)``."""
     train_ds, val_ds = build_datasets(cfg)
-
     sampler = val_sampler = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
@@ -257,110 +199,153 @@ def train(cfg: TrainConfig | None = None, **overrides) -> dict:
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=512, sampler=val_sampler, num_workers=cfg.num_workers)
     if len(train_loader) == 0:
         raise ValueError(f"training set of {len(train_ds)} samples is smaller than one batch of {cfg.batch_size}")
+    return train_loader, val_loader, sampler, gen
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name.endswith("latent") or "key_pos" in name else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
+def _start(cfg: TrainConfig) -> _Run:
+    """Seed, build the model, data, optimiser, schedule and EMA of a run (nothing trained yet)."""
+    from dynexit.models import create_model
+
+    device = pick_device(cfg.device)
+    distributed, rank, world = _setup_distributed(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = create_model(cfg.model, **cfg.model_kwargs).to(device)
+    torch.manual_seed(cfg.seed + rank)
+    weights = cfg.loss_weights or model.loss_weights()
+    if len(weights) != model.num_exits:
+        raise ValueError(f"--loss-weights needs {model.num_exits} values for {cfg.model}, got {len(weights)}")
+    train_loader, val_loader, sampler, gen = _loaders(cfg, distributed, rank, world)
+    steps_per_epoch = len(train_loader)
+    schedule_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
+    optimizer, scheduler = build_optimizer(weight_decay_groups(model, cfg.weight_decay), cfg.lr, schedule_steps,
+                                           int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
     ema = None
     if cfg.ema_decay and cfg.ema_decay > 0:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, device=device)
+    return _Run(cfg, device, distributed, rank, world, model, model, weights, train_loader, val_loader, sampler, gen,
+                optimizer, scheduler, ema, schedule_steps,
+                min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps)
 
-    steps_per_epoch = len(train_loader)
-    schedule_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))  # the LR schedule's length
-    total_steps = min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps  # where to stop
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+def _resume(run: _Run, resume_path: Path) -> tuple[int, int, list]:
+    """``(step, epoch, history)`` to start from: the saved state with ``cfg.resume``, else zeros."""
+    if not run.cfg.resume:
+        return 0, 0, []
+    if not resume_path.exists():
+        raise ValueError(f"--resume: no resume state at {resume_path}; train without --resume first")
+    meta = load_resume(resume_path, run.model, run.ema, run.optimizer)
+    run.scheduler.jump_to(meta["step"])
+    if run.main:
+        print(f"resumed from {resume_path} at epoch {meta['epoch']}, step {meta['step']}", file=sys.stderr)
+    return meta["step"], meta["epoch"], meta["history"]
+
+
+def _train_epoch(run: _Run, epoch: int, n_epochs: int, step: int) -> tuple[int, dict]:
+    """One epoch of optimiser steps (stopping at ``run.total_steps``): ``(step, running statistics)``."""
+    from tqdm.auto import tqdm
+
+    cfg, model = run.cfg, run.model
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    run.generator.manual_seed(cfg.seed * 1000 + epoch)
+    run.net.train()
+    stats = {"loss": 0.0, "correct": np.zeros(model.num_exits), "n": 0, "lr": None}
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not (run.main and cfg.progress),
+               leave=True, dynamic_ncols=True, file=sys.stderr)
+
+    def loss_fn(x, y):
+        stats["lr"] = run.optimizer.param_groups[0]["lr"]
+        outs = run.net(x)
+        loss, _ = multi_exit_loss(outs, y, run.loss_weights, cfg.label_smoothing, cfg.distill_alpha,
+                                  cfg.distill_temperature)
+        stats["loss"] += loss.item() * len(y)
+        stats["correct"] += np.array([float((o.argmax(1) == y).sum()) for o in outs])
+        stats["n"] += len(y)
+        bar.set_postfix(loss=f"{stats['loss'] / stats['n']:.3f}", lr=f"{stats['lr']:.1e}",
+                        acc="/".join(f"{a:.2f}" for a in stats["correct"] / stats["n"]))
+        return loss
+
+    ema_update = None if run.ema is None else (lambda s: run.ema.update(model, step=s))
+    step = train_steps(bar, loss_fn, run.optimizer, run.scheduler, step=step, stop_at=run.total_steps,
+                       device=run.device, clip_grad=cfg.clip_grad, clip_params=list(model.parameters()),
+                       after_step=ema_update)
+    bar.close()
+    return step, stats
+
+
+def _save(run: _Run, out_dir: Path, val_acc: np.ndarray, step: int, epoch: int, history: list) -> Path:
+    """Checkpoint (the EMA weights) and resume state after ``epoch`` (0-based); the checkpoint path."""
+    from dynexit.io.checkpoint import save_checkpoint
+
+    recipe = {k: v for k, v in run.cfg.to_dict().items() if k not in ("progress", "resume", "out_dir")}
+    recipe.update(world_size=run.world, steps=step, epochs_done=epoch + 1)
+    path = save_checkpoint(run.model, out_dir / "checkpoint.safetensors", val_accuracy=val_acc, recipe=recipe,
+                           state_dict=run.eval_model().state_dict(), extra={"history": history})
+    save_resume(out_dir / "resume.safetensors", run.model, run.ema, run.optimizer, step, epoch + 1, history,
+                run.cfg.to_dict())
+    return path
+
+
+def train(cfg: TrainConfig | None = None, **overrides) -> dict:
+    """Train a model with the recipe of the module docstring (``overrides`` replace ``cfg`` fields).
+
+    Returns ``{"history", "val_accuracy" (per exit, last epoch), "checkpoint" (path), "steps",
+    "seconds_per_epoch", "exit_names", "rank", "world_size", "param_checksum"}``, also written to
+    ``out_dir/train_result.json``. ValueError for a bad config (unknown model or dataset, wrong
+    number of loss weights, a training set smaller than a batch, ``resume`` without a state);
+    FloatingPointError when the loss diverges.
+    """
+    cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
+    run = _start(cfg)
     out_dir = Path(cfg.out_dir)
-    resume_path = out_dir / "resume.safetensors"
-    step, start_epoch, history = 0, 0, []
-    if cfg.resume:
-        if not resume_path.exists():
-            raise ValueError(f"--resume: no resume state at {resume_path}; train without --resume first")
-        meta = _load_resume(resume_path, model, ema, optimizer)
-        step, start_epoch, history = meta["step"], meta["epoch"], meta["history"]
-        if main:
-            print(f"resumed from {resume_path} at epoch {start_epoch}, step {step}", file=sys.stderr)
-
-    net = model
-    if distributed:
+    step, start_epoch, history = _resume(run, out_dir / "resume.safetensors")
+    if run.distributed:  # after resuming: DDP starts every rank from rank 0's weights
         from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    if main:
+        run.net = DistributedDataParallel(run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    if run.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    n_epochs = math.ceil(schedule_steps / steps_per_epoch)
+    n_epochs = math.ceil(run.schedule_steps / len(run.train_loader))
     ckpt_path, val_acc, epoch_times = None, None, []
-    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
-    epoch = start_epoch
     for epoch in range(start_epoch, n_epochs):
-        if step >= total_steps:
+        if step >= run.total_steps:
             break
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        gen.manual_seed(cfg.seed * 1000 + epoch)
-        net.train()
         t0 = time.time()
-        run_loss, run_correct, run_n = 0.0, np.zeros(model.num_exits), 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{n_epochs}", disable=not (main and cfg.progress),
-                   leave=True, dynamic_ncols=True, file=sys.stderr)
-        for x, y in bar:
-            if step >= total_steps:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            lr = lr_at(step, schedule_steps, warmup, cfg.lr, cfg.min_lr)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            outs = net(x)
-            loss, _ = multi_exit_loss(outs, y, weights, cfg.label_smoothing, cfg.distill_alpha, cfg.distill_temperature)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, step=step)
-            step += 1
-            run_loss += loss.item() * len(y)
-            run_correct += np.array([float((o.argmax(1) == y).sum()) for o in outs])
-            run_n += len(y)
-            bar.set_postfix(loss=f"{run_loss / run_n:.3f}", lr=f"{lr:.1e}",
-                            acc="/".join(f"{a:.2f}" for a in run_correct / run_n))
-        bar.close()
+        step, stats = _train_epoch(run, epoch, n_epochs, step)
         epoch_times.append(time.time() - t0)
-        val_acc = evaluate(eval_model(), val_loader, device, distributed)
-        record = {"epoch": epoch + 1, "step": step, "train_loss": run_loss / max(run_n, 1),
-                  "train_accuracy": (run_correct / max(run_n, 1)).tolist(), "val_accuracy": val_acc.tolist(),
-                  "seconds": epoch_times[-1], "lr": lr}
-        history.append(record)
-        if main:
-            print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f}  val acc per exit "
-                  + " ".join(f"{n}={a:.4f}" for n, a in zip(model.exit_names, val_acc))
+        val_acc = evaluate(run.eval_model(), run.val_loader, run.device, run.distributed)
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": stats["loss"] / max(stats["n"], 1),
+                        "train_accuracy": (stats["correct"] / max(stats["n"], 1)).tolist(),
+                        "val_accuracy": val_acc.tolist(), "seconds": epoch_times[-1], "lr": stats["lr"]})
+        if run.main:
+            print(f"epoch {epoch + 1}: loss {history[-1]['train_loss']:.4f}  val acc per exit "
+                  + " ".join(f"{n}={a:.4f}" for n, a in zip(run.model.exit_names, val_acc))
                   + f"  ({epoch_times[-1]:.0f}s)", file=sys.stderr, flush=True)
-            if cfg.checkpoint_every_epoch or step >= total_steps or epoch == n_epochs - 1:
-                recipe = {k: v for k, v in cfg.to_dict().items() if k not in ("progress", "resume", "out_dir")}
-                recipe.update(world_size=world, steps=step, epochs_done=epoch + 1)
-                ckpt_path = save_checkpoint(model, out_dir / "checkpoint.safetensors", val_accuracy=val_acc,
-                                            recipe=recipe, state_dict=eval_model().state_dict(),
-                                            extra={"history": history})
-                _save_resume(resume_path, model, ema, optimizer, step, epoch + 1, history, cfg)
-        if distributed:
+            if cfg.checkpoint_every_epoch or step >= run.total_steps or epoch == n_epochs - 1:
+                ckpt_path = _save(run, out_dir, val_acc, step, epoch, history)
+        if run.distributed:
             import torch.distributed as dist
             dist.barrier()
+    return _finish(run, out_dir, history, val_acc, ckpt_path, step, epoch_times)
+
+
+def _finish(run: _Run, out_dir: Path, history, val_acc, ckpt_path, step: int, epoch_times: list) -> dict:
+    """The result dict, written to ``train_result.json`` (``train_result_rankN.json`` off rank 0)."""
     result = {"history": history, "val_accuracy": None if val_acc is None else val_acc.tolist(),
               "checkpoint": str(ckpt_path) if ckpt_path else None, "steps": step,
               "seconds_per_epoch": float(np.mean(epoch_times)) if epoch_times else None,
-              "exit_names": list(model.exit_names), "rank": rank, "world_size": world,
-              "param_checksum": float(sum(p.detach().double().sum() for p in model.parameters()))}
-    if main:
+              "exit_names": list(run.model.exit_names), "rank": run.rank, "world_size": run.world,
+              "param_checksum": float(sum(p.detach().double().sum() for p in run.model.parameters()))}
+    if run.main:
         (out_dir / "train_result.json").write_text(json.dumps(result, indent=2))
-    elif distributed:
+    elif run.distributed:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"train_result_rank{rank}.json").write_text(json.dumps(result, indent=2))
-    if distributed:
+        (out_dir / f"train_result_rank{run.rank}.json").write_text(json.dumps(result, indent=2))
+    if run.distributed:
         import torch.distributed as dist
         dist.destroy_process_group()
     return result

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dynexit.io.checkpoint import load_checkpoint
-from dynexit.training.loop import lr_at, multi_exit_loss, pick_device, train
+from dynexit.training.loop import multi_exit_loss, pick_device, train
+from dynexit.training.optim import lr_at
 from _tiny_models import images, tiny
 
 
