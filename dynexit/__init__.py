@@ -1,8 +1,9 @@
 """dynexit: explore early-exit image classifiers."""
+from dynexit.policy import ExitRule
 from dynexit.table import ExitTable
 
 __version__ = "0.1.0"
-__all__ = ["ExitTable", "attach_exits", "early_exit"]
+__all__ = ["ExitRule", "ExitTable", "attach_exits", "create_model", "early_exit", "list_models"]
 
 
 def __getattr__(name):
@@ -10,6 +11,9 @@ def __getattr__(name):
     if name == "early_exit":
         from dynexit.inference import early_exit
         return early_exit
+    if name in ("create_model", "list_models"):
+        from dynexit import models
+        return getattr(models, name)
     if name == "attach_exits":
         from dynexit.models.timm_exits import attach_exits
         return attach_exits

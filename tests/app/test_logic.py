@@ -2,26 +2,20 @@
 
 import io
 import struct
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app import logic  # noqa: E402
-from conftest import random_table  # noqa: E402
-from dynexit import explain, metrics, solvers  # noqa: E402
-from dynexit.images import ImageRejected, prepare_image  # noqa: E402
-from dynexit.inference import early_exit  # noqa: E402
-from dynexit.layers import AttentionMap  # noqa: E402
-from dynexit.models import create_model  # noqa: E402
+from dynexit_app import logic
+from conftest import random_table
+from dynexit import explain, metrics, solvers
+from dynexit.images import ImageRejected, prepare_image
+from dynexit.inference import early_exit
+from dynexit.layers import AttentionMap
+from dynexit.models import create_model
 
 
 @pytest.fixture(scope="module", autouse=True)
