@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dynexit import metrics, solvers, zoo
-from dynexit.cli import _comma_items
+from dynexit.cli.args import comma_items
 from dynexit.table import ExitTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +122,47 @@ HEADER = ["solver", "wins / ties / losses (of 100 costs)", "mean gain (pt)", "wo
           "gap closed (%)", "first fit (ms)", "median fit (ms)"]
 
 
+def _summary(models: dict, names: list[str]) -> list[str]:
+    """The summary section: every solver over all models."""
+    L = ["", "## Summary over the models", "",
+          "Wins / ties / losses summed over the models; mean gain and gap closed averaged over them; worst over them.",
+          ""]
+    rows = []
+    for s in names:
+        cs = [m["comparison"][s] for m in models.values()]
+        gaps = [c["gap_closed"] for c in cs if c["gap_closed"] is not None and np.isfinite(c["gap_closed"])]
+        label = f"{s} (default)" if s == solvers.DEFAULT else (f"{s} (reference)" if s == REFERENCE else s)
+        rows.append([label, f"{sum(c['wins'] for c in cs)} / {sum(c['ties'] for c in cs)} / "
+                            f"{sum(c['losses'] for c in cs)}", f"{100 * np.mean([c['mean_gain'] for c in cs]):+.2f}",
+                     f"{100 * min(c['worst'] for c in cs):+.2f}", _gap(np.mean(gaps)) if gaps else "n/a",
+                     f"{1e3 * np.median([c['fit_median_s'] for c in cs]):.1f}",
+                     f"{sum(c['fit_total_s'] for c in cs):.1f}"])
+    L += _table(["solver", f"wins / ties / losses (of {N_GRID * len(models)})", "mean gain (pt)", "worst (pt)",
+                 "gap closed (%)", "median fit (ms)", f"all {N_BUDGETS * len(models)} fits (s)"], rows)
+    clean = [s for s in names if s != REFERENCE and all(m["comparison"][s]["losses"] == 0 for m in models.values())]
+    best = max((s for s in names if s != REFERENCE), default=None,
+               key=lambda s: np.mean([m["comparison"][s]["mean_gain"] for m in models.values()]))
+    L += ["", "No loss beyond 0.1 point on any model: " + (", ".join(f"`{s}`" for s in clean) or "no solver")
+          + (f"; largest mean gain: `{best}`." if best else ".")]
+    return L
+
+
+def _headroom_section(models: dict) -> list[str]:
+    """The headroom diagnostic (fitted on test) when the run measured it."""
+    if not all("headroom" in m for m in models.values()):
+        return []
+    L = ["", "## Headroom: what a rule fitted on test itself would gain", "",
+          "A diagnostic that peeks at the test table on purpose: `lagrangian` (per-exit thresholds) and "
+          "`learned` (a learned exit score) fitted on **test** at the same budgets, compared with `geometric` "
+          "fitted on val, as above. This is a ceiling on what any rule fitted on val can be expected to gain; "
+          "\"images\" is the mean gain in test images.", ""]
+    rows = [[name] + [f"{100 * m['headroom'][s]['mean_gain']:+.2f} pt ({m['headroom'][s]['images']:+.0f} images), "
+                      f"gap {_gap(m['headroom'][s]['gap_closed'])}%" for s in HEADROOM_SOLVERS]
+            for name, m in models.items()]
+    L += _table(["model"] + [f"`{s}` fitted on test" for s in HEADROOM_SOLVERS], rows)
+    return L
+
+
 def render(report: dict, command: str) -> str:
     models = report["models"]
     names = report["solvers"]
@@ -147,26 +188,7 @@ def render(report: dict, command: str) -> str:
          "shared CPU: compare the times with each other, not with another machine.", "",
          "Solvers:", ""]
     L += [f"- {_solver_note(n)}" for n in names]
-    L += ["", "## Summary over the models", "",
-          "Wins / ties / losses summed over the models; mean gain and gap closed averaged over them; worst over them.",
-          ""]
-    rows = []
-    for s in names:
-        cs = [m["comparison"][s] for m in models.values()]
-        gaps = [c["gap_closed"] for c in cs if c["gap_closed"] is not None and np.isfinite(c["gap_closed"])]
-        label = f"{s} (default)" if s == solvers.DEFAULT else (f"{s} (reference)" if s == REFERENCE else s)
-        rows.append([label, f"{sum(c['wins'] for c in cs)} / {sum(c['ties'] for c in cs)} / "
-                            f"{sum(c['losses'] for c in cs)}", f"{100 * np.mean([c['mean_gain'] for c in cs]):+.2f}",
-                     f"{100 * min(c['worst'] for c in cs):+.2f}", _gap(np.mean(gaps)) if gaps else "n/a",
-                     f"{1e3 * np.median([c['fit_median_s'] for c in cs]):.1f}",
-                     f"{sum(c['fit_total_s'] for c in cs):.1f}"])
-    L += _table(["solver", f"wins / ties / losses (of {N_GRID * len(models)})", "mean gain (pt)", "worst (pt)",
-                 "gap closed (%)", "median fit (ms)", f"all {N_BUDGETS * len(models)} fits (s)"], rows)
-    clean = [s for s in names if s != REFERENCE and all(m["comparison"][s]["losses"] == 0 for m in models.values())]
-    best = max((s for s in names if s != REFERENCE), default=None,
-               key=lambda s: np.mean([m["comparison"][s]["mean_gain"] for m in models.values()]))
-    L += ["", "No loss beyond 0.1 point on any model: " + (", ".join(f"`{s}`" for s in clean) or "no solver")
-          + (f"; largest mean gain: `{best}`." if best else ".")]
+    L += _summary(models, names)
     for name, m in models.items():
         L += ["", f"## {name}", "",
               f"val {m['val_samples']:,} images, test {m['test_samples']:,}; {m['exits']} exits at "
@@ -176,16 +198,7 @@ def render(report: dict, command: str) -> str:
               f"{m['comparison'][REFERENCE]['cost_range'][0]:.2f}-{m['comparison'][REFERENCE]['cost_range'][1]:.2f} "
               "MFLOPs.", ""]
         L += _table(HEADER, _rows(m["comparison"]))
-    if all("headroom" in m for m in models.values()):
-        L += ["", "## Headroom: what a rule fitted on test itself would gain", "",
-              "A diagnostic that peeks at the test table on purpose: `lagrangian` (per-exit thresholds) and "
-              "`learned` (a learned exit score) fitted on **test** at the same budgets, compared with `geometric` "
-              "fitted on val, as above. This is a ceiling on what any rule fitted on val can be expected to gain; "
-              "\"images\" is the mean gain in test images.", ""]
-        rows = [[name] + [f"{100 * m['headroom'][s]['mean_gain']:+.2f} pt ({m['headroom'][s]['images']:+.0f} images), "
-                          f"gap {_gap(m['headroom'][s]['gap_closed'])}%" for s in HEADROOM_SOLVERS]
-                for name, m in models.items()]
-        L += _table(["model"] + [f"`{s}` fitted on test" for s in HEADROOM_SOLVERS], rows)
+    L += _headroom_section(models)
     t = report.get("timing")
     if t:
         L += ["", "## The app's slider path", "",
@@ -194,11 +207,36 @@ def render(report: dict, command: str) -> str:
     return "\n".join(L) + "\n"
 
 
+def run_model(name: str, val: ExitTable, test: ExitTable, names: list[str]) -> dict:
+    """Every solver on one model's val / test pair, with the headroom diagnostic; printed as it goes."""
+    print(f"\n== {name}: val {val.num_samples} x {val.num_exits}, test {test.num_samples}; per-exit test accuracy "
+          f"{np.round(test.exit_accuracy(), 4).tolist()}; oracle {metrics.oracle(test).accuracy:.4f}", flush=True)
+    try:
+        comparison = metrics.compare_solvers(val, test, names, reference=REFERENCE, n_budgets=N_BUDGETS,
+                                             n_grid=N_GRID)
+    except ValueError as err:
+        sys.exit(f"{name}: {err}")
+    entry = {
+        "val_samples": val.num_samples, "test_samples": test.num_samples, "exits": test.num_exits,
+        "costs": test.costs.tolist(), "test_exit_accuracy": test.exit_accuracy().tolist(),
+        "oracle_accuracy": metrics.oracle(test).accuracy,
+        "comparison": {s: c.to_dict() for s, c in comparison.items()},
+        "curves": {s: c.curve.to_dict() for s, c in comparison.items()}}
+    if REFERENCE in comparison:
+        entry["headroom"] = room = headroom(val, test, comparison[REFERENCE].curve)
+        print("  headroom (fitted on test): " + ", ".join(
+            f"{s} {100 * r['mean_gain']:+.2f} pt" for s, r in room.items()), flush=True)
+    for r in _rows(entry["comparison"]):
+        print(f"  {r[0]:22s} W/T/L {r[1]:>15s}  mean {r[2]:>6s} pt  worst {r[3]:>6s} pt  losses at {r[4]:>11s}"
+              f"  gap closed {r[5]:>5s}%  fit first {r[6]:>5s} ms, median {r[7]:>6s} ms", flush=True)
+    return entry
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pair", nargs=2, action="append", metavar=("VAL", "TEST"),
                         help="a val and a test ExitTable (.npz) of one model; repeat for more models")
-    parser.add_argument("--solvers", type=lambda text: _comma_items(text, "solver names"),
+    parser.add_argument("--solvers", type=lambda text: comma_items(text, "solver names"),
                         help=f"comma-separated solvers (default: all, {', '.join(solvers.available())})")
     parser.add_argument("--md", help=f"write the markdown page here (default for the zoo run: {DOC.relative_to(ROOT)})")
     parser.add_argument("--json", help="write every number as JSON here")
@@ -224,26 +262,7 @@ def main(argv=None):
               "solvers": names, "default": solvers.DEFAULT, "n_budgets": N_BUDGETS, "n_grid": N_GRID,
               "tie": metrics.TIE, "reference": REFERENCE, "models": {}}
     for name, (val, test) in pairs.items():
-        print(f"\n== {name}: val {val.num_samples} x {val.num_exits}, test {test.num_samples}; per-exit test accuracy "
-              f"{np.round(test.exit_accuracy(), 4).tolist()}; oracle {metrics.oracle(test).accuracy:.4f}", flush=True)
-        try:
-            comparison = metrics.compare_solvers(val, test, names, reference=REFERENCE, n_budgets=N_BUDGETS,
-                                                 n_grid=N_GRID)
-        except ValueError as err:
-            sys.exit(f"{name}: {err}")
-        report["models"][name] = {
-            "val_samples": val.num_samples, "test_samples": test.num_samples, "exits": test.num_exits,
-            "costs": test.costs.tolist(), "test_exit_accuracy": test.exit_accuracy().tolist(),
-            "oracle_accuracy": metrics.oracle(test).accuracy,
-            "comparison": {s: c.to_dict() for s, c in comparison.items()},
-            "curves": {s: c.curve.to_dict() for s, c in comparison.items()}}
-        if REFERENCE in comparison:
-            report["models"][name]["headroom"] = room = headroom(val, test, comparison[REFERENCE].curve)
-            print("  headroom (fitted on test): " + ", ".join(
-                f"{s} {100 * r['mean_gain']:+.2f} pt" for s, r in room.items()), flush=True)
-        for r in _rows(report["models"][name]["comparison"]):
-            print(f"  {r[0]:22s} W/T/L {r[1]:>15s}  mean {r[2]:>6s} pt  worst {r[3]:>6s} pt  losses at {r[4]:>11s}"
-                  f"  gap closed {r[5]:>5s}%  fit first {r[6]:>5s} ms, median {r[7]:>6s} ms", flush=True)
+        report["models"][name] = run_model(name, val, test, names)
     default_pairs = [(n, t) for n, (_, t) in pairs.items() if t.num_samples >= 10000]
     if default_pairs and solvers.DEFAULT in names:
         name, test = default_pairs[0]

@@ -25,7 +25,6 @@ import argparse
 import sys
 
 from dynexit.cli.args import Parser, UsageError
-from dynexit.cli.args import comma_items as _comma_items  # noqa: F401 - temporary: benchmarks/solvers.py imports it
 
 
 def build_parser() -> argparse.ArgumentParser:
