@@ -6,6 +6,7 @@
 ``fashion_mnist``      the embedded default: IDX files, where they are looked for, the fixed split
 ``digits``             scikit-learn's 8x8 digits (tiny)
 ``torchvision``        CIFAR-10/100 and ImageFolder through torchvision (not registered yet)
+``images``             any uploaded image file -> a model input (``prepare_image``), or why not
 =====================  =====================================================================
 
 The names below are re-exported so that ``from dynexit.data import load_fashion_mnist`` keeps working.

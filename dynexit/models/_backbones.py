@@ -83,10 +83,10 @@ def _set_stride(conv: nn.Conv2d, stride: int):
     conv.stride = (stride, stride)
 
 
-def build_backbone(name: str, in_chans: int = 3, num_classes: int = 1000, pretrained: bool = False,
-                   small_input: bool = False, stem_stride: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                   **timm_kwargs) -> StagedBackbone:
-    """A timm model by name (or a preset of this module) as a :class:`StagedBackbone`."""
+def _create(name: str, in_chans: int, num_classes: int, pretrained: bool, drop_rate: float, drop_path_rate: float,
+            **timm_kwargs) -> nn.Module:
+    """The timm network of a name or preset; ValueError for an unknown name, RuntimeError when the
+    pretrained weights cannot be loaded."""
     if name in PRESETS:
         timm_name, preset = PRESETS[name]
         timm_kwargs = {**preset, **timm_kwargs}
@@ -103,6 +103,19 @@ def build_backbone(name: str, in_chans: int = 3, num_classes: int = 1000, pretra
             raise RuntimeError(f"could not load pretrained timm weights for {timm_name!r} ({err}); "
                                "pass pretrained=False when offline") from err
         raise
+    return m
+
+
+def build_backbone(name: str, in_chans: int = 3, num_classes: int = 1000, pretrained: bool = False,
+                   small_input: bool = False, stem_stride: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                   **timm_kwargs) -> StagedBackbone:
+    """A timm ResNet / RegNet / MobileNetV3 by name (or a preset of this module) as a :class:`StagedBackbone`.
+
+    ``small_input``: for 28x28 / 32x32 images, the stem's first conv gets stride ``stem_stride``
+    (a ResNet's 7x7 stem becomes a 3x3 conv) and the max-pool goes. ValueError for an unknown or
+    unsupported network; RuntimeError when ``pretrained`` weights cannot be loaded.
+    """
+    m = _create(name, in_chans, num_classes, pretrained, drop_rate, drop_path_rate, **timm_kwargs)
     from timm.models.mobilenetv3 import MobileNetV3
     from timm.models.regnet import RegNet
     from timm.models.resnet import ResNet

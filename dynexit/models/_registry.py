@@ -30,6 +30,7 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 
 def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model entrypoint."""
     return name in _REGISTRY
 
 

@@ -110,13 +110,21 @@ class DynamicPerceiver(MultiExitModel):
         out_chs = shapes[4][0]
         self.last_z2x = (CrossAttention(out_chs, dims[3], num_heads=1, qk_dim=max(1, out_chs // 8),
                                         v_dim=max(1, out_chs // 8), mlp_ratio=1.0) if with_last_ca else None)
-        # exits
+        self._build_exits(dims, num_classes, with_isc)
+        self._name_attention()
+
+    def _build_exits(self, dims: list[int], num_classes: int, with_isc: bool) -> None:
+        """The two latent exits, the logits embedding (isc) and the fusion exit (built last: the
+        order of construction fixes the seeded initial weights)."""
         self.exit1 = LatentExitHead(dims[2], num_classes)
         self.exit2 = LatentExitHead(dims[3], num_classes, prev_classes=num_classes if with_isc else None,
                                     embed_dim=dims[3])
         fuse = self.cnn.num_features + dims[3] + (dims[3] if with_isc else 0)
         self.fusion_embed = LogitsEmbedding(num_classes, dims[3]) if with_isc else None
         self.fusion = nn.Sequential(nn.BatchNorm1d(fuse), nn.Linear(fuse, num_classes))
+
+    def _name_attention(self) -> None:
+        """Name every cross-attention for the attention recorder (x2z1..4, z2x2..4, z2x_last)."""
         names = [f"x2z{k + 1}" for k in range(4)] + [f"z2x{k + 1}" for k in range(1, 4)]
         for k, m in self.x2z.items():
             m.set_attention_info(f"x2z{int(k) + 1}", "x2z", int(k) + 1, "keys")
@@ -124,7 +132,7 @@ class DynamicPerceiver(MultiExitModel):
             m.set_attention_info(f"z2x{int(k) + 1}", "z2x", int(k) + 1, "queries")
         if self.last_z2x is not None:
             self.last_z2x.set_attention_info("z2x_last", "z2x", 5, "queries")
-        self.attention_names = names + (["z2x_last"] if with_last_ca else [])
+        self.attention_names = names + (["z2x_last"] if self.last_z2x is not None else [])
 
     # ------------------------------------------------------------------ pieces
     def _x2z(self, k: int, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
