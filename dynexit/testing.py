@@ -32,6 +32,7 @@ class ToyMultiExitMLP:
         self.blocks, self.heads = _build(in_features, widths, num_classes)
 
     def parameters(self):
+        """Every trainable parameter (blocks, then heads)."""
         return list(self.blocks.parameters()) + list(self.heads.parameters())
 
     def forward(self, x):
@@ -44,6 +45,7 @@ class ToyMultiExitMLP:
         return outs
 
     def logits(self, x: np.ndarray) -> np.ndarray:
+        """Every exit's logits (N, K, C) for inputs ``x`` (N, in_features), without gradients."""
         import torch
 
         with torch.no_grad():

@@ -80,9 +80,11 @@ class AttentionRecorder:
         raise KeyError(f"no attention named {key!r}; captured: {', '.join(self.names()) or 'none'}")
 
     def names(self) -> list[str]:
+        """The names of the captured maps, in capture order."""
         return [m.name for m in self.maps]
 
     def clear(self):
+        """Forget every captured map."""
         self.maps.clear()
 
 
@@ -148,6 +150,8 @@ class CapturesAttention:
 
     def set_attention_info(self, name: str, kind: str, stage: int, grid_axis: str | None,
                            num_prefix_tokens: int = 0):
+        """Name this layer's maps: ``name``, its ``kind`` (x2z, z2x, vit, ...), ``stage`` (1-based),
+        which axis is the spatial grid (``"keys"`` / ``"queries"`` / None) and the prefix tokens to skip."""
         self.attn_name, self.attn_kind, self.attn_stage, self.attn_grid_axis = name, kind, stage, grid_axis
         self.attn_num_prefix_tokens = int(num_prefix_tokens)
 

@@ -61,9 +61,11 @@ class TokenBranch(nn.Module):
 
     @property
     def num_tokens(self) -> int:
+        """Tokens per image: prefix tokens plus one per patch."""
         return self.num_prefix_tokens + self.grid[0] * self.grid[1]
 
     def check_tokens(self, x: torch.Tensor) -> None:
+        """ValueError unless ``x`` is (B, num_tokens, dim)."""
         if x.ndim != 3 or x.shape[1] != self.num_tokens or x.shape[2] != self.dim:
             raise ValueError(f"{type(self).__name__} expects tokens (B, {self.num_tokens}, {self.dim}) "
                              f"({self.num_prefix_tokens} prefix + {self.grid[0]}x{self.grid[1]} patches), "
@@ -74,6 +76,7 @@ class TokenBranch(nn.Module):
         return x[:, 0] if self.num_prefix_tokens else x.mean(dim=1)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch tokens (B, h*w, dim), prefix tokens dropped."""
         return x[:, self.num_prefix_tokens:]
 
     def extra_repr(self) -> str:

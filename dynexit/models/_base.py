@@ -66,6 +66,7 @@ class MultiExitModel(nn.Module):
     # ------------------------------------------------------------------ contract
     @property
     def num_exits(self) -> int:
+        """How many exits (K), the last being the full network."""
         return len(self.exit_names)
 
     def loss_weights(self) -> list[float]:
@@ -98,6 +99,7 @@ class MultiExitModel(nn.Module):
             raise ValueError(f"{self.label()} expects float images in [0, 1], got dtype {x.dtype}: divide uint8 by 255")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - mean) / std`` per channel: images (B, C, H, W) in [0, 1] to the network's input."""
         return (x - self.mean) / self.std
 
     def init_state(self, x: torch.Tensor) -> State:
@@ -153,6 +155,7 @@ class MultiExitModel(nn.Module):
 
     # ------------------------------------------------------------------ attention
     def attention_layers(self) -> dict[str, CapturesAttention]:
+        """The layers whose attention weights can be recorded, by module name."""
         return {name: m for name, m in self.named_modules() if isinstance(m, CapturesAttention)}
 
     @contextlib.contextmanager
