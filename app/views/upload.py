@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dynexit import explain, images, viz
+from dynexit import explain, viz
+from dynexit.data import images
 from dynexit_app import common, state
 
 choice = state.choices()

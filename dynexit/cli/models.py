@@ -200,15 +200,3 @@ def add_commands(sub) -> None:
     _add_train(sub)
     _add_table(sub)
     _add_bench(sub)
-
-
-def main(argv=None) -> int:
-    """Temporary: tests/dynexit/training/test_loop.py and notebook 06 still run ``-m dynexit.cli.models``;
-    the one CLI is :func:`dynexit.cli.main` (``python -m dynexit``)."""
-    from dynexit.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,7 +12,7 @@ from PIL import Image
 from dynexit_app import logic
 from conftest import random_table
 from dynexit import explain, metrics, solvers
-from dynexit.images import ImageRejected, prepare_image
+from dynexit.data.images import ImageRejected, prepare_image
 from dynexit.inference import early_exit
 from dynexit.layers import AttentionMap
 from dynexit.models import create_model

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dynexit import criteria, solvers
 from dynexit.io.checkpoint import load_checkpoint, save_checkpoint
 from dynexit.policy import ExitRule
-from dynexit.solvers.learned import ExitScorer
+from dynexit.criteria import ExitScorer
 from dynexit.table import ExitTable
 from conftest import random_table
 from _tiny_models import images, tiny

@@ -86,7 +86,7 @@ def test_resume_without_state_is_clear(tmp_path):
 
 
 def test_cli_bad_arguments(capsys):
-    from dynexit.cli.models import main
+    from dynexit.cli import main
     assert main(["train", "--model", "no_such_model", "--out", "/tmp/unused"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown model" in err and "Traceback" not in err
@@ -99,7 +99,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "dynexit.cli.models", "train", "--model", "dynperceiver_tiny", "--train-subset", "128",
+           "-m", "dynexit", "train", "--model", "dynperceiver_tiny", "--train-subset", "128",
            "--val-subset", "64", "--batch-size", "16", "--max-steps", "3", "--epochs", "1", "--device", "cpu",
            "--no-progress", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
