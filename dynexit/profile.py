@@ -9,7 +9,10 @@ interquartile range over blocked runs; PyTorch's own benchmarking utility).
 
 The profile is a JSON file stored beside the model's weights (``NAME.profile.json``): device,
 versions, thread count, and per batch size the per-exit median and IQR in milliseconds per image.
-:func:`exit_costs_ms` gives the (K,) costs a solver or :mod:`dynexit.anytime` can use instead of MFLOPs.
+:func:`exit_costs_ms` gives the (K,) costs a solver or :mod:`dynexit.anytime` can use instead of MFLOPs,
+and :func:`with_costs` a copy of an ExitTable whose costs are those milliseconds (so every solver, curve
+and evaluation works in ms unchanged). Reading a profile needs no torch (only :func:`measure` does), so
+the viewer side (the app) reads profiles cheaply.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import platform
 from pathlib import Path
 
 import numpy as np
-import torch
 
 FORMAT, FORMAT_VERSION = "dynexit.profile", 1
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device) -> str:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
@@ -43,6 +47,7 @@ def measure(model, batch_sizes=(1, 64), *, device: str = "cpu", threads: int | N
     (default: torch's current setting). Returns the profile dict (see :func:`save`). Raises
     ValueError for an empty or non-positive batch size list or a non-positive ``min_run_time``.
     """
+    import torch
     from torch.utils.benchmark import Timer
 
     from dynexit.models._base import eval_view
@@ -73,6 +78,8 @@ def measure(model, batch_sizes=(1, 64), *, device: str = "cpu", threads: int | N
 
 
 def _runner(view):
+    import torch
+
     def run(x, k):
         with torch.inference_mode():
             view.forward_upto(x, k)
@@ -144,3 +151,45 @@ def exit_costs_ms(profile: dict, batch_size: int | None = None) -> np.ndarray:
     if key not in batches:
         raise ValueError(f"the profile measured batch sizes {', '.join(sorted(batches, key=int))}, not {key}")
     return np.maximum.accumulate(np.asarray(batches[key]["median_ms"], dtype=np.float64))
+
+
+def with_costs(table, profile: dict, batch_size: int | None = None):
+    """A new ExitTable: ``table``'s logits, labels and names with the profile's ms per image as costs.
+
+    ``table``: an ExitTable (N, K exits); ``profile``: a validated profile (:func:`load`) of the same
+    model; ``batch_size``: which measured batch size (default the largest). The result's ``costs`` are
+    (K,) cumulative milliseconds per image (:func:`exit_costs_ms`), ``meta["costs_unit"] = "ms"`` and
+    ``meta["profile"]`` says where they were measured. The table itself is not changed (nothing writes
+    into an ExitTable). Raises ValueError when the profile's exits differ from the table's (count or
+    names) or the batch size was not measured.
+    """
+    from dynexit.table import ExitTable
+
+    names = list(profile["exit_names"])
+    if len(names) != table.num_exits:
+        raise ValueError(f"the profile has {len(names)} exits ({', '.join(names)}), the table {table.num_exits} "
+                         f"({', '.join(table.exit_names)}): is it the profile of another model?")
+    if names != list(table.exit_names):
+        raise ValueError(f"the profile's exits ({', '.join(names)}) are not the table's "
+                         f"({', '.join(table.exit_names)}): is it the profile of another model?")
+    ms = exit_costs_ms(profile, batch_size)
+    if not np.all(ms > 0):
+        raise ValueError(f"the profile's latencies must be positive to serve as costs, got {ms.tolist()}")
+    key = str(max(int(b) for b in profile["batches"]) if batch_size is None else int(batch_size))
+    meta = dict(table.meta, costs_unit="ms", profile=machine(profile) + f", batch {key}")
+    return ExitTable(table.logits, table.labels, ms, list(table.exit_names), table.index, meta)
+
+
+def machine(profile: dict) -> str:
+    """Where a profile was measured, in words: ``"cpu: x86_64 (2 cores), 1 thread, torch 2.5.1"``."""
+    threads = profile.get("threads")
+    where = f"{profile.get('device', '?')}: {profile.get('device_name', '?')}"
+    if profile.get("device") == "cpu" and threads:
+        where += f", {threads} thread{'s' if threads != 1 else ''}"
+    return where + f", torch {profile.get('torch', '?')}"
+
+
+def speedups(profile: dict, batch_size: int | None = None) -> np.ndarray:
+    """(K,) measured speedup of each exit over the last one: last exit's ms / exit k's ms (>= 1)."""
+    ms = exit_costs_ms(profile, batch_size)
+    return ms[-1] / ms

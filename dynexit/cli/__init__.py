@@ -9,6 +9,8 @@ train, table, bench          train a model, write its ExitTable, time     :mod:`
                              real early exit
 zoo, report                  the shipped zoo (list, info, reproduce) and  :mod:`dynexit.cli.zoo`
                              its results page
+profile                      each exit's latency (ms per image) on this   :mod:`dynexit.cli.profile`
+                             machine, stored beside the weights
 ===========================  ===========================================  ======================
 
 Every bad argument or file ends in one clear line on stderr, ``dynexit CMD: error: ...``, and exit
@@ -29,11 +31,11 @@ from dynexit.cli.args import Parser, UsageError
 
 def build_parser() -> argparse.ArgumentParser:
     """The one ``dynexit`` parser: every command group registers its subcommands on it."""
-    from dynexit.cli import models, tables, zoo
+    from dynexit.cli import models, profile, tables, zoo
 
     parser = Parser(prog="dynexit", description="Explore early-exit image classifiers.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for group in (tables, models, zoo):
+    for group in (tables, models, zoo, profile):
         group.add_commands(sub)
     return parser
 
