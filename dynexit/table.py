@@ -24,118 +24,11 @@ import numpy as np
 
 from dynexit import criteria
 from dynexit.arrays import row_chunks, softmax_f32
+from dynexit.table_checks import (COST_UNITS, check_cost_unit, check_costs, check_exit_names, check_index, check_labels,
+                                  check_logits, check_meta)
 from dynexit.table_npz import FIX, TableFileError, describe, max_abs, read_npz
 
 FORMAT_VERSION = 1
-def _check_finite(logits: np.ndarray) -> None:
-    """ValueError naming the first NaN / inf of float32 logits (N, K, C), checked chunk by chunk."""
-    n, k, c = logits.shape
-    bad_count, first = 0, None
-    for rows in row_chunks(n, k * c):
-        chunk = logits[rows]
-        if np.isfinite(chunk).all():
-            continue
-        bad = ~np.isfinite(chunk)
-        bad_count += int(bad.sum())
-        if first is None:
-            first = np.argwhere(bad)[0] + (rows.start, 0, 0)
-    if bad_count:
-        raise ValueError(f"logits contain {bad_count} NaN or inf values (in float32) "
-                         f"(first at sample {first[0]}, exit {first[1]}); the model diverged or the input was bad")
-
-
-def _is_real(arr: np.ndarray) -> bool:
-    """Integer or floating dtype (not bool, complex, string or object)."""
-    return arr.dtype.kind in "iuf"
-
-
-def _integers(arr: np.ndarray, name: str) -> np.ndarray:
-    """``arr`` unchanged if integer, or float values that are whole numbers; ValueError otherwise."""
-    if arr.dtype.kind in "iu":
-        return arr
-    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(np.mod(arr, 1) == 0):
-        return arr
-    raise ValueError(f"{name} must be integers, got dtype {arr.dtype}"
-                     + (" with non-integer values" if arr.dtype.kind == "f" else ""))
-
-
-def _check_logits(logits) -> np.ndarray:
-    """Logits (N, K, C) as read-only-ready float32; ValueError for a bad shape, dtype, NaN or inf."""
-    logits = np.asarray(logits)
-    if logits.ndim != 3:
-        raise ValueError(f"logits must have shape (N, K, C), got {logits.shape}")
-    n, k, c = logits.shape
-    if n == 0 or k == 0 or c < 2:
-        raise ValueError(f"logits shape {logits.shape}: need N >= 1 samples, K >= 1 exits, C >= 2 classes")
-    if not _is_real(logits):
-        raise ValueError(f"logits must be real numbers, got dtype {logits.dtype}")
-    with np.errstate(over="ignore"):  # a float64 beyond the float32 range becomes inf and is reported below
-        logits = logits.astype(np.float32, copy=False)
-    _check_finite(logits)
-    return logits
-
-
-def _check_labels(labels, n: int, c: int) -> np.ndarray:
-    """Labels (N,) int64 in [0, C); ValueError otherwise."""
-    labels = np.asarray(labels)
-    if labels.shape != (n,):
-        raise ValueError(f"labels must have shape ({n},) to match logits, got {labels.shape}")
-    labels = _integers(labels, "labels")
-    if labels.min() < 0 or labels.max() >= c:
-        raise ValueError(f"labels must lie in [0, {c}) for {c} classes, got range [{labels.min()}, {labels.max()}]")
-    return labels.astype(np.int64)
-
-
-def _check_costs(costs, k: int) -> np.ndarray:
-    """Cumulative MFLOPs (K,) float64, positive, finite and non-decreasing; ValueError otherwise."""
-    costs = np.asarray(costs)
-    if costs.shape != (k,):
-        raise ValueError(f"costs must have shape ({k},), one per exit, got {costs.shape}")
-    if not _is_real(costs):
-        raise ValueError(f"costs must be real numbers (MFLOPs), got dtype {costs.dtype}")
-    costs = costs.astype(np.float64)
-    if not np.all(np.isfinite(costs)) or np.any(costs <= 0):
-        raise ValueError(f"costs must be positive and finite, got {costs.tolist()}")
-    if np.any(np.diff(costs) < 0):
-        raise ValueError(f"costs must be cumulative (non-decreasing along the exits), got {costs.tolist()}")
-    return costs
-
-
-def _check_exit_names(exit_names, k: int) -> tuple:
-    """K exit names as a tuple of str (default ``exit1 .. exitK``); ValueError otherwise."""
-    if exit_names is None:
-        exit_names = [f"exit{i + 1}" for i in range(k)]
-    names = np.asarray(exit_names)
-    if names.ndim != 1 or names.dtype.kind not in "UO" or not all(isinstance(s, str) for s in names.tolist()):
-        raise ValueError(f"exit_names must be a list of {k} strings, got an array of dtype {names.dtype} "
-                         f"and shape {names.shape}")
-    if len(names) != k:
-        raise ValueError(f"exit_names must have {k} entries, got {len(names)}")
-    return tuple(names.tolist())
-
-
-def _check_index(index, n: int) -> np.ndarray:
-    """Dataset positions (N,) int64, non-negative (default ``arange(N)``); ValueError otherwise."""
-    index = np.arange(n, dtype=np.int64) if index is None else np.asarray(index)
-    if index.shape != (n,):
-        raise ValueError(f"index must have shape ({n},), got {index.shape}")
-    index = _integers(index, "index")
-    if index.min() < 0 or index.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"index holds positions in a dataset split: non-negative integers, got range "
-                         f"[{index.min()}, {index.max()}]")
-    return index.astype(np.int64)
-
-
-def _check_meta(meta) -> dict:
-    """A JSON-serialisable copy of ``meta`` ({} for None); ValueError otherwise."""
-    if meta is not None and not isinstance(meta, dict):
-        raise ValueError(f"meta must be a dict, got {type(meta).__name__}")
-    meta = {} if meta is None else dict(meta)
-    try:
-        json.dumps(meta)
-    except (TypeError, ValueError, RecursionError) as err:
-        raise ValueError(f"meta must be JSON-serialisable: {err}") from err
-    return meta
 
 
 class ExitTable:
@@ -145,29 +38,83 @@ class ExitTable:
     ----------
     logits : array (N, K, C)
     labels : int array (N,), values in [0, C)
-    costs : array (K,), cumulative MFLOPs per image to produce exit k on the early-exit path;
-        positive and non-decreasing.
+    costs : array (K,), cumulative cost per image to produce exit k on the early-exit path (in
+        ``cost_unit``); positive and non-decreasing.
     exit_names : K strings, default ``exit1 .. exitK``
     index : int array (N,), positions of the samples in their dataset split, default ``arange(N)``
     meta : JSON-serialisable dict (model, dataset, split, input size, how costs were counted)
+    cost_unit : one of :data:`~dynexit.table_checks.COST_UNITS`: ``"MFLOPs"`` (counted multiply-adds)
+        or ``"ms"`` (measured); default ``meta["costs_unit"]``, else MFLOPs. Kept in
+        ``meta["costs_unit"]``, so it is saved in the ``.npz`` (files without it load as MFLOPs).
+
+    ValueError naming the problem for anything else (see :mod:`dynexit.table_checks`).
+    :meth:`from_arrays` builds a table from any framework's arrays.
     """
 
-    def __init__(self, logits, labels, costs, exit_names=None, index=None, meta=None):
-        logits = _check_logits(logits)
+    def __init__(self, logits, labels, costs, exit_names=None, index=None, meta=None, cost_unit=None):
+        logits = check_logits(logits)
         n, k, c = logits.shape
-        labels = _check_labels(labels, n, c)
-        costs = _check_costs(costs, k)
-        index = _check_index(index, n)
+        labels = check_labels(labels, n, c)
+        costs = check_costs(costs, k)
+        index = check_index(index, n)
         for arr in (logits, labels, costs, index):
             arr.setflags(write=False)
         self.logits, self.labels, self.costs, self.index = logits, labels, costs, index
-        self.exit_names = _check_exit_names(exit_names, k)
-        self.meta = _check_meta(meta)
+        self.exit_names = check_exit_names(exit_names, k)
+        self.meta = check_meta(meta)
+        self.meta["costs_unit"] = check_cost_unit(cost_unit, self.meta)
         # what the table computes about itself (probabilities, predictions, scores, fingerprint);
         # only its own methods write here. Solvers and the app keep their state themselves.
         self._memo: dict = {}
 
+    @classmethod
+    def from_arrays(cls, logits, labels, costs, exit_names=None, cost_unit: str = "MFLOPs", dataset: str | None = None,
+                    indices=None, meta: dict | None = None) -> "ExitTable":
+        """A table from plain arrays, whatever framework produced them (numpy, torch CPU tensors, lists).
+
+        Parameters
+        ----------
+        logits : (N, K, C) array of every exit's raw scores (pre-softmax logits), or a list of K
+            arrays (N, C), one per exit, shallow to deep (stacked along axis 1)
+        labels : (N,) integer class labels in [0, C)
+        costs : (K,) cumulative cost per image of reaching exit k (exit 1's includes everything
+            computed before it), positive and non-decreasing, in ``cost_unit``
+        exit_names : K names, default ``exit1 .. exitK``
+        cost_unit : ``"MFLOPs"`` (multiply-adds counted once) or ``"ms"`` (measured milliseconds)
+        dataset : the dataset's registry name (``"cifar10"``, ``"imagefolder:/data/pets"``, see
+            :func:`dynexit.data.get_dataset`), recorded in ``meta["dataset"]`` so that viewers can show
+            the images; None when unknown
+        indices : (N,) positions of the rows in their dataset split, default ``arange(N)``
+        meta : more JSON-serialisable facts to record (model, split, ...)
+
+        ValueError saying what is wrong for a bad shape or dtype, NaN / inf logits, labels out of
+        range, costs that are not positive and non-decreasing, a wrong number of exit names or an
+        unknown unit (the checks of the constructor, DESIGN.md section 2).
+
+        >>> table = ExitTable.from_arrays(np.random.randn(100, 3, 10), np.arange(100) % 10, [1.0, 2.5, 4.0])
+        """
+        if isinstance(logits, (list, tuple)):
+            if not logits:
+                raise ValueError("logits: an empty list of exits; give an (N, K, C) array or K arrays (N, C)")
+            parts = [np.asarray(part) for part in logits]
+            if any(part.ndim != 2 for part in parts) or len({part.shape for part in parts}) != 1:
+                raise ValueError(f"logits as a list must hold K arrays of one shape (N, C), got shapes "
+                                 f"{[part.shape for part in parts]}")
+            logits = np.stack(parts, axis=1)
+        meta = check_meta(meta)
+        if dataset is not None:
+            if not isinstance(dataset, str) or not dataset.strip():
+                raise ValueError(f"dataset must be a dataset name (str), got {dataset!r}")
+            meta["dataset"] = dataset
+        meta.setdefault("source", "ExitTable.from_arrays")
+        return cls(logits, labels, costs, exit_names, indices, meta, cost_unit=cost_unit)
+
     # ------------------------------------------------------------------ sizes
+    @property
+    def cost_unit(self) -> str:
+        """The unit of :attr:`costs`: ``"MFLOPs"`` or ``"ms"`` (``meta["costs_unit"]``)."""
+        return self.meta["costs_unit"]
+
     @property
     def num_samples(self) -> int:
         return self.logits.shape[0]

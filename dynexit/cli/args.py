@@ -87,6 +87,17 @@ def thresholds_arg(text: str) -> list[float]:
             for item in comma_items(text, what)]
 
 
+def costs_arg(text: str) -> list[float]:
+    """Comma-separated cumulative per-exit costs: positive, finite, non-decreasing (e.g. ``1.5,4,9.2``)."""
+    values = [_finite_float(item, text, "positive costs") for item in comma_items(text, "positive costs")]
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"costs must be positive, got {text!r}")
+    if any(b < a for a, b in zip(values, values[1:])):
+        raise argparse.ArgumentTypeError(f"costs are cumulative (exit k's includes everything before it), so they "
+                                         f"must not decrease along the exits, got {text!r}")
+    return values
+
+
 def positive_int_arg(text: str) -> int:
     """An integer of at least 1 (a batch size, a count of images)."""
     try:

@@ -1,4 +1,7 @@
-"""``dynexit solve | curve | calibrate | demo``: the commands on ExitTables (no model runs).
+"""``dynexit solve | curve | calibrate | demo | import-table``: the commands on ExitTables (no model runs).
+
+``import-table`` turns logits saved by any framework (``.npy`` / ``.npz``, laid out (N, K, C)) into
+an ExitTable (:meth:`dynexit.table.ExitTable.from_arrays`).
 
 Thresholds and temperatures are fitted on the val table and reported on the test table; a val table
 that is the test split is refused (:func:`dynexit.bench.check_fit_table`).
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynexit.cli.args import UsageError, budget_arg, output_file, output_file_arg
+from dynexit.cli.args import UsageError, budget_arg, costs_arg, existing_file_arg, output_file, output_file_arg
 
 
 def _load_table(path):
@@ -151,8 +154,78 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _read_array(path: str, key: str) -> np.ndarray:
+    """The array in a ``.npy`` file, or in a ``.npz`` holding one array (or one named ``key``); never
+    unpickles. UsageError naming the file for anything else."""
+    try:
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if not path.endswith(".npz") else None)
+    except ValueError as err:  # numpy says "Object arrays cannot be loaded when allow_pickle=False"
+        what = "it holds Python objects (pickled), which dynexit never loads" if "pickle" in str(err) or "Python objects" in str(err) else str(err)
+        raise UsageError(f"{path}: cannot read {key} ({what}); save a plain numeric array with np.save") from None
+    except (OSError, EOFError) as err:
+        raise UsageError(f"{path}: not a .npy / .npz array file ({' '.join(str(err).split())[:200]})") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        names = list(loaded.files)
+        name = key if key in names else (names[0] if len(names) == 1 else None)
+        if name is None:
+            raise UsageError(f"{path}: a .npz with arrays {names}: keep one array, or name it {key!r}")
+        try:
+            return loaded[name]
+        except ValueError as err:
+            raise UsageError(f"{path}: cannot read array {name!r} ({err})") from None
+
+
+def cmd_import_table(args) -> int:
+    """Write an ExitTable from LOGITS (N, K, C) and LABELS (N,) array files and the per-exit ``--costs``."""
+    from dynexit.table import ExitTable
+
+    logits, labels = _read_array(args.logits, "logits"), _read_array(args.labels, "labels")
+    if logits.ndim != 3:
+        raise UsageError(f"{args.logits}: logits must be laid out (N, K, C) = (samples, exits, classes), "
+                         f"got shape {logits.shape}")
+    if len(args.costs) != logits.shape[1]:
+        raise UsageError(f"--costs: {len(args.costs)} values for {logits.shape[1]} exits (the logits' axis 1); "
+                         "give one cumulative cost per exit")
+    meta = {"source": f"dynexit import-table {Path(args.logits).name} {Path(args.labels).name}"}
+    if args.split:
+        meta["split"] = args.split
+    try:
+        table = ExitTable.from_arrays(logits, labels, args.costs, args.exit_names, args.unit, args.dataset, meta=meta)
+    except ValueError as err:
+        raise UsageError(f"{args.logits}, {args.labels}: {err}") from None
+    path = table.save(args.out, logits_dtype=args.logits_dtype)
+    print(f"wrote {path}: {table.num_samples} samples, {table.num_exits} exits {list(table.exit_names)}, "
+          f"{table.num_classes} classes, costs {table.costs.tolist()} {table.cost_unit}, "
+          f"accuracy {[round(a, 4) for a in table.exit_accuracy().tolist()]}")
+    return 0
+
+
+def _add_import_table(sub) -> None:
+    """``dynexit import-table LOGITS LABELS --costs ... --out T.npz``."""
+    from dynexit.cli.args import comma_items
+    from dynexit.table_checks import COST_UNITS
+
+    p = sub.add_parser("import-table", help="make an ExitTable from logits (N, K, C) and labels (N,) saved as .npy/.npz",
+                       description="Turn the logits of any multi-exit model (saved with numpy: (N, K, C) = samples, "
+                                   "exits shallow to deep, classes) and their labels into an ExitTable.")
+    p.add_argument("logits", type=existing_file_arg, help=".npy (or one-array / 'logits' .npz) of shape (N, K, C)")
+    p.add_argument("labels", type=existing_file_arg, help=".npy (or one-array / 'labels' .npz) of N integer labels")
+    p.add_argument("--costs", type=costs_arg, required=True,
+                   help="cumulative cost per image of each exit, comma-separated, non-decreasing, e.g. 1.2,3.4,8")
+    p.add_argument("--unit", choices=COST_UNITS, default="MFLOPs", help="unit of --costs (default MFLOPs)")
+    p.add_argument("--exit-names", type=lambda t: comma_items(t, "exit names"), default=None,
+                   help="comma-separated exit names (default exit1..exitK)")
+    p.add_argument("--dataset", default=None, help="the dataset's name (e.g. cifar10), recorded for viewers")
+    p.add_argument("--split", choices=("val", "test"), default=None, help="which split the rows are (recorded)")
+    p.add_argument("--logits-dtype", choices=("float32", "float16"), default="float32", help="storage of the logits")
+    p.add_argument("--out", type=output_file(".npz"), required=True, help="the ExitTable .npz to write")
+    p.set_defaults(func=cmd_import_table)
+
+
 def add_commands(sub) -> None:
-    """Register ``solve``, ``curve``, ``calibrate`` and ``demo`` on an argparse subparsers object."""
+    """Register ``solve``, ``curve``, ``calibrate``, ``demo`` and ``import-table`` on an argparse subparsers object."""
     from dynexit import criteria, solvers
 
     def table_pair(p):
@@ -186,3 +259,4 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=".cache/demo", help="where the demo tables are written")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    _add_import_table(sub)
