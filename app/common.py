@@ -25,6 +25,8 @@ from dynexit.data import get_dataset
 from . import logic
 
 PREFERRED_MODEL = "dynperceiver_fmnist"
+MFLOPS, MS = "MFLOPs", "ms"  # budget units: counted compute, or latency measured by `dynexit profile`
+PROFILE_BATCH = 1  # ms per image at batch 1: one image at a time, as an edge device answers
 # The dataset every zoo model was trained on: the test images, the class names of every caption.
 DATASET = get_dataset("fashion-mnist")
 CLASSES = DATASET.class_names
@@ -81,9 +83,65 @@ def _table(name: str, split: str, zoo_dir: str, mtime_ns: int):
     return zoo.load_table(name, split)
 
 
-def table(name: str, split: str = "test"):
-    """The zoo ExitTable of ``name`` on ``split`` (one shared object per file version)."""
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _ms_table(name: str, split: str, zoo_dir: str, mtime_ns: int, profile_mtime: int):
+    from dynexit import profile as profiles
+
+    return profiles.with_costs(table(name, split), profile(name), PROFILE_BATCH)
+
+
+def table(name: str, split: str = "test", unit: str = MFLOPS):
+    """The zoo ExitTable of ``name`` on ``split`` (one shared object per file version); ``unit="ms"``:
+    the same table with the model's measured ms per image (batch 1) as its costs (needs a profile)."""
+    if unit == MS:
+        return _ms_table(name, split, *_version(zoo.table_path(name, split)), _mtime(profile_path(name)))
     return _table(name, split, *_version(zoo.table_path(name, split)))
+
+
+# ----------------------------------------------------------------------------- measured latency
+
+def profile_path(name: str) -> Path:
+    """Where ``dynexit profile --model NAME`` stores the zoo model's profile: beside its weights."""
+    from dynexit import profile as profiles
+
+    return profiles.profile_path(zoo.weights_path(name))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _profile(path: str, mtime_ns: int):
+    from dynexit import profile as profiles
+
+    return profiles.load(path)
+
+
+def profile(name: str) -> dict | None:
+    """The model's latency profile (``dynexit profile``), None when it has none or it does not fit the
+    model's tables. ValueError (the file and the command to rerun) for a damaged one."""
+    path = profile_path(name)
+    if not path.is_file():
+        return None
+    prof = _profile(str(path), _mtime(path))
+    exits = list(table(name, "test").exit_names)
+    return prof if prof["exit_names"] == exits and str(PROFILE_BATCH) in prof["batches"] else None
+
+
+def profile_problem(name: str) -> str | None:
+    """None when the model's profile is fine or absent, else why it cannot be used (shown, not fatal)."""
+    try:
+        if profile(name) is None and profile_path(name).is_file():
+            return (f"{profile_path(name)} does not match the model's exits (or lacks batch {PROFILE_BATCH}); "
+                    f"measure it again with `dynexit profile --model {name}`")
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def machine(name: str) -> str:
+    """Where the model's profile was measured, in words (device, threads, torch), and when."""
+    from dynexit import profile as profiles
+
+    prof = profile(name)
+    return f"{profiles.machine(prof)}, measured {prof.get('created', '?')[:10]}" if prof else ""
 
 
 def is_static(table) -> bool:
@@ -93,15 +151,20 @@ def is_static(table) -> bool:
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def _budget_view(name: str, solver: str, criterion: str, budget: float, zoo_dir: str, val_mtime: int, test_mtime: int):
-    return logic.budget_view(table(name, "val"), table(name, "test"), solver, criterion, budget)
+def _budget_view(name: str, solver: str, criterion: str, budget: float, unit: str, zoo_dir: str, mtimes: tuple):
+    return logic.budget_view(table(name, "val", unit), table(name, "test", unit), solver, criterion, budget)
 
 
-def budget_view(name: str, solver: str, criterion: str, budget: float) -> logic.BudgetView:
-    """Thresholds fitted on val at ``budget``, evaluated on test; shared by the explorer and the inspector,
-    so opening an image or switching pages does not refit the solver (seconds for the genetic one)."""
-    return _budget_view(name, solver, criterion, float(budget), str(zoo.zoo_dir()),
-                        _mtime(zoo.table_path(name, "val")), _mtime(zoo.table_path(name, "test")))
+def _mtimes(name: str, unit: str) -> tuple:
+    """The file versions a result in ``unit`` depends on: both tables, and the profile for ms."""
+    files = [zoo.table_path(name, s) for s in zoo.SPLITS] + ([profile_path(name)] if unit == MS else [])
+    return tuple(_mtime(f) for f in files)
+
+
+def budget_view(name: str, solver: str, criterion: str, budget: float, unit: str = MFLOPS) -> logic.BudgetView:
+    """Thresholds fitted on val at ``budget`` (per image, in ``unit``), evaluated on test; shared by the
+    explorer and the inspector, so opening an image or switching pages does not refit the solver."""
+    return _budget_view(name, solver, criterion, float(budget), unit, str(zoo.zoo_dir()), _mtimes(name, unit))
 
 
 @st.cache_resource(show_spinner="Loading the model ...", max_entries=8)
@@ -165,31 +228,32 @@ def image(test, row: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- derived, cached
 
 @st.cache_data(show_spinner="Fitting the solver at each budget for the curve ...", max_entries=64)
-def _curve(name: str, solver: str, criterion: str, zoo_dir: str, mtimes: tuple, n: int) -> dict:
-    return logic.solver_curve(table(name, "val"), table(name, "test"), solver, criterion, n)
+def _curve(name: str, solver: str, criterion: str, unit: str, zoo_dir: str, mtimes: tuple, n: int) -> dict:
+    return logic.solver_curve(table(name, "val", unit), table(name, "test", unit), solver, criterion, n)
 
 
-def solver_curve(name: str, solver: str, criterion: str, n: int = logic.CURVE_POINTS) -> dict:
-    """Test cost and accuracy of ``solver`` at ``n`` budgets (fitted once per model, solver, criterion, n)."""
-    mtimes = tuple(_mtime(zoo.table_path(name, s)) for s in zoo.SPLITS)
-    return _curve(name, solver, criterion, str(zoo.zoo_dir()), mtimes, n)
+def solver_curve(name: str, solver: str, criterion: str, n: int = logic.CURVE_POINTS, unit: str = MFLOPS) -> dict:
+    """Test cost (in ``unit``) and accuracy of ``solver`` at ``n`` budgets (fitted once per model, solver,
+    criterion, n, unit)."""
+    return _curve(name, solver, criterion, unit, str(zoo.zoo_dir()), _mtimes(name, unit), n)
 
 
-def dip_curve(name: str, solver: str, criterion: str) -> dict:
+def dip_curve(name: str, solver: str, criterion: str, unit: str = MFLOPS) -> dict:
     """The curve the explorer checks for "a smaller budget was more accurate on test": dense
     (``logic.DIP_POINTS`` budgets) where fits take milliseconds, the plotted curve for the slow genetic solver."""
-    return solver_curve(name, solver, criterion, logic.CURVE_POINTS if solver == "genetic" else logic.DIP_POINTS)
+    n = logic.CURVE_POINTS if solver == "genetic" else logic.DIP_POINTS
+    return solver_curve(name, solver, criterion, n, unit)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _oracle(name: str, zoo_dir: str, mtime_ns: int) -> tuple[list, list]:
-    x, y = logic.oracle_points(table(name, "test"))
+def _oracle(name: str, unit: str, zoo_dir: str, mtimes: tuple) -> tuple[list, list]:
+    x, y = logic.oracle_points(table(name, "test", unit))
     return x.tolist(), y.tolist()
 
 
-def oracle(name: str):
-    """The oracle's accuracy against mean cost on the test table: the ceiling of any threshold policy."""
-    return _oracle(name, *_version(zoo.table_path(name, "test")))
+def oracle(name: str, unit: str = MFLOPS):
+    """The oracle's accuracy against mean cost (in ``unit``) on the test table: the ceiling of any threshold policy."""
+    return _oracle(name, unit, str(zoo.zoo_dir()), _mtimes(name, unit))
 
 
 def missing_zoo_message():
@@ -205,3 +269,20 @@ def missing_zoo_message():
                 "rebuild them, or point the app at another zoo folder with the `DYNEXIT_ZOO` "
                 "environment variable:")
     st.code("\n".join(lines), language="text")
+
+
+def in_unit(fig, unit: str):
+    """A dynexit.viz figure drawn in MFLOPs, relabelled for ``unit`` (axis titles, hover texts, tick
+    labels); the figure itself for MFLOPs. Returns the figure."""
+    if unit == MFLOPS:
+        return fig
+    word = "ms per image" if unit == MS else unit
+    for trace in fig.data:
+        if getattr(trace, "hovertemplate", None):
+            trace.hovertemplate = trace.hovertemplate.replace("MFLOPs", unit)
+        if getattr(trace, "x", None) is not None and len(trace.x) and isinstance(trace.x[0], str):
+            trace.x = [x.replace("MFLOPs", unit) for x in trace.x]
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        if axis.title and axis.title.text:
+            axis.title.text = axis.title.text.replace("MFLOPs per image", word).replace("MFLOPs", unit)
+    return fig

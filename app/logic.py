@@ -239,3 +239,59 @@ def bench_row(name: str, bench: dict | None) -> dict:
             "theoretical speedup": round(float(bench["theoretical_speedup"]), 3),
             "measured speedup, batch 256": measured("batch256"), "measured speedup, batch 1": measured("batch1"),
             "accuracy full": bench.get("accuracy_full"), "accuracy early exit": bench.get("accuracy_early_exit")}
+
+
+# ----------------------------------------------------------------------------- deadlines (anytime setting)
+
+NO_ANSWER = {"wrong": "counts as wrong", "prior": "a prior guess: the most frequent class of the validation images"}
+
+
+def deadline_defaults(kind: str, costs) -> dict[str, tuple[float, float, float]]:
+    """{parameter: (min, max, default)} of a deadline distribution over a model's cost range.
+
+    ``costs``: (K,) cumulative costs per exit in the deadline's unit (MFLOPs or ms). The ranges run
+    from 0 to 1.5 times the full cost, so deadlines before the first exit and after the last can be
+    chosen; defaults sit in the middle of the exits. ValueError for an unknown ``kind``.
+    """
+    lo, hi = float(costs[0]), float(costs[-1])
+    top, mid = 1.5 * hi, (lo + hi) / 2
+    table = {"fixed": {"at": (0.0, top, mid)},
+             "uniform": {"low": (0.0, top, 0.5 * lo), "high": (0.0, top, hi)},
+             "normal": {"mean": (0.0, top, mid), "std": (0.01 * hi, hi, max((hi - lo) / 4, 0.02 * hi))},
+             "exponential": {"mean": (0.01 * hi, top, mid)}}
+    if kind not in table:
+        raise ValueError(f"unknown deadline distribution {kind!r}")
+    return table[kind]
+
+
+def deadline_results(test, exits, deadline, costs, no_answer: str, prior_labels) -> dict:
+    """The three policies under ``deadline`` (a :class:`dynexit.anytime.Deadline`) on the test table.
+
+    ``exits``: (N,) the budgeted rule's planned exits; ``costs``: (K,) per-exit costs in the deadline's
+    unit; ``no_answer``: "wrong" or "prior" (``prior_labels``: the validation labels). Returns
+    ``{"anytime" | "budgeted" | "oracle": DeadlineResult}``, exact (no sampling); milliseconds for 10,000 images.
+    """
+    from dynexit import anytime
+
+    return anytime.compare(test, exits, deadline, costs=costs, no_answer=no_answer, prior_labels=prior_labels)
+
+
+def fixed_deadline_curves(test, exits, costs, n: int = 61) -> dict:
+    """Expected accuracy of the three policies at ``n`` fixed deadlines from 0 to 1.2x the full cost.
+
+    ``exits``: (N,) the budgeted rule's planned exits; ``costs``: (K,) per-exit costs in the deadline's
+    unit. Returns ``{"deadlines": (n,), "anytime": (n,), "budgeted": (n,), "oracle": (n,)}`` (no exit
+    finished: wrong). A fixed deadline only decides the last finished exit k, so each policy has K
+    values (what :mod:`dynexit.anytime` gives for ``Deadline.make("fixed", at=costs[k])``), drawn as steps.
+    """
+    correct, exits = test.correct, np.asarray(exits)
+    K, rows = test.num_exits, np.arange(test.num_samples)
+    per_k = {"anytime": test.exit_accuracy(),
+             "budgeted": np.array([correct[rows, np.minimum(exits, k)].mean() for k in range(K)]),
+             "oracle": np.logical_or.accumulate(correct, axis=1).mean(axis=0)}
+    grid = np.linspace(0.0, 1.2 * float(costs[-1]), n)
+    last = np.searchsorted(np.asarray(costs, dtype=np.float64), grid, side="right") - 1
+    out = {"deadlines": grid}
+    for name, values in per_k.items():
+        out[name] = np.where(last >= 0, np.asarray(values, dtype=np.float64)[np.maximum(last, 0)], 0.0)
+    return out

@@ -2,8 +2,10 @@
 
 Streamlit keeps a widget's value in ``st.session_state`` under the widget's key; this module is the only
 code that knows those keys. The sidebar's selectboxes own ``model``, ``solver`` and ``criterion``; the
-budget of each model (MFLOPs per image, one per model, shared by every page) lives in
-``st.session_state["budgets"][model]`` and changes only when the user moves a budget slider. Session
+budget of each model (per image, one per model and unit, shared by every page) lives in
+``st.session_state["budgets"][budget_key(model, unit)]`` and changes only when the user moves a budget
+slider. The unit is MFLOPs, or ms when the model has a latency profile (``dynexit profile``) and the
+user picks ms in the sidebar. Session
 state belongs to one browser session, so nothing here is shared between threads; the shared objects
 (models, tables) are the caches of ``common``.
 """
@@ -19,8 +21,8 @@ from dynexit import criteria, solvers
 
 from . import common, logic
 
-MODEL, SOLVER, CRITERION = "model", "solver", "criterion"  # the sidebar's widget keys
-BUDGETS = "budgets"  # {model name: budget in MFLOPs per image}
+MODEL, SOLVER, CRITERION, UNIT = "model", "solver", "criterion", "budget_unit"  # the sidebar's widget keys
+BUDGETS = "budgets"  # {model name: budget in MFLOPs per image, "model [ms]": budget in ms per image}
 PICKED_ROW, INSPECT_HOW = "inspect_row", "inspect_how"  # the image a gallery sends to the inspector
 FROM_GALLERY = "from the gallery"
 INSPECTOR_PAGE = "views/inspector.py"
@@ -41,13 +43,15 @@ class Choices:
 
     ``model``: a zoo model name; ``solver``: a name of ``dynexit.solvers.available()``; ``criterion``: a
     name of ``dynexit.criteria.available()`` (unused when ``uses_criterion`` is False); ``budget``: the
-    MFLOPs per image last set for ``model`` on any page, None before any of its sliders was shown.
+    budget per image last set for ``model`` in ``unit`` on any page, None before any of its sliders was
+    shown; ``unit``: ``common.MFLOPS``, or ``common.MS`` (the model has a profile and the user chose it).
     """
 
     model: str
     solver: str
     criterion: str
     budget: float | None
+    unit: str = common.MFLOPS
 
     @property
     def uses_criterion(self) -> bool:
@@ -55,11 +59,42 @@ class Choices:
         return solvers.takes_criterion(self.solver)
 
 
+def budget_key(model: str, unit: str) -> str:
+    """Where a model's budget in ``unit`` is stored in ``st.session_state["budgets"]``."""
+    return model if unit == common.MFLOPS else f"{model} [{unit}]"
+
+
+def unit_of(model: str) -> str:
+    """The budget unit in use for ``model``: ms only when the user chose it and the model has a profile."""
+    try:
+        has_profile = common.profile(model) is not None
+    except ValueError:
+        has_profile = False
+    return common.MS if st.session_state.get(UNIT) == common.MS and has_profile else common.MFLOPS
+
+
 def choices() -> Choices:
     """The current choices (the sidebar has run: ``streamlit_app.py`` draws it before any page)."""
     model = st.session_state[MODEL]
+    unit = unit_of(model)
     return Choices(model, st.session_state[SOLVER], st.session_state[CRITERION],
-                   st.session_state.get(BUDGETS, {}).get(model))
+                   st.session_state.get(BUDGETS, {}).get(budget_key(model, unit)), unit)
+
+
+def _unit_selector(name: str) -> None:
+    """MFLOPs or measured ms, offered when the model has a latency profile; says where it was measured."""
+    problem = common.profile_problem(name)
+    if problem:
+        st.warning(f"Latency profile not used: {problem}", icon=":material/timer_off:")
+    if common.profile(name) is None:
+        st.caption(f"Budgets in MFLOPs. For budgets in milliseconds on your machine: `dynexit profile --model {name}`.")
+        return
+    st.radio("Budget unit", [common.MFLOPS, common.MS], key=UNIT, horizontal=True,
+             format_func=lambda u: "MFLOPs (counted)" if u == common.MFLOPS else "ms (measured)",
+             help="MFLOPs: compute counted on the early-exit path, the same on every machine. ms: each exit's latency "
+                  "per image at batch 1, measured by `dynexit profile` on one machine (below): your own machine "
+                  "gives other numbers; measure it with `dynexit profile --model NAME`.")
+    st.caption(f"Latency measured on {common.machine(name)}.")
 
 
 def sidebar() -> Choices:
@@ -82,6 +117,10 @@ def sidebar() -> Choices:
             st.caption(common.info(name)["summary"])
         except ValueError as err:  # a damaged sidecar: the page may still work from the tables
             st.error(str(err))
+        try:
+            _unit_selector(name)
+        except ValueError:  # a damaged table: the page's own zoo_guard says which file
+            pass
         missing = common.missing_models()
         if missing:
             st.caption("Not in the zoo (yet): " + ", ".join(missing) + ". Build one with `dynexit zoo reproduce NAME`.")
@@ -90,13 +129,14 @@ def sidebar() -> Choices:
 
 # ----------------------------------------------------------------------------- the budget
 
-def _budget_moved(name: str, wkey: str):
+def _budget_moved(store_key: str, wkey: str):
     """The user moved a budget slider: the one place the budget changes."""
-    st.session_state[BUDGETS][name] = float(st.session_state[wkey])
+    st.session_state[BUDGETS][store_key] = float(st.session_state[wkey])
 
 
-def budget_slider(name: str, costs, key: str, label: str = "Budget: mean MFLOPs per image") -> float:
-    """A budget slider for ``name``; ``costs`` (K,) are its exits' cumulative MFLOPs; returns the budget.
+def budget_slider(name: str, costs, key: str, label: str | None = None, unit: str = common.MFLOPS) -> float:
+    """A budget slider for ``name``; ``costs`` (K,) are its exits' cumulative costs per image in ``unit``
+    (MFLOPs or ms); returns the budget in ``unit``.
 
     The budget changes only in the slider's ``on_change`` callback, i.e. when the user moves a slider.
     The slider is created with the stored budget as its ``value`` (never left to default): Streamlit
@@ -106,30 +146,32 @@ def budget_slider(name: str, costs, key: str, label: str = "Budget: mean MFLOPs 
     Nothing is written to the widget's key from code.
     """
     lo, hi, step = logic.slider_steps(costs)
-    store = st.session_state.setdefault(BUDGETS, {})
-    current = float(np.clip(store.get(name, logic.default_budget(costs)), lo, hi))
-    store.setdefault(name, current)
-    wkey = f"{key}_{name}"
+    store, skey = st.session_state.setdefault(BUDGETS, {}), budget_key(name, unit)
+    current = float(np.clip(store.get(skey, logic.default_budget(costs)), lo, hi))
+    store.setdefault(skey, current)
+    wkey = f"{key}_{name}" if unit == common.MFLOPS else f"{key}_{name}_{unit}"
     decimals = max(0, int(-np.floor(np.log10(step))))
-    budget = st.slider(label, min_value=lo, max_value=hi, value=current, step=step, key=wkey,
-                       format=f"%.{decimals}f", on_change=_budget_moved, args=(name, wkey),
-                       help="The average compute you allow per image, in millions of multiply-adds (MFLOPs). "
-                            "Thresholds are fitted on the validation images to spend at most this on average; "
-                            "the numbers below are measured on the 10,000 test images.")
+    what = ("compute you allow per image, in millions of multiply-adds (MFLOPs)" if unit == common.MFLOPS else
+            "latency you allow per image, in milliseconds measured at batch 1 by `dynexit profile`")
+    budget = st.slider(label or f"Budget: mean {unit} per image", min_value=lo, max_value=hi, value=current, step=step,
+                       key=wkey, format=f"%.{decimals}f", on_change=_budget_moved, args=(skey, wkey),
+                       help=f"The average {what}. Thresholds are fitted on the validation images to spend at most "
+                            "this on average; the numbers below are measured on the 10,000 test images.")
     full = float(costs[-1])
-    st.caption(f"Budget {budget:.{decimals}f} MFLOPs = **{min(budget / full, 1):.0%}** of the full model's "
-               f"{full:.{decimals}f} MFLOPs, an allowed speedup of **{max(full / budget, 1):.2f}x**.")
+    st.caption(f"Budget {budget:.{decimals}f} {unit} = **{min(budget / full, 1):.0%}** of the full model's "
+               f"{full:.{decimals}f} {unit}, an allowed speedup of **{max(full / budget, 1):.2f}x**.")
     return float(budget)
 
 
-def budget_control(name: str, test, key: str) -> float:
-    """The budget (MFLOPs per image) of model ``name`` whose test table is ``test``: the slider ``key``
-    of a multi-exit model; a single-exit model has nothing to choose, says so and returns its one cost."""
+def budget_control(name: str, test, key: str, unit: str = common.MFLOPS) -> float:
+    """The budget (per image, in ``unit``) of model ``name`` whose test table (costs in ``unit``) is
+    ``test``: the slider ``key`` of a multi-exit model; a single-exit model has nothing to choose, says
+    so and returns its one cost."""
     if common.is_static(test):
-        st.info(f"**{name}** has a single exit: every image pays its full {test.costs[0]:.1f} MFLOPs, so there is no "
+        st.info(f"**{name}** has a single exit: every image pays its full {test.costs[0]:.1f} {unit}, so there is no "
                 "budget to choose. It is the static reference the early-exit models are compared with.")
         return float(test.costs[0])
-    return budget_slider(name, test.costs, key)
+    return budget_slider(name, test.costs, key, unit=unit)
 
 
 # ----------------------------------------------------------------------------- gallery -> inspector

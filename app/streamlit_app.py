@@ -5,8 +5,8 @@ Run from the repository root:  make app
 The folder app/ is installed as the package ``dynexit_app`` (pyproject.toml), so this script and the
 pages, which Streamlit runs as scripts, import it by that name.
 
-Pages (app/views/): the budget explorer (first page), the image inspector, model comparison, and
-your own image. Model, solver and criterion are chosen in the sidebar (state.py), shared by every page.
+Pages (app/views/): the budget explorer (first page), the image inspector, deadlines (anytime
+prediction when inference may be interrupted), model comparison, and your own image. Model, solver and criterion are chosen in the sidebar (state.py), shared by every page.
 Figures come from dynexit.viz so the notebooks show the same views.
 """
 
@@ -34,6 +34,7 @@ if problem:  # the explorer and the comparison work from the tables; the other p
 page = st.navigation([
     st.Page("views/explorer.py", title="Budget explorer", icon=":material/tune:", default=True),
     st.Page("views/inspector.py", title="Image inspector", icon=":material/image_search:"),
+    st.Page("views/deadlines.py", title="Deadlines", icon=":material/timer:"),
     st.Page("views/compare.py", title="Compare models", icon=":material/compare_arrows:"),
     st.Page("views/upload.py", title="Your own image", icon=":material/upload:"),
 ])

@@ -106,6 +106,33 @@ def measured_speedups(names: list[str]):
                 "`dynexit zoo reproduce NAME` writes NAME.bench.json).")
 
 
+def profiled_speedups(names: list[str]):
+    """Per-exit speedups measured by `dynexit profile` (ms) next to the FLOPs speedups, for models with a profile."""
+    st.subheader("Measured per-exit speedups (`dynexit profile`)")
+    rows, machines = [], set()
+    for n in names:
+        try:
+            prof = common.profile(n)
+        except ValueError as err:
+            st.error(str(err), icon=":material/error:")
+            continue
+        if prof is None or common.is_static(common.table(n, "test")):
+            continue
+        flops, ms = common.table(n, "test").costs, common.table(n, "test", common.MS).costs
+        machines.add(common.machine(n))
+        rows += [{"model": n, "exit": e, "ms per image": round(float(m), 3), "MFLOPs": round(float(f), 2),
+                  "measured speedup": round(float(ms[-1] / m), 2), "FLOPs speedup": round(float(flops[-1] / f), 2),
+                  "measured / FLOPs": round(float((ms[-1] / m) / (flops[-1] / f)), 2)}
+                 for e, m, f in zip(common.table(n, "test").exit_names, ms, flops)]
+    if not rows:
+        st.caption("No model has a latency profile yet: `dynexit profile --model NAME` measures one on this machine.")
+        return
+    st.caption("Leaving at each exit instead of the last, per image at batch 1: the speedup measured by "
+               "`dynexit profile` against the one the MFLOPs promise (below 1: the exit saves less time than its "
+               "MFLOPs say). Measured on " + "; ".join(sorted(machines)) + ".")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
 choice = state.choices()
 solver, criterion = choice.solver, choice.criterion
 available = common.available_models()
@@ -117,7 +144,7 @@ st.markdown("Every zoo model on the same axes. A model is better where its curve
             + (f", {criterion}" if choice.uses_criterion else "") + "), fitted on validation images, measured on test.")
 
 if choice.budget is not None:  # the sidebar model's budget, as set on the other pages (the curves span every budget)
-    st.caption(f"Your budget for **{choice.model}**: **{choice.budget:g} MFLOPs** per image "
+    st.caption(f"Your budget for **{choice.model}**: **{choice.budget:g} {choice.unit}** per image "
                "(set with the slider of the budget explorer, the inspector or your own image).")
 chosen = st.multiselect("Models", available, default=available, key="compare_models")
 if not chosen:
@@ -135,3 +162,4 @@ with left:
 with right:
     budget_for_target(tests, curves)
 measured_speedups(list(tests))
+profiled_speedups(list(tests))

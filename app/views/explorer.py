@@ -7,10 +7,10 @@ from dynexit import viz
 from dynexit_app import common, logic, state
 
 choice = state.choices()
-name, solver, criterion = choice.model, choice.solver, choice.criterion
+name, solver, criterion, unit = choice.model, choice.solver, choice.criterion, choice.unit
 with common.zoo_guard(name):
-    test = common.table(name, "test")
-    common.table(name, "val")  # the solvers fit on it
+    test = common.table(name, "test", unit)
+    common.table(name, "val", unit)  # the solvers fit on it
 names = list(test.exit_names)
 static = common.is_static(test)
 
@@ -57,16 +57,16 @@ def _numbers(view):
                 delta=f"{100 * view.change_vs_final:+.2f} points vs the final exit",
                 help="Share of the 10,000 test images classified right, each at the exit it left. The change compares "
                      "with running every image through the whole model (the last exit).")
-    c[1].metric("Mean MFLOPs per image", f"{view.mean_cost:.2f}",
+    c[1].metric(f"Mean {unit} per image", f"{view.mean_cost:.2f}",
                 delta=f"{view.mean_cost - view.full_cost:+.2f} vs the full model", delta_color="inverse",
                 help="Average compute actually spent per test image (the budget is met on the validation images).")
-    c[2].metric("Speedup", f"{view.speedup:.2f}x", help="Full model's MFLOPs divided by the mean MFLOPs spent.")
+    c[2].metric("Speedup", f"{view.speedup:.2f}x", help=f"Full model's {unit} divided by the mean {unit} spent.")
     c[3].metric("Final exit alone", f"{view.final_accuracy:.2%}", help="Accuracy when every image goes to the last exit.")
     # (a single-exit model gets neither note: its one cost leaves nothing unspent, no smaller budget exists)
     if view.spending_note:
         st.info(f"This rule {view.spending_note}.", icon=":material/savings:")
-    if dip := logic.accuracy_dip_note(view, common.dip_curve(name, solver, criterion)):
-        st.info(dip, icon=":material/trending_down:")
+    if dip := logic.accuracy_dip_note(view, common.dip_curve(name, solver, criterion, unit)):
+        st.info(dip.replace("MFLOPs", unit), icon=":material/trending_down:")
 
 
 def _curve_and_histogram(view):
@@ -80,15 +80,35 @@ def _curve_and_histogram(view):
         if static:  # a single point: no solver line, no oracle
             solver_line, oracle = None, None
         else:
-            cv = common.solver_curve(name, solver, criterion)
-            solver_line, oracle = {f"{solver} solver": (cv["cost"], cv["accuracy"])}, common.oracle(name)
+            cv = common.solver_curve(name, solver, criterion, unit=unit)
+            solver_line, oracle = {f"{solver} solver": (cv["cost"], cv["accuracy"])}, common.oracle(name, unit)
         fig = viz.accuracy_vs_cost(solver_line, anytime, oracle, (view.mean_cost, view.accuracy))
-        st.plotly_chart(fig, width="stretch", key="curve")
+        st.plotly_chart(common.in_unit(fig, unit), width="stretch", key="curve")
+        if not static and common.profile(name) is not None:
+            _other_unit_curve()
     with right:
         st.subheader("Where the images leave")
         st.caption("Test images leaving at each exit at this budget, split into right (blue) and wrong (orange, hatched).")
         fig = viz.exit_histogram(view.result.histogram_correct, view.result.histogram_wrong, names, test.costs)
-        st.plotly_chart(fig, width="stretch", key="histogram")
+        st.plotly_chart(common.in_unit(fig, unit), width="stretch", key="histogram")
+
+
+def _other_unit_curve():
+    """The same solver's curve in the other unit: measured ms next to counted MFLOPs (or back)."""
+    other = common.MS if unit == common.MFLOPS else common.MFLOPS
+    with st.expander(f"The same curve in {'measured milliseconds' if other == common.MS else 'MFLOPs'}",
+                     expanded=False):
+        t = common.table(name, "test", other)
+        cv = common.solver_curve(name, solver, criterion, unit=other)
+        fig = viz.accuracy_vs_cost({f"{solver} solver": (cv["cost"], cv["accuracy"])},
+                                   {"single exits": (t.costs, t.exit_accuracy(), names)}, common.oracle(name, other))
+        st.plotly_chart(common.in_unit(fig, other), width="stretch", key="curve_other_unit")
+        speed = t.costs[-1] / t.costs
+        st.caption(f"Latency measured on {common.machine(name)} (ms per image, batch 1). Speedup of each exit over "
+                   "the last, measured vs counted: " + ", ".join(
+                       f"{n} {s:.2f}x vs {f:.2f}x" for n, s, f in zip(names, *(
+                           (speed, test.costs[-1] / test.costs) if other == common.MS else
+                           (test.costs[-1] / test.costs, speed)))) + ".")
 
 
 def _exit_galleries(view):
@@ -132,10 +152,10 @@ def _overthinking(view):
 @st.fragment
 def budget_dependent():
     """Reruns alone when the slider moves: a solver fit and an evaluation on the cached tables."""
-    budget = state.budget_control(name, test, key="explorer_budget")
+    budget = state.budget_control(name, test, key="explorer_budget", unit=unit)
     if solver == "genetic" and not static:
         st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
-    view = common.budget_view(name, solver, criterion, budget)
+    view = common.budget_view(name, solver, criterion, budget, unit)
     _numbers(view)
     _curve_and_histogram(view)
     _exit_galleries(view)

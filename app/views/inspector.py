@@ -8,10 +8,10 @@ from dynexit import explain, viz
 from dynexit_app import common, logic, state
 
 choice = state.choices()
-name, solver, criterion = choice.model, choice.solver, choice.criterion
+name, solver, criterion, unit = choice.model, choice.solver, choice.criterion, choice.unit
 with common.zoo_guard(name):
-    test = common.table(name, "test")
-    common.table(name, "val")  # the solvers fit on it
+    test = common.table(name, "test", unit)
+    common.table(name, "val", unit)  # the solvers fit on it
 names = list(test.exit_names)
 K, N = test.num_exits, test.num_samples
 HOW = [state.FROM_GALLERY, "by index", "by class", "hardest", "easiest"]
@@ -74,11 +74,11 @@ def budget_dependent():
         st.image(np.kron(img, np.ones((6, 6))), clamp=True,
                  caption=f"test image #{int(test.index[row])}, true class: {common.CLASSES[label]}")
     with c_main:
-        budget = state.budget_control(name, test, key="inspector_budget")
-        view = common.budget_view(name, solver, criterion, budget)
+        budget = state.budget_control(name, test, key="inspector_budget", unit=unit)
+        view = common.budget_view(name, solver, criterion, budget, unit)
         k = int(view.result.exits[row])
         right = bool(test.correct[row, k])
-        st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of "
+        st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} {unit}** of "
                     f"{test.costs[-1]:.1f}, predicting **{common.CLASSES[test.predictions[row, k]]}**: "
                     f"**{'right' if right else 'wrong'}**.")
         score_name = view.score_name
@@ -91,7 +91,7 @@ def budget_dependent():
                    "whose bar reaches its threshold; the last exit takes everyone left.")
     table = pd.DataFrame({
         "exit": [f"{j + 1}. {n}" for j, n in enumerate(names)],
-        "MFLOPs so far": np.round(test.costs, 2),
+        f"{unit} so far": np.round(test.costs, 2),
         "prediction": [common.CLASSES[p] for p in test.predictions[row]],
         "probability": np.round(probs.max(axis=1), 3),
         f"P({common.CLASSES[label]})": np.round(probs[:, label], 3),

@@ -9,10 +9,10 @@ from dynexit.data import images
 from dynexit_app import common, state
 
 choice = state.choices()
-name, solver, criterion = choice.model, choice.solver, choice.criterion
+name, solver, criterion, unit = choice.model, choice.solver, choice.criterion, choice.unit
 with common.zoo_guard(name):
-    test = common.table(name, "test")
-    common.table(name, "val")  # the solvers fit on it
+    test = common.table(name, "test", unit)
+    common.table(name, "val", unit)  # the solvers fit on it
 if common.model_problem(name):  # damaged weights: the error box above the page says which file and how to rebuild it
     st.stop()
 model = common.model(name)
@@ -62,15 +62,15 @@ with c:
     st.markdown("**What was done**")
     st.markdown("\n".join(f"- {n}" for n in prepared.notes))
 
-budget = state.budget_control(name, test, key="upload_budget")
-view = common.budget_view(name, solver, criterion, budget)  # cached: shared with the other pages
+budget = state.budget_control(name, test, key="upload_budget", unit=unit)
+view = common.budget_view(name, solver, criterion, budget, unit)  # cached: shared with the other pages
 thresholds = view.rule.thresholds  # the fitted rule: these thresholds on its score, view.rule.criterion
 show_all = st.checkbox("Also compute the exits after the one it leaves at (to compare; they do not change the exit)",
                        key="upload_all")
 trace = explain.traced_early_exit(model, prepared.array, thresholds, view.rule.criterion, run_all=show_all)
 k = trace.exit
 pred = trace.prediction
-st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} MFLOPs** of {test.costs[-1]:.1f} "
+st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} {unit}** of {test.costs[-1]:.1f} "
             f"({test.costs[-1] / test.costs[k]:.2f}x less than the full model), predicting "
             f"**{common.CLASSES[pred]}** with probability {trace.probs[k].max():.0%}.")
 run = list(range(trace.computed))
