@@ -87,3 +87,22 @@ def test_budgets_in_milliseconds_when_the_model_has_a_profile(app_zoo):
         assert "dynexit profile" in texts(at)
     finally:
         profile.profile_path(app_zoo / f"{MODEL}.safetensors").unlink()
+
+
+def test_fixed_deadline_curves_are_the_library_s_exact_values():
+    from dynexit_app import logic
+    from dynexit.table import ExitTable
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 300)
+    logits = rng.normal(size=(300, 3, 4)).astype(np.float32)
+    logits[np.arange(300), :, labels] += [0.5, 1.0, 2.0]
+    t = ExitTable(logits, labels, [2.0, 5.0, 9.0])
+    exits = rng.integers(0, 3, 300)
+    curves = logic.fixed_deadline_curves(t, exits, t.costs, n=25)
+    for at, a, b, o in zip(curves["deadlines"], curves["anytime"], curves["budgeted"], curves["oracle"]):
+        r = anytime.compare(t, exits, anytime.Deadline.make("fixed", at=float(at)))
+        assert (a, b, o) == pytest.approx((r["anytime"].accuracy, r["budgeted"].accuracy, r["oracle"].accuracy))
+    for kind in ("fixed", "uniform", "normal", "exponential"):
+        ranges = logic.deadline_defaults(kind, t.costs)
+        assert all(lo <= d <= hi for lo, hi, d in ranges.values())

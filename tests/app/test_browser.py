@@ -133,7 +133,7 @@ def test_uploads_keep_the_budget_and_every_page_shows_it(chromium, tmp_path_fact
                     continue
                 expect(page.locator(SLIDER).first).to_have_value(budget)
                 expect(page.get_by_text(caption)).to_be_visible()
-            for title in ("Budget explorer", "Image inspector"):
+            for title in ("Budget explorer", "Image inspector", "Deadlines"):
                 page.locator("[data-testid=stSidebarNav] a", has_text=title).click()
                 page.get_by_role("heading", name=title).wait_for(timeout=120_000)
                 browser.wait_idle(page, settle_ms=500)
