@@ -24,13 +24,15 @@ def load_split_images(split: str, dataset: str = "fashion-mnist", data_root=None
                       return_source: bool = False):
     """``(images float32 (N, C, H, W) in [0, 1], labels int64 (N,))`` of a split (the first ``limit``).
 
-    ``dataset``: a name of :func:`dynexit.data.available_datasets`. ``data_root``: where its files
+    ``dataset``: a name of :func:`dynexit.data.available_datasets` read in memory (Fashion-MNIST,
+    digits; file-based datasets stream through :func:`build_table` instead). ``data_root``: where its files
     are (for Fashion-MNIST see :func:`dynexit.data.load_fashion_mnist`: an explicit root, else a set
     ``$DYNEXIT_DATA``, is the only place read). ``return_source=True`` adds a third item: the images
     file read (relative to the working directory when below it). ValueError for an unknown dataset
     or split, a bad ``limit``; :class:`dynexit.data.DataNotFoundError` when the files are missing.
     """
-    spec = get_dataset(dataset)
+    spec = get_dataset(dataset, data_root)
+    data_root = spec.root
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use val or test (or train)")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
@@ -60,43 +62,101 @@ def model_logits(model, images: torch.Tensor, batch_size: int = 256, device="cpu
     return np.concatenate(out, axis=0)
 
 
+def _weights_key(model) -> dict:
+    """What identifies the weights that run, for resuming: the file and its SHA-256, else a hash of the parameters."""
+    import hashlib
+
+    from dynexit import zoo
+
+    source = zoo.weights_source(model)
+    if isinstance(source, dict):
+        return {"weights": source.get("sha256"), "model": model.arch_name}
+    h = hashlib.sha256()
+    for value in model.state_dict().values():
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {"weights": h.hexdigest(), "model": model.arch_name}
+
+
+def split_dataset(spec, split: str, model, limit: int | None):
+    """``(torch Dataset of the split, the data source read)``: an in-memory dataset (Fashion-MNIST,
+    digits) is read once into a TensorDataset; a file-based one streams item by item, resized to
+    ``model``'s input when it is resizable (an ImageFolder tree; else ``model`` may be None).
+    ``limit`` keeps the first images."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use val or test (or train)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise ValueError(f"limit must be a positive number of images, got {limit!r}")
+    if spec.reader is not None:
+        images, labels, source = load_split_images(split, spec.name, spec.root, limit, return_source=True)
+        return torch.utils.data.TensorDataset(images, labels), source
+    ds = spec.torch_dataset(split, image_size=tuple(model.input_size))
+    if limit is not None and limit < len(ds):
+        ds = torch.utils.data.Subset(ds, range(limit))
+    return ds, spec.root or spec.name
+
+
 def build_table(model, split: str = "test", dataset: str = "fashion-mnist", batch_size: int = 256,
                 device: str = "cpu", limit: int | None = None, data_root=None, progress: bool = False, *,
-                untrained: bool = False) -> ExitTable:
-    """Run ``model`` over a split: every exit's logits (N, K, C) in an ExitTable.
+                untrained: bool = False, num_workers: int = 0, logits_dtype: str = "float32", partial=None,
+                save_every: int = 50) -> ExitTable | None:
+    """Run ``model`` over a split: every exit's logits (N, K, C) in an ExitTable, streamed.
 
     ``model``: a MultiExitModel, or a name resolved by :func:`dynexit.zoo.resolve_model` (a zoo
     name runs its shipped weights; a checkpoint path that file; a bare architecture name only
-    with ``untrained=True``). The data is found before any model is loaded; ValueError for a bad
-    split, batch size, limit or ``data_root`` (which must hold the split's files).
-    ``meta["weights"]`` records which weights ran.
+    with ``untrained=True``). ``dataset`` / ``data_root``: as :func:`dynexit.data.get_dataset`
+    (``cifar10`` with a root, ``imagefolder:PATH``, ...). The batches go through a DataLoader with
+    ``num_workers`` (:func:`dynexit.tables_stream.stream_logits`): ``logits_dtype`` float16 halves
+    the memory kept; ``partial`` (a ``.npz`` path) saves the rows done every ``save_every`` batches
+    and resumes from them on a rerun with the same arguments. Under torchrun the split is sharded by
+    batches and gathered: rank 0 returns the table (equal to the one-process table), the others None.
+
+    The data is found before any model is loaded; ValueError for a bad split, batch size, limit or
+    ``data_root`` (which must hold the split's files). ``meta["weights"]`` records which weights ran.
     """
     from dynexit import zoo
+    from dynexit.tables_stream import stream_logits
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    images, labels, data_source = load_split_images(split, dataset, data_root, limit, return_source=True)
+    spec = get_dataset(dataset, data_root)
+    found = None if spec.resizable else split_dataset(spec, split, None, limit)  # the data before the model
     if isinstance(model, (str, Path)):
         model = zoo.resolve_model(model, untrained=untrained)
-    get_dataset(dataset).check_model(model)
-    logits = model_logits(model, images, batch_size, device, progress)
+    spec.check_model(model)
+    ds, data_source = found or split_dataset(spec, split, model, limit)
+    key = dict(_weights_key(model), dataset=spec.name, root=spec.root, split=split, limit=limit)
+    result = stream_logits(model, ds, batch_size=int(batch_size), device=device, num_workers=num_workers,
+                           logits_dtype=logits_dtype, progress=progress, partial=partial, save_every=save_every,
+                           key=key)
+    if result is None:
+        return None
+    logits, labels = result
+    return ExitTable(logits, labels, model.exit_costs(), model.exit_names, np.arange(len(labels), dtype=np.int64),
+                     _table_meta(model, spec, split, data_source, len(labels)))
+
+
+def _table_meta(model, spec, split: str, data_source: str, n: int) -> dict:
+    """The meta of a built table: model, weights, dataset (its registry name), split and its rule, costs."""
+    from dynexit import zoo
+
     source = zoo.weights_source(model)
     meta = {
         "model": model.arch_name,
         "model_kwargs": dict(model.arch_kwargs),
         "weights": source if source is not None else "in memory (not loaded from a file by dynexit)",
-        "dataset": dataset,
+        "dataset": spec.name,
         "split": split,
         "data_source": data_source,  # the images file actually read (--data-root, DYNEXIT_DATA, shipped, ...)
         "input_size": [model.in_chans, *model.input_size],
         "costs": "cumulative MFLOPs per image on the early-exit path; torch FlopCounterMode, multiply-adds (total/2)",
-        "num_samples": int(len(labels)),
+        "num_samples": int(n),
     }
+    if spec.name not in ("fashion-mnist",):  # the shipped tables' meta stays as it was
+        meta.update(data_root=spec.root, split_rule=spec.split_rule, class_names=list(spec.class_names))
     if isinstance(source, dict):  # the keys the shipped tables carry
         meta["checkpoint"] = Path(source["path"]).name
         meta["checkpoint_sha256"] = source["sha256"]
     ckpt = getattr(model, "checkpoint_meta", None)
     if ckpt:
         meta["checkpoint_git_commit"] = ckpt.get("git_commit")
-    return ExitTable(logits, labels.numpy(), model.exit_costs(), model.exit_names,
-                     np.arange(len(labels), dtype=np.int64), meta)
+    return meta

@@ -203,3 +203,35 @@ def synthetic_logits(labels, num_exits: int, num_classes: int = 10, seed: int = 
     depth = np.linspace(0.4, 1.0, num_exits)[None, :] if num_exits > 1 else np.ones((1, 1))
     logits[np.arange(n), :, labels] += 5.0 * depth * ease
     return logits.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- an ImageFolder tree
+
+def write_image_tree(dest, counts: dict, source: str = "test", root=None):
+    """Write real Fashion-MNIST images as a class-per-folder tree of PNGs; returns ``dest`` as a Path.
+
+    ``counts``: split folder -> number of images, e.g. ``{"train": 200, "test": 100}`` (``""``: the
+    class folders directly under ``dest``); the images are the first ones of the Fashion-MNIST
+    ``source`` split (``root``: where its files are, as :func:`dynexit.data.load_fashion_mnist`),
+    taken in order, each split after the previous one; a file is named by its position there. Class
+    folders are ``0_T-shirt-top`` .. ``9_Ankle boot``, so their sorted order is Fashion-MNIST's labels.
+    ValueError when the split has fewer images than asked for.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    from dynexit.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+    x, y = load_fashion_mnist(source, root)
+    if sum(counts.values()) > len(y):
+        raise ValueError(f"the {source} split has {len(y)} images, asked for {sum(counts.values())}")
+    dest, start = Path(dest), 0
+    names = [f"{k}_{c.replace('/', '-')}" for k, c in enumerate(FASHION_MNIST_CLASSES)]
+    for split, n in counts.items():
+        for i in range(start, start + n):
+            folder = dest / split / names[y[i]]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(folder / f"{i:05d}.png")
+        start += n
+    return dest

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dynexit.cli.args import (UsageError, budget_arg, directory_arg, existing_file_arg, floats_arg,
+from dynexit.cli.args import (UsageError, budget_arg, data_arg, directory_arg, existing_file_arg, floats_arg,
                               json_object_arg, output_file, output_file_arg, positive_float_arg, positive_int_arg,
                               positive_ints_arg, thresholds_arg)
 
@@ -35,12 +35,33 @@ def _check_model_name(args) -> None:
             raise UsageError(f"{path}: {'a folder, not a checkpoint file' if path.exists() else 'no such checkpoint file'}")
 
 
-def _check_data_root(root, *splits) -> None:
-    """The Fashion-MNIST files of ``splits`` are where the user said (--data-root, else a set DYNEXIT_DATA)."""
-    from dynexit.data import check_fashion_mnist_source
+def _data(args, *splits) -> tuple[str, str | None]:
+    """``(dataset name, root)`` from ``--data NAME[:ROOT]`` and ``--data-root``, its files checked for
+    ``splits`` (cheap, before any model loads). UsageError when both give a root."""
+    from dynexit.data import check_fashion_mnist_source, get_dataset
 
-    for split in splits:
-        check_fashion_mnist_source(split, root)
+    name, root = args.data
+    if root is not None and args.data_root is not None:
+        raise UsageError(f"--data {name}:{root} and --data-root {args.data_root}: give the root once")
+    root = root if root is not None else args.data_root
+    if name == "fashion-mnist":
+        for split in splits:
+            check_fashion_mnist_source(split, root)
+    else:
+        get_dataset(name, root)  # class names and input spec: a missing tree or torchvision root fails here
+    return name, root
+
+
+def _add_data(p, default_help: str) -> None:
+    """``--data NAME[:ROOT]`` and ``--data-root DIR`` (the same root, for Fashion-MNIST's old spelling)."""
+    p.add_argument("--data", type=data_arg, default=("fashion-mnist", None), metavar="NAME[:ROOT]",
+                   help="dataset: fashion-mnist (default), digits, cifar10, cifar100, svhn (ROOT: the folder with "
+                        "torchvision's files, never downloaded), torchvision:NAME[:ROOT] (any torchvision "
+                        "classification set), imagefolder:PATH (a class-per-folder tree)" + default_help)
+    p.add_argument("--data-root", type=directory_arg, default=None,
+                   help="folder with the dataset's files (Fashion-MNIST: the IDX files, gzipped or not; default: "
+                        "$DYNEXIT_DATA when set, the only place read then; else the shipped test split and the "
+                        "Debian package)")
 
 
 def cmd_train(args) -> int:
@@ -49,8 +70,7 @@ def cmd_train(args) -> int:
     The parser's destinations are :class:`dynexit.training.loop.TrainConfig` fields, so
     :func:`~dynexit.training.loop.config_from_args` maps them in one place.
     """
-    if args.data in ("fashion-mnist", "fmnist", "fashion_mnist"):
-        _check_data_root(args.data_root, "train")
+    args.data, args.data_root = _data(args, "train")
     from dynexit.models import is_model
     from dynexit.training.loop import config_from_args, train
 
@@ -66,13 +86,18 @@ def cmd_train(args) -> int:
 def cmd_table(args) -> int:
     """Run ``--model`` over ``--split`` and write its ExitTable (.npz); print which weights ran."""
     _check_model_name(args)
-    _check_data_root(args.data_root, args.split)
+    dataset, root = _data(args, args.split)
     from dynexit.tables import build_table
     from dynexit.zoo import describe_weights
 
-    table = build_table(args.model, split=args.split, batch_size=args.batch_size, device=args.device,
-                        limit=args.limit, data_root=args.data_root, progress=not args.quiet, untrained=args.untrained)
-    path = table.save(args.out)
+    partial = Path(args.out).with_name(Path(args.out).name + ".partial.npz")
+    table = build_table(args.model, split=args.split, dataset=dataset, batch_size=args.batch_size, device=args.device,
+                        limit=args.limit, data_root=root, progress=not args.quiet, untrained=args.untrained,
+                        num_workers=args.workers, logits_dtype=args.logits_dtype, partial=partial,
+                        save_every=args.save_every)
+    if table is None:  # a torchrun process other than rank 0: rank 0 writes the gathered table
+        return 0
+    path = table.save(args.out, logits_dtype=args.logits_dtype)
     acc = table.exit_accuracy()
     print(describe_weights(table.meta["weights"]))
     print(f"wrote {path}: {table.num_samples} samples, exits {list(table.exit_names)}, "
@@ -87,10 +112,17 @@ def cmd_bench(args) -> int:
     if (args.budget is None) == (args.thresholds is None):
         raise UsageError("give either --budget B (average MFLOPs per image) or --thresholds T1,T2,...")
     _check_model_name(args)
+    dataset, root = _data(args, "test")
     # run_bench checks all of it (the budget against the checkpoint's declared costs) before it loads a model
     request = dict(budget=args.budget, thresholds=args.thresholds, criterion=args.criterion, val_table=args.val_table,
                    limit=args.limit, batch_sizes=tuple(args.batch_sizes), batch1_limit=args.batch1_limit,
-                   repeats=args.repeats, threads=args.threads, data_root=args.data_root, json_path=args.json)
+                   repeats=args.repeats, threads=args.threads, data_root=root, json_path=args.json)
+    if dataset != "fashion-mnist":
+        import inspect
+
+        if "dataset" not in inspect.signature(run_bench).parameters:
+            raise UsageError(f"--data {dataset}: dynexit bench runs on fashion-mnist only in this version")
+        request["dataset"] = dataset
     result = run_bench(args.model, solver=args.solver, untrained=args.untrained, **request)
     print(format_result(result))
     if args.json:
@@ -104,8 +136,7 @@ def _add_train(sub) -> None:
                        description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch.")
     p.add_argument("--model", required=True, help="registered model name, e.g. dynperceiver_fmnist")
     p.add_argument("--model-kwargs", type=json_object_arg, default=None, help='JSON kwargs for the model, e.g. \'{"drop_rate": 0.1}\'')
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist (default), cifar10 or cifar100")
-    p.add_argument("--data-root", type=directory_arg, default=None, help="folder with the dataset files")
+    _add_data(p, "; trains on its train split, validates on its val split")
     p.add_argument("--out", dest="out_dir", metavar="OUT", default="runs/train",
                    help="output directory (checkpoint, resume state, log)")
     p.add_argument("--epochs", type=positive_float_arg, default=None,
@@ -145,18 +176,24 @@ def _model_args(p) -> None:
 
 
 def _add_table(sub) -> None:
-    """``dynexit table``: a model's ExitTable on a Fashion-MNIST split."""
+    """``dynexit table``: a model's ExitTable on a dataset's split, streamed (sharded under torchrun)."""
     p = sub.add_parser("table", help="run a model over a split and write its ExitTable",
-                       description="Write the ExitTable (.npz) of a model on the fashion-mnist val or test split.")
+                       description="Write the ExitTable (.npz) of a model on a dataset's val or test split; "
+                                   "streams through a DataLoader, resumes an interrupted run, and under torchrun "
+                                   "shards the split across processes and gathers one table.")
     _model_args(p)
     p.add_argument("--split", choices=("val", "test"), required=True)
     p.add_argument("--out", type=output_file(".npz"), required=True, help="output .npz path (its folder must exist)")
     p.add_argument("--batch-size", type=positive_int_arg, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--limit", type=positive_int_arg, default=None, help="only the first N images of the split")
-    p.add_argument("--data-root", type=directory_arg, default=None,
-                   help="folder holding the Fashion-MNIST IDX files, gzipped or not (default: $DYNEXIT_DATA when "
-                        "set, the only place read then; else the shipped test split and the Debian package)")
+    _add_data(p, "")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--logits-dtype", choices=("float16", "float32"), default="float16",
+                   help="logits kept and saved as (default float16, as the zoo's tables)")
+    p.add_argument("--save-every", type=positive_int_arg, default=50,
+                   help="save partial results to OUT.partial.npz every N batches; a rerun with the same "
+                        "arguments resumes from them (default 50)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_table)
 
@@ -188,9 +225,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch1-limit", type=positive_int_arg, default=300, help="images timed at batch 1")
     p.add_argument("--repeats", type=positive_int_arg, default=3)
     p.add_argument("--threads", type=positive_int_arg, default=None, help="torch CPU threads")
-    p.add_argument("--data-root", type=directory_arg, default=None,
-                   help="folder holding the Fashion-MNIST IDX files, gzipped or not (default: $DYNEXIT_DATA when "
-                        "set, the only place read then; else the shipped test split and the Debian package)")
+    _add_data(p, "")
     p.add_argument("--json", type=output_file_arg, default=None, help="write the results as JSON here (its folder must exist)")
     p.set_defaults(func=cmd_bench)
 

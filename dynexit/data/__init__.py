@@ -5,14 +5,15 @@
                        :func:`train_val_datasets` (what training reads)
 ``fashion_mnist``      the embedded default: IDX files, where they are looked for, the fixed split
 ``digits``             scikit-learn's 8x8 digits (tiny)
-``torchvision``        CIFAR-10/100 and ImageFolder through torchvision (not registered yet)
+``torchvision``        CIFAR-10/100, SVHN and any torchvision classification set (never downloaded)
+``imagefolder``        your own class-per-folder tree, ImageNet's layout included, read lazily
 ``images``             any uploaded image file -> a model input (``prepare_image``), or why not
 =====================  =====================================================================
 
 The names below are re-exported so that ``from dynexit.data import load_fashion_mnist`` keeps working.
 """
 
-from dynexit.data._augment import AugmentedImages
+from dynexit.data._augment import AugmentedDataset, AugmentedImages
 from dynexit.data._common import SPLITS, DataNotFoundError
 from dynexit.data.digits import load_digits_split
 from dynexit.data.fashion_mnist import (
@@ -21,12 +22,12 @@ from dynexit.data.fashion_mnist import (
     split_indices, val_indices,
 )
 from dynexit.data.registry import DatasetSpec, available_datasets, get_dataset, train_val_datasets
-from dynexit.data.torchvision import torchvision_dataset
+from dynexit.data.imagefolder import ImageTree
 
 __all__ = [
-    "AugmentedImages", "DEBIAN_DIR", "DataNotFoundError", "DatasetSpec", "ENV_VAR", "FASHION_MNIST_CLASSES",
+    "AugmentedDataset", "AugmentedImages", "DEBIAN_DIR", "DataNotFoundError", "DatasetSpec", "ENV_VAR", "FASHION_MNIST_CLASSES",
     "REPO_DATA_DIR", "SPLITS", "VAL_SEED", "VAL_SIZE", "available_datasets", "check_fashion_mnist_root",
     "check_fashion_mnist_source", "fashion_mnist_dataset", "fashion_mnist_sources", "get_dataset",
-    "load_digits_split", "load_fashion_mnist", "read_idx", "split_indices", "torchvision_dataset",
+    "load_digits_split", "load_fashion_mnist", "read_idx", "split_indices", "ImageTree",
     "train_val_datasets", "val_indices",
 ]

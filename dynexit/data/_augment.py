@@ -29,3 +29,26 @@ class AugmentedImages:
                 v2.ToDtype(torch.float32, scale=True),
             ])
         return self._transform(self.images[i]), self.labels[i]
+
+
+class AugmentedDataset:
+    """Any torch Dataset of ``(float image (C, H, W) in [0, 1], label)`` with the same per-item
+    augmentation as :class:`AugmentedImages` (random crop after ``padding`` zero pixels, horizontal
+    flip with probability 1/2), for datasets read file by file."""
+
+    def __init__(self, base, padding: int = 2):
+        self.base, self.padding = base, padding
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        from torchvision.transforms import v2
+
+        if not hasattr(self, "_transform"):
+            self._transform = None
+        x, y = self.base[i]
+        if self._transform is None:
+            self._transform = v2.Compose([v2.RandomCrop(tuple(x.shape[-2:]), padding=self.padding),
+                                          v2.RandomHorizontalFlip()])
+        return self._transform(x), y

@@ -1,64 +1,110 @@
-"""Datasets read through torchvision: CIFAR-10/100 and ImageFolder trees.
+"""Datasets read through torchvision, never downloaded: CIFAR-10/100, SVHN and any classification set by name.
 
-Not in the dataset registry yet (a later issue registers them with their class names); today
-training reaches CIFAR through :func:`cifar_train_val`. Sources: Krizhevsky, "Learning Multiple
-Layers of Features from Tiny Images", 2009 (CIFAR); ``torchvision.datasets.ImageFolder``.
+Sources: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009 (CIFAR); Netzer
+et al., "Reading Digits in Natural Images with Unsupervised Feature Learning", NIPS workshop 2011
+(SVHN); ``torchvision.datasets`` (the readers). ``download=False`` always: a missing file is a
+:class:`DataNotFoundError` naming the root to use and the torchvision call that fetches it online.
+
+Split rule: train and test are the dataset's own files; val is :data:`VAL_SIZE` images (or 10 % of a
+smaller training file) held out of the training file by a permutation seeded with :data:`VAL_SEED`,
+kept sorted (train is the sorted rest).
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
 
-TORCHVISION_DATASETS = ("cifar10", "cifar100")  # trainable by name (build_datasets)
-VAL_SIZE, VAL_SEED = 5000, 12345  # the val images held out of the CIFAR training file
+from dynexit.data._common import DataNotFoundError, check_split
+
+VAL_SIZE, VAL_SEED = 5000, 12345  # the val images held out of the training file
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple("""apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus
+butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur
+dolphin elephant flatfish forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster
+man maple_tree motorcycle mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree
+plain plate poppy porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake
+spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle
+wardrobe whale willow_tree wolf woman worm""".split())
+SVHN_CLASSES = tuple(str(d) for d in range(10))  # torchvision maps the digit 0 to label 0
+# the torchvision class and what its root must hold, per registered name
+KNOWN = {"cifar10": ("CIFAR10", "cifar-10-batches-py/"), "cifar100": ("CIFAR100", "cifar-100-python/"),
+         "svhn": ("SVHN", "train_32x32.mat and test_32x32.mat")}
+TORCHVISION_DATASETS = tuple(KNOWN)  # trainable by name
 
 
-def torchvision_dataset(name: str, root: str, train: bool, image_size: int | None = None, download: bool = False):
-    """CIFAR-10/100 or an ImageFolder tree through torchvision: items ``(float32 (C, H, W) in [0, 1], int)``.
+def val_split(n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(val, train)`` sorted positions in a training file of ``n_train`` images (the seeded rule)."""
+    size = min(VAL_SIZE, max(1, n_train // 10))
+    perm = np.random.default_rng(VAL_SEED).permutation(n_train)
+    return np.sort(perm[:size]), np.sort(perm[size:])
 
-    ``name`` is ``cifar10``, ``cifar100`` or ``imagefolder`` (``root`` is then the class-per-folder
-    directory). ``image_size`` resizes to a square of that many pixels (antialiased).
-    ``download=True`` needs network access. FileNotFoundError for a missing ImageFolder root,
-    ValueError for an unknown name; torchvision's RuntimeError when CIFAR files are missing.
+
+def _to_tensor():
+    import torch
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+def open_file(cls_name: str, root, train: bool, label: str):
+    """The torchvision dataset ``cls_name`` (e.g. ``CIFAR10``, ``MNIST``) of its train or test file
+    at ``root``, items ``(float32 (C, H, W) in [0, 1], int)``; nothing is downloaded.
+
+    DataNotFoundError naming ``root`` when it is missing or lacks the files; ValueError for a name
+    torchvision does not have or a dataset without a train / test split argument.
     """
     from torchvision import datasets
-    from torchvision.transforms import v2
-    import torch
 
-    steps = [v2.ToImage()]
-    if image_size is not None:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
-    transform = v2.Compose(steps)
-    if name == "cifar10":
-        return datasets.CIFAR10(root, train=train, transform=transform, download=download)
-    if name == "cifar100":
-        return datasets.CIFAR100(root, train=train, transform=transform, download=download)
-    if name == "imagefolder":
-        if not Path(root).is_dir():
-            raise FileNotFoundError(f"ImageFolder root {root} is not a directory of class folders")
-        return datasets.ImageFolder(root, transform=transform)
-    raise ValueError(f"unknown dataset {name!r}: choose fashion-mnist, cifar10, cifar100 or imagefolder")
-
-
-def cifar_train_val(name: str, root) -> tuple:
-    """``(train, val)`` torch Datasets of CIFAR's training file: val a fixed seeded 5,000 images.
-
-    ``root``: the directory holding torchvision's download. ValueError when it is not given, is not
-    a directory or does not hold the files.
-    """
-    import torch
-
-    if not root:
-        raise ValueError(f"--data {name} needs --data-root (a directory with the torchvision download)")
-    if not Path(root).expanduser().is_dir():
-        raise ValueError(f"data root {root}: no such directory (it should hold the torchvision {name} download)")
+    cls = getattr(datasets, cls_name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ValueError(f"torchvision has no dataset {cls_name!r} (names are case-sensitive, e.g. MNIST, KMNIST, "
+                         "CIFAR10, STL10, SVHN)")
+    fetch = f"`torchvision.datasets.{cls_name}({str(root or 'ROOT')!r}, download=True)` on a machine with network"
+    if root is None:
+        raise DataNotFoundError(f"{label} needs a data root: --data {label}:ROOT, ROOT a folder holding torchvision's "
+                                f"{cls_name} files (get them with {fetch})")
+    place = Path(root).expanduser()
+    if not place.is_dir():
+        raise DataNotFoundError(f"{label}: data root {place}: no such folder; get the files with {fetch}")
+    params = inspect.signature(cls.__init__).parameters
+    if "train" in params:
+        kw = {"train": train}
+    elif "split" in params:
+        kw = {"split": "train" if train else "test"}
+    else:
+        raise ValueError(f"torchvision {cls_name} has no train / test split argument; export it as an ImageFolder tree")
     try:
-        full = torchvision_dataset(name, str(Path(root).expanduser()), train=True)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise ValueError(f"data root {root} does not hold the torchvision {name} files ({err})") from None
-    perm = np.random.default_rng(VAL_SEED).permutation(len(full))
-    return (torch.utils.data.Subset(full, perm[VAL_SIZE:].tolist()),
-            torch.utils.data.Subset(full, perm[:VAL_SIZE].tolist()))
+        return cls(str(place), transform=_to_tensor(), download=False, **kw)
+    except (RuntimeError, FileNotFoundError, OSError) as err:  # torchvision: "Dataset not found or corrupted"
+        what = KNOWN.get(label, (None, f"torchvision's {cls_name} files"))[1]
+        raise DataNotFoundError(f"{label}: data root {place} does not hold {what} ({' '.join(str(err).split())[:160]}); "
+                                f"get them with {fetch}") from None
+
+
+def split_dataset(cls_name: str, root, split: str, label: str):
+    """A torch Dataset of one split (train / val / test) of a torchvision dataset by the seeded rule."""
+    import torch
+
+    full = open_file(cls_name, root, check_split(split) != "test", label)
+    if split == "test":
+        return full
+    val, train = val_split(len(full))
+    return torch.utils.data.Subset(full, (val if split == "val" else train).tolist())
+
+
+def describe_file(cls_name: str, root, label: str) -> tuple[tuple[str, ...], int, tuple[int, int]]:
+    """``(class names, channels, (H, W))`` of a torchvision dataset, read from its training file."""
+    ds = open_file(cls_name, root, True, label)
+    x, _ = ds[0]
+    classes = getattr(ds, "classes", None)
+    if not classes:
+        targets = getattr(ds, "targets", None)
+        targets = getattr(ds, "labels", None) if targets is None else targets
+        if targets is None:
+            raise ValueError(f"torchvision {cls_name} says neither its classes nor its labels")
+        classes = [str(c) for c in range(int(np.max(np.asarray(targets))) + 1)]
+    return tuple(str(c) for c in classes), int(x.shape[0]), (int(x.shape[1]), int(x.shape[2]))

@@ -17,6 +17,13 @@ belong to each exit (``exit_branch(k)``) and to each backbone stage (``backbone_
 
 >>> history = train_exits(model, train_loader, strategy="classifier-wise", epochs=3, val_loader=val_loader)
 >>> history["val_accuracy"]          # per exit, after the last epoch
+
+Under ``torchrun`` (a process group initialised, e.g. by ``torch.distributed.init_process_group``),
+``train_exits`` trains data-parallel: every rank starts from rank 0's weights, each step averages
+the trained parameters' gradients over the ranks, and validation sums the ranks' counts. Give each
+rank its shard: a ``DistributedSampler`` for ``loader`` and
+:func:`dynexit.training.distributed.shard_loader` (no padding: every val image counted once) for
+``val_loader``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import time
 import torch
 from torch import nn
 
+from dynexit.training.distributed import average_gradients, broadcast_module, world
 from dynexit.training.loop import evaluate, pick_device
 from dynexit.training.losses import multi_exit_loss
 from dynexit.training.optim import build_optimizer, train_steps
@@ -77,7 +85,7 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
     loss_weights : one weight per exit; default ``model.loss_weights()`` for end-to-end and 1.0
         otherwise (each classifier-wise / layer-wise loss reaches its own parameters only)
     max_steps : stop each phase after this many optimiser steps (smoke tests)
-    val_loader : if given, per-exit accuracy on it after every epoch
+    val_loader : if given, per-exit accuracy on it after every epoch (summed over the ranks under torchrun)
 
     Returns a history dict: ``strategy``, ``exit_names``, ``records`` (one per epoch: ``phase``,
     ``epoch``, ``steps``, ``trained_exits``, ``loss`` {exit name: mean CE}, ``val_accuracy``),
@@ -96,6 +104,7 @@ def train_exits(model, loader, *, strategy: str = "classifier-wise", epochs: int
     device = pick_device(str(device))
     phases = _phases(model, strategy)
     model.to(device)
+    broadcast_module(model)  # under torchrun: every rank from rank 0's weights (no-op alone)
     was_training = model.training
     grad_flags = [(p, p.requires_grad) for p in model.parameters()]
     history = {"strategy": strategy, "exit_names": list(model.exit_names), "records": [], "val_accuracy": None,
@@ -136,7 +145,7 @@ def _train_phase(model, loader, strategy: str, phase: tuple[int, int], parts: li
             break
         _trainable(model, parts)  # evaluate() below switches the whole model's mode
         stats = {"sums": torch.zeros(len(exits)), "seen": 0}  # summed CE per trained exit, images seen
-        bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+        bar = tqdm(loader, desc=f"{label}epoch {epoch + 1}/{epochs}", disable=not progress or world()[0] != 0, leave=False,
                    dynamic_ncols=True)
 
         def loss_fn(x, y):
@@ -148,13 +157,14 @@ def _train_phase(model, loader, strategy: str, phase: tuple[int, int], parts: li
             bar.set_postfix(loss="/".join(f"{v:.3f}" for v in (stats["sums"] / stats["seen"]).tolist()))
             return loss
 
-        step = train_steps(bar, loss_fn, optimizer, scheduler, step=step, stop_at=total, device=device)
+        step = train_steps(bar, loss_fn, optimizer, scheduler, step=step, stop_at=total, device=device,
+                           after_backward=lambda: average_gradients(params))
         bar.close()
         record = {"phase": phase[0], "epoch": epoch + 1, "steps": step, "trained_exits": [names[k] for k in exits],
                   "loss": {names[k]: float(s / max(stats["seen"], 1)) for k, s in zip(exits, stats["sums"])},
                   "val_accuracy": None}
         if val_loader is not None:
-            record["val_accuracy"] = evaluate(model, val_loader, device).tolist()
+            record["val_accuracy"] = evaluate(model, val_loader, device, distributed=world()[1] > 1).tolist()
             history["val_accuracy"] = record["val_accuracy"]
         history["records"].append(record)
     history["steps"] += step

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dynexit.data import train_val_datasets
+from dynexit.training.distributed import ShardSampler
 from dynexit.training.losses import multi_exit_loss
 from dynexit.training.optim import WarmupCosineLR, build_optimizer, train_steps, weight_decay_groups
 from dynexit.training.resume import load_resume, save_resume
@@ -122,21 +123,24 @@ def build_datasets(cfg: TrainConfig):
 
 @torch.no_grad()
 def evaluate(model, loader, device, distributed: bool = False) -> np.ndarray:
-    """Per-exit accuracy over a loader (summed over DDP ranks when distributed)."""
+    """Per-exit accuracy (K,) over a loader; when ``distributed``, correct counts and totals are summed
+    over the DDP ranks, so with disjoint shards (:class:`~dynexit.training.distributed.ShardSampler`)
+    every sample counts exactly once."""
     was = model.training
     model.eval()
-    correct, total = None, 0
+    counts = torch.zeros(model.num_exits + 1, dtype=torch.float64)  # correct per exit, then the total
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         outs = model(x)
-        c = torch.stack([(o.argmax(1) == y).sum() for o in outs]).double().cpu()
-        correct = c if correct is None else correct + c
-        total += len(y)
+        counts[:-1] += torch.stack([(o.argmax(1) == y).sum() for o in outs]).double().cpu()
+        counts[-1] += len(y)
     model.train(was)
-    counts = torch.cat([correct, torch.tensor([float(total)], dtype=torch.float64)])
     if distributed:
         import torch.distributed as dist
+        on = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")  # NCCL reduces GPU tensors
+        counts = counts.to(on)
         dist.all_reduce(counts)
+        counts = counts.cpu()
     return (counts[:-1] / counts[-1].clamp(min=1)).numpy()
 
 
@@ -191,7 +195,7 @@ def _loaders(cfg: TrainConfig, distributed: bool, rank: int, world: int):
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
         sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-        val_sampler = DistributedSampler(val_ds, num_replicas=world, rank=rank, shuffle=False)
+        val_sampler = ShardSampler(len(val_ds), rank, world)  # no padding: every val image counted once
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None,
                                                sampler=sampler, num_workers=cfg.num_workers, drop_last=True,

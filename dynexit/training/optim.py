@@ -81,12 +81,12 @@ def build_optimizer(param_groups: list[dict], lr: float, total_steps: int, warmu
 
 def train_steps(batches: Iterable, loss_fn: Callable, optimizer: torch.optim.Optimizer, scheduler, *, step: int,
                 stop_at: int, device, clip_grad: float | None = None, clip_params=None,
-                after_step: Callable[[int], None] | None = None) -> int:
+                after_step: Callable[[int], None] | None = None, after_backward: Callable[[], None] | None = None) -> int:
     """Optimiser steps over ``batches`` until step ``stop_at``; returns the step count reached.
 
     ``batches`` yields ``(images (B, C, H, W), labels (B,))``, moved to ``device``; ``loss_fn(x, y)``
     returns the scalar loss (and keeps whatever running statistics it wants). Each step: backward,
-    gradient-norm clipping of ``clip_params`` to ``clip_grad`` when given, ``optimizer.step()``,
+    ``after_backward()`` (e.g. averaging the gradients over DDP ranks), gradient-norm clipping of ``clip_params`` to ``clip_grad`` when given, ``optimizer.step()``,
     ``scheduler.step()``, then ``after_step(step)`` (an EMA update). FloatingPointError when the loss
     is not finite.
     """
@@ -99,6 +99,8 @@ def train_steps(batches: Iterable, loss_fn: Callable, optimizer: torch.optim.Opt
             raise FloatingPointError(f"loss is {float(loss)} at step {step}: lower --lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         if clip_grad:
             nn.utils.clip_grad_norm_(clip_params, clip_grad)
         optimizer.step()

@@ -133,19 +133,16 @@ def test_torch_datasets_and_digits():
     assert x.shape[1:] == (8, 8) and len(x) == len(y) and x.max() <= 1
 
 
-def test_imagefolder(tmp_path):
+def test_imagefolder_of_rgb_files_of_any_size(tmp_path):
     from PIL import Image
     for cls in ("cat", "dog"):
         (tmp_path / cls).mkdir()
-        for i in range(2):
-            Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
-    ds = data.torchvision_dataset("imagefolder", str(tmp_path), train=True, image_size=8)
-    img, label = ds[3]
-    assert img.shape == (3, 8, 8) and label == 1 and float(img.max()) <= 1
-    with pytest.raises(FileNotFoundError):
-        data.torchvision_dataset("imagefolder", str(tmp_path / "none"), train=True)
-    with pytest.raises(ValueError, match="unknown dataset"):
-        data.torchvision_dataset("svhn", str(tmp_path), train=True)
+        for i in range(6):
+            Image.fromarray(np.full((10, 12 + i, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    spec = data.get_dataset(f"imagefolder:{tmp_path}")
+    assert spec.class_names == ("cat", "dog") and (spec.in_chans, spec.image_size) == (3, (10, 12))
+    img, label = spec.torch_dataset("train", image_size=(8, 8))[9]
+    assert img.shape == (3, 8, 8) and int(label) == 1 and float(img.max()) <= 1
 
 
 def test_registry_specs_and_loads():
@@ -168,15 +165,15 @@ def test_registry_specs_and_loads():
         digits.load("val", root="/tmp")
     with pytest.raises(ValueError, match="unknown split"):
         digits.load("training")
-    with pytest.raises(ValueError, match=r"unknown dataset 'svhn': choose one of fashion-mnist, digits"):
-        data.get_dataset("svhn")
+    with pytest.raises(ValueError, match=r"unknown dataset 'imagenet': choose one of fashion-mnist, digits, cifar10"):
+        data.get_dataset("imagenet")
 
 
 def test_train_val_datasets_go_through_the_registry():
     train, val = data.train_val_datasets("digits", augment=True)
     img, label = train[0]
     assert img.shape == (1, 8, 8) and img.dtype.is_floating_point and len(val) == 359
-    with pytest.raises(ValueError, match="cifar10, cifar100"):
-        data.train_val_datasets("svhn")
-    with pytest.raises(ValueError, match="needs --data-root"):
+    with pytest.raises(ValueError, match="cifar10, cifar100, svhn"):
+        data.train_val_datasets("imagenet")
+    with pytest.raises(ValueError, match="needs a data root"):
         data.train_val_datasets("cifar10")
