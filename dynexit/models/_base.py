@@ -43,6 +43,9 @@ class MultiExitModel(nn.Module):
 
     exit_names: tuple[str, ...] = ()
     default_loss_weights: tuple[float, ...] | None = None
+    # the memory format stage 0 receives (None: as given); set on the copies made by
+    # dynexit.models.optimize_for_inference (torch.channels_last)
+    memory_format: torch.memory_format | None = None
 
     def __init__(self, num_classes: int, in_chans: int, input_size: int | tuple[int, int],
                  mean=(0.5,), std=(0.5,)):
@@ -105,7 +108,8 @@ class MultiExitModel(nn.Module):
     def init_state(self, x: torch.Tensor) -> State:
         """Validate and normalise a batch; the state every stage 0 starts from."""
         self.check_input(x)
-        return {"x": self.normalize(x)}
+        x = self.normalize(x)
+        return {"x": x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)}
 
     def forward_stage(self, k: int, state: State) -> tuple[State, torch.Tensor]:
         """Run stage k on ``state``; returns the new state and the logits of exit k (B, C)."""

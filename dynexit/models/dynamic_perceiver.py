@@ -139,7 +139,10 @@ class DynamicPerceiver(MultiExitModel):
         key = str(k)
         if key not in self.x2z:
             return z
-        kv = self.dwc[key](x) + x if key in self.dwc else x
+        if key in self.dwc:  # the 7x7 depthwise conv with its residual (already inside after optimize_for_inference)
+            kv = self.dwc[key](x) if getattr(self.dwc[key], "includes_identity", False) else self.dwc[key](x) + x
+        else:
+            kv = x
         kv = self.pools[k](kv)
         return self.x2z[key](z, _tokens(kv), grid=kv.shape[-2:])
 
