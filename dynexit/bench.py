@@ -7,7 +7,12 @@ fits the solver for the budget (or takes thresholds as given), then on the test 
 - :func:`dynexit.inference.early_exit` at the fitted thresholds,
 
 at batch 256 and batch 1 in one run, and reports ``theoretical_speedup`` (cost of the last exit /
-mean cost of the exits taken) and ``measured_speedup`` (throughput ratio), with the accuracy of both.
+mean cost of the exits taken) and ``measured_speedup`` (throughput ratio), with the accuracy of both,
+and per stage the share of the full model's wall time against its share of the FLOPs.
+
+Both runs time the same inference copy of the model (:func:`dynexit.models.optimize_for_inference`:
+BatchNorm folded, channels-last, exact rewrites; logits within 1e-4) unless ``optimize=False``
+(``--no-optimize``); the timing itself is :mod:`dynexit.bench_timing`.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import time
 from pathlib import Path
 
 import numpy as np
+
+from dynexit.bench_timing import benchmark, predict  # noqa: F401  (the timing half; importable from here)
 
 # torch is imported inside the functions that run models: checking a request (a bad budget, a
 # missing data folder) must answer in a second, not after the seconds torch takes to import.
@@ -38,111 +43,6 @@ def fit_thresholds(val_table, budget: float, solver: str | None = None, criterio
     fitted = solvers.make(solver or solvers.DEFAULT, budget=budget, criterion=criterion).fit(val_table)
     rule = fitted.rule_  # thresholds + the score they apply to (the learned solver's is its fitted score)
     return np.asarray(rule.thresholds, dtype=np.float64), rule.criterion, fitted
-
-
-def _timed(fn, batches, repeats: int) -> float:
-    """Best-of-``repeats`` wall seconds for running ``fn`` over all batches."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            fn(b)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def benchmark(model, images, labels, thresholds, criterion="max_prob",
-              batch_sizes=(256, 1), batch1_limit: int = 300, repeats: int = 3, threads: int | None = None) -> dict:
-    """Time the full model and early exit on ``images`` (float (N, C, H, W), labels (N,)); thresholds (K,)
-    given directly (the last may be omitted).
-
-    Best of ``repeats`` wall-clock runs at each batch size (batch 1 on the first ``batch1_limit``
-    images). Returns a JSON-able dict: exit histogram, mean / full cost (MFLOPs per image),
-    ``theoretical_speedup`` (cost ratio), ``measured_speedup`` (throughput ratio at the first batch
-    size), both accuracies and per-batch-size ``timings`` (images per second).
-    """
-    import torch
-
-    with torch.no_grad():
-        return _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit, repeats, threads)
-
-
-def _benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit, repeats, threads) -> dict:
-    import torch
-
-    from dynexit.inference import early_exit
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    model.eval()
-    costs = model.exit_costs()
-    thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-    if thresholds.size == model.num_exits - 1:  # the last may be omitted: everyone left leaves there
-        thresholds = np.append(thresholds, -np.inf)
-    exits, pred_ee, pred_full = predict(model, images, thresholds, criterion)
-    y = labels.numpy()
-    acc_ee = float((pred_ee == y).mean())
-    acc_full = float((pred_full == y).mean())
-    mean_cost = float(costs[exits].mean())
-    result = {
-        "num_images": int(len(images)),
-        "exit_names": list(model.exit_names),
-        "costs_mflops": costs.tolist(),
-        # JSON has no infinity: "inf" (nobody leaves there) and "-inf" (everyone does), as in an ExitRule
-        "thresholds": [float(t) if np.isfinite(t) else ("inf" if t > 0 else "-inf") for t in thresholds],
-        "exit_histogram": np.bincount(exits, minlength=model.num_exits).tolist(),
-        "exit_fractions": (np.bincount(exits, minlength=model.num_exits) / len(exits)).tolist(),
-        "mean_cost_mflops": mean_cost,
-        "full_cost_mflops": float(costs[-1]),
-        "theoretical_speedup": float(costs[-1] / mean_cost),
-        "accuracy_full": acc_full,
-        "accuracy_early_exit": acc_ee,
-        "timings": {},
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.processor() or platform.machine()} ({platform.system()})",
-    }
-    for bs in batch_sizes:
-        n = len(images) if bs > 1 else min(len(images), batch1_limit)
-        # (start row, images): early exit is timed on the same per-sample decisions as the accuracy above
-        batches = [(s, images[s:s + bs]) for s in range(0, n, bs)]
-        full = lambda b: model(b[1])  # noqa: E731
-        ee = lambda b: early_exit(model, b[1], thresholds, criterion, sample_ids=np.arange(b[0], b[0] + len(b[1])))  # noqa: E731
-        full(batches[0]), ee(batches[0])  # warm-up
-        t_full = _timed(full, batches, repeats)
-        t_ee = _timed(ee, batches, repeats)
-        result["timings"][f"batch{bs}"] = {
-            "images": n,
-            "full_images_per_s": n / t_full,
-            "early_exit_images_per_s": n / t_ee,
-            "measured_speedup": t_full / t_ee,
-            "ratio_to_theoretical": (t_full / t_ee) / result["theoretical_speedup"],
-        }
-    main_bs = f"batch{batch_sizes[0]}"
-    result["measured_speedup"] = result["timings"][main_bs]["measured_speedup"]
-    return result
-
-
-def predict(model, images, thresholds, criterion="max_prob", batch_size: int = 256):
-    """Early exit and the full model over ``images`` (N, C, H, W) in batches of ``batch_size``.
-
-    Returns ``(exits (N,) int64 0-based, early-exit predictions (N,), full-model predictions (N,))``.
-    Image i is sample i of the split (``sample_ids``), so per-sample criteria (``random``) take the
-    same exits as the table path (:func:`dynexit.inference.exits_from_logits` on all N rows) whatever
-    the batch size.
-    """
-    import torch
-
-    from dynexit.inference import early_exit
-
-    exits, pred_ee, pred_full = [], [], []
-    with torch.no_grad():
-        for s in range(0, len(images), batch_size):
-            xb = images[s:s + batch_size]
-            lg, ex = early_exit(model, xb, thresholds, criterion, sample_ids=np.arange(s, s + len(xb)))
-            exits.append(ex.numpy())
-            pred_ee.append(lg.argmax(1).numpy())
-            pred_full.append(model(xb)[-1].argmax(1).numpy())
-    return np.concatenate(exits), np.concatenate(pred_ee), np.concatenate(pred_full)
 
 
 def _positive_int(name: str, value, allow_none: bool = False):
@@ -304,7 +204,8 @@ def _fit_on_val(model, source, val_table, data_root, budget, solver, criterion) 
 def run_bench(model, budget: float | None = None, solver: str | None = None, thresholds=None,
               criterion: str = "max_prob", val_table=None, limit: int | None = None, batch_sizes=(256, 1),
               batch1_limit: int = 300, repeats: int = 3, threads: int | None = None, data_root=None,
-              json_path: str | None = None, *, untrained: bool = False, model_name: str | None = None) -> dict:
+              json_path: str | None = None, *, untrained: bool = False, model_name: str | None = None,
+              optimize: bool = True) -> dict:
     """The whole benchmark: check the request, resolve the model, fit thresholds on val (unless given), time on test.
 
     The val table: ``val_table`` (an ExitTable or its path), else a zoo model's shipped val table
@@ -316,7 +217,8 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     (:func:`check_request`) before a named model is loaded; the budget (MFLOPs per image) is checked
     against the costs in the val table or the checkpoint's sidecar when they exist. The result's
     ``"model"`` is ``model_name``, else the name given, else the architecture; ``"weights"`` says
-    which weights ran. ValueError for any bad argument or file.
+    which weights ran. ``optimize``: time :func:`dynexit.models.optimize_for_inference`'s copy (for
+    the full model and early exit alike; the costs stay the model's). ValueError for any bad argument or file.
     """
     from dynexit import zoo
 
@@ -339,7 +241,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     info["criterion"] = criterion if isinstance(criterion, str) else type(criterion).__name__
     images, labels, info["test_data"] = load_split_images("test", data_root=data_root, limit=limit, return_source=True)
     result = {**info, **benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit,
-                                  repeats, threads)}
+                                  repeats, threads, optimize=optimize)}
     if json_path:
         Path(json_path).expanduser().write_text(json.dumps(result, indent=2))
     return result
@@ -361,8 +263,38 @@ def format_result(r: dict) -> str:
              *([f"test images: {r['test_data']}"] if r.get("test_data") else []),
              f"exits taken: {r['exit_histogram']}  mean cost {r['mean_cost_mflops']:.2f} / {r['full_cost_mflops']:.2f} MFLOPs",
              f"accuracy: full {r['accuracy_full']:.4f}  early exit {r['accuracy_early_exit']:.4f}",
-             f"theoretical_speedup {r['theoretical_speedup']:.3f}"]
+             f"theoretical_speedup {r['theoretical_speedup']:.3f}",
+             *_inference_lines(r)]
     for k, t in r["timings"].items():
         lines.append(f"{k}: full {t['full_images_per_s']:.1f} img/s, early exit {t['early_exit_images_per_s']:.1f} img/s, "
                      f"measured_speedup {t['measured_speedup']:.3f} ({t['ratio_to_theoretical']:.2f} x theoretical)")
-    return "\n".join(lines)
+    return "\n".join(lines + _stage_lines(r))
+
+
+def _inference_lines(r: dict) -> list[str]:
+    """What was timed: the optimized inference copy (and how close its logits are) or the model as loaded."""
+    how = r.get("inference")
+    if how is None:  # results written before the bench recorded it
+        return []
+    if not how.get("optimized"):
+        why = f" (the optimized copy was refused: {how['refused']})" if how.get("refused") else " (--no-optimize)"
+        return [f"timed: the model as loaded, for the full model and early exit{why}"]
+    done = how["rewrites"]
+    return [f"timed: an optimized inference copy, for the full model AND early exit (BatchNorm folded into "
+            f"{done['batchnorm_folded']} convs, {done['residual_dwconv_folded']} residual depthwise convs folded, "
+            f"{done['adaptive_pools']} pools rewritten, channels-last {'on' if done['channels_last'] else 'off'}); "
+            f"max |logit difference| {how['max_abs_logit_difference']:.1e} on {how['checked_on']} test images; "
+            "costs are the model's"]
+
+
+def _stage_lines(r: dict) -> list[str]:
+    """Per stage of the full model at the first batch size: wall-time share against FLOPs share."""
+    st = r.get("stages")
+    if not st:
+        return []
+    lines = [f"per stage, full model at batch {st['batch_size']} ({st['model']}): wall time share vs FLOPs share"]
+    for k, row in enumerate(st["rows"]):
+        ran = f", early exit ran {row['early_exit_ran']:.1%} of the images" if "early_exit_ran" in row else ""
+        lines.append(f"  stage {k + 1} -> {row['exit']}: {row['wall_share']:.1%} of the time, {row['flops_share']:.1%} "
+                     f"of the FLOPs ({row['mflops']:.2f} MFLOPs, {row['seconds']:.2f} s){ran}")
+    return lines
