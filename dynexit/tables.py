@@ -89,7 +89,7 @@ def split_dataset(spec, split: str, model, limit: int | None):
     if spec.reader is not None:
         images, labels, source = load_split_images(split, spec.name, spec.root, limit, return_source=True)
         return torch.utils.data.TensorDataset(images, labels), source
-    ds = spec.torch_dataset(split, image_size=tuple(model.input_size))
+    ds = spec.torch_dataset(split, image_size=tuple(model.input_size) if spec.resizable else None)
     if limit is not None and limit < len(ds):
         ds = torch.utils.data.Subset(ds, range(limit))
     return ds, spec.root or spec.name
