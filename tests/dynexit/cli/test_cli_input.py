@@ -75,7 +75,7 @@ BAD_BENCH = [
     (["--budget", "10", "--data-root", "TMP/nowhere"], r"--data-root: .*nowhere: no such folder"),
     (["--budget", "10", "--data-root", "TMP"], r"data root .* does not hold the Fashion-MNIST test split: missing t10k-images"),
     (["--budget", "10", "--val-table", "TMP/none.npz"], r"--val-table: .*none\.npz: no such file"),
-    (["--budget", "10", "--data", "x"], r"unrecognized arguments: --data x"),  # no abbreviation of --data-root
+    (["--budget", "10", "--data", "x"], r"argument --data: unknown dataset .x.: choose one of fashion-mnist"),
     (["--budget", "10", "--thr", "0.5"], r"unrecognized arguments: --thr"),
 ]
 
@@ -116,7 +116,8 @@ def test_model_names_that_are_not_trained_weights_are_refused(cmd, model, match,
 @needs_dvt
 @pytest.mark.parametrize("extra, match", [
     (["--data-root", "NOWHERE"], r"--data-root: NOWHERE: no such folder"),
-    (["--data", "NOWHERE"], r"unrecognized arguments: --data NOWHERE"),
+    (["--data", "NOWHERE"], r"argument --data: unknown dataset .NOWHERE."),
+    (["--data", "cifar10:NOWHERE"], r"argument --data: NOWHERE: no such folder"),
     (["--data-root", "TMP"], r"data root .* does not hold the Fashion-MNIST val split: missing train-images"),
     (["--out", "TMP"], r"--out: .* is a folder"),
     (["--out", "TMP/missing/t.npz"], r"--out: cannot write .*the folder .*missing does not exist"),
