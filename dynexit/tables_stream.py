@@ -123,6 +123,10 @@ def stream_logits(model, dataset, *, batch_size: int = 256, device="cpu", num_wo
         raise ValueError("the dataset is empty: no logits to compute")
     rank, world = distributed_context(str(device))
     device = torch.device(device)
+    if device.type == "cuda" and device.index is None and world > 1:  # one GPU per process
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's object gather uses the current device
     model.eval().to(device)
     mine = shard_rows(n, batch_size, rank, world)
     rows = [i for batch in mine for i in batch]
