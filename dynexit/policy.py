@@ -305,9 +305,23 @@ class ExitRule:
         cross-fitted scores of the fitting table). ValueError when the table has another number of exits."""
         if table.num_exits != self.num_exits:
             raise ValueError(f"the rule has {self.num_exits} thresholds but the table has {table.num_exits} exits")
+        self._check_costs(table)
         result = evaluate_thresholds(table, self.scores(table) if scores is None else scores, self.thresholds)
         result.budget, result.fit_cost = self.budget, self.fit_cost
         return result
+
+    def _check_costs(self, table) -> None:
+        """Thresholds mean nothing on another network: refuse a table whose exit costs (in the same
+        unit) differ from those of the table the rule was fitted on."""
+        unit = table.meta.get("costs_unit", "MFLOPs")
+        if self.costs is None or self.meta.get("costs_unit", "MFLOPs") != unit:
+            return
+        if not np.allclose(table.costs, self.costs, rtol=1e-6, atol=0):
+            fitted = self.meta.get("model")
+            raise ValueError(f"this rule was fitted on a table with exit costs {np.round(self.costs, 4).tolist()} {unit}"
+                             f"{f' (model {fitted!r})' if fitted else ''}, but this table's are "
+                             f"{np.round(table.costs, 4).tolist()}: it belongs to another model; fit a rule on this "
+                             "model's validation table")
 
     def to_dict(self) -> dict:
         """The JSON form :meth:`from_dict` reads; ValueError for a criterion callable (not saveable)."""
@@ -315,8 +329,11 @@ class ExitRule:
             raise ValueError("only named criteria and the learned exit score can be saved; "
                              f"got {type(self.criterion).__name__}")
         crit = self.criterion if isinstance(self.criterion, str) else self.criterion.to_dict()
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "thresholds": [_encode(t) for t in self.thresholds], "criterion": crit, "meta": self.meta}
+        out = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "thresholds": [_encode(t) for t in self.thresholds], "criterion": crit, "meta": self.meta}
+        if self.costs is not None:
+            out["costs"] = self.costs.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExitRule":
@@ -339,15 +356,27 @@ class ExitRule:
         meta = data.get("meta")
         if meta is not None and not isinstance(meta, dict):
             raise ValueError(f"meta must be an object, got {reprlib.repr(meta)}")
-        return cls(thresholds, crit, dict(meta or {}))
+        costs = data.get("costs")
+        if costs is not None and (not isinstance(costs, list) or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in costs)):
+            raise ValueError(f"costs must be a list of finite numbers, one per exit, got {reprlib.repr(costs)}")
+        return cls(thresholds, crit, dict(meta or {}), costs)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`to_dict` as JSON to ``path`` (atomically: never half a file); returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_dict(), indent=1)
+        if path.is_dir():
+            raise ValueError(f"{path}: is a folder; give a file name such as {path / 'exit_rule.json'}")
+        if not path.parent.is_dir():
+            raise ValueError(f"{path.parent}: no such folder; create it first")
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)  # never leave half a rule behind
+            raise ValueError(f"{path}: cannot write the exit rule ({err.strerror or err}); choose another path") from None
         return path
 
     @classmethod

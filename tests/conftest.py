@@ -23,7 +23,8 @@ def random_table(n=200, k=4, c=5, seed=0, sharpness=3.0) -> ExitTable:
     labels = rng.integers(0, c, n)
     logits = rng.normal(size=(n, k, c))
     logits[np.arange(n), :, labels] += sharpness * np.linspace(0.3, 1.0, k)[None, :] * rng.random((n, 1))
-    costs = np.cumsum(rng.uniform(0.5, 2.0, k))
+    # the costs are the model's, not the sample's: every seed (val, test) shares them
+    costs = np.cumsum(np.random.default_rng(1000 + k).uniform(0.5, 2.0, k))
     return ExitTable(logits, labels, costs)
 
 

@@ -127,9 +127,13 @@ class BaseSolver(BaseEstimator):
         self.budget_shortfall_ = result.unspent
         self.fit_fingerprint_ = table.fingerprint
         self.fit_scores_ = scores
+        # where the rule comes from travels with it: ExitRule.apply checks the model's identity, and
+        # evaluate refuses a table of another model (other exit costs)
+        source = {"model": table.meta["model"]} if isinstance(table.meta.get("model"), str) else {}
         self.rule_ = ExitRule(thresholds, self.criterion, {
             "solver": type(self).__name__, "budget": self.budget_, "expected_cost_on_fit_table": self.expected_cost_,
-            "expected_accuracy_on_fit_table": self.expected_accuracy_}, table.costs)
+            "expected_accuracy_on_fit_table": self.expected_accuracy_, **source,
+            "costs_unit": table.meta.get("costs_unit", "MFLOPs")}, table.costs)
         return self
 
     def evaluate(self, table) -> ExitResult:

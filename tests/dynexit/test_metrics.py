@@ -121,7 +121,8 @@ def test_compare_solvers_bad_arguments(kwargs, match):
 def test_compare_solvers_refuses_mismatched_or_single_exit_tables():
     val = random_table(n=50, k=3, seed=0)
     with pytest.raises(ValueError, match="val and test tables differ"):
-        metrics.compare_solvers(val, random_table(n=50, k=3, seed=5), ["geometric"])
+        other = random_table(n=50, k=3, seed=5)  # another model: other exit costs
+        metrics.compare_solvers(val, ExitTable(other.logits, other.labels, other.costs * 1.1), ["geometric"])
     one = random_table(n=50, k=1)
     with pytest.raises(ValueError, match="1 exit"):
         metrics.compare_solvers(one, one, ["geometric"])

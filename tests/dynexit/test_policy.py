@@ -156,3 +156,27 @@ def test_a_rule_made_for_another_model_is_refused(model_and_val):
 def model_with_hash(model, sha):
     model.weights_source = {"path": "w.safetensors", "sha256": sha, "zoo": None}
     return model
+
+
+def test_a_rule_refuses_the_table_of_another_model(tmp_path):
+    from conftest import random_table
+    val, test = random_table(n=120, k=3, seed=0), random_table(n=120, k=3, seed=1)
+    rule = solvers.make("geometric", float(val.costs.mean())).fit(val).rule_
+    rule.evaluate(test)  # the same model's test table: fine
+    other = ExitTable(test.logits, test.labels, test.costs * [1.0, 0.8, 0.9])
+    with pytest.raises(ValueError, match="belongs to another model"):
+        rule.evaluate(other)
+    back = ExitRule.load(rule.save(tmp_path / "r.json"))
+    assert np.array_equal(back.costs, rule.costs)
+    with pytest.raises(ValueError, match="belongs to another model"):
+        back.evaluate(other)
+
+
+def test_save_refuses_a_folder_or_a_missing_folder_and_leaves_nothing(tmp_path):
+    from conftest import random_table
+    rule = solvers.make("geometric", 2.0).fit(random_table(n=80, k=3)).rule_
+    with pytest.raises(ValueError, match="is a folder"):
+        rule.save(tmp_path)
+    with pytest.raises(ValueError, match="no such folder"):
+        rule.save(tmp_path / "nowhere" / "r.json")
+    assert list(tmp_path.iterdir()) == []
