@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -318,7 +319,7 @@ def build_report(out: str | Path = "docs/results.md", figures: bool = True) -> d
     names = [n for n in zoo.list() if all(zoo.table_path(n, s).exists() for s in zoo.SPLITS)]
     results = {n: model_results(n) for n in names}
     extras = {"date": _dt.date.today().isoformat(),
-              "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "sections": targets_section(results) + claims_sections(results) + training_section(names)}
     out.parent.mkdir(parents=True, exist_ok=True)
     if figures and results:

@@ -9,6 +9,8 @@ lazy import the tests never execute is caught too.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,11 @@ PACKAGES = {"dynexit": "dynexit", "app": "app", "dynexit_app": "app"}  # import 
 VIEWER = ["app", "dynexit.viz", "dynexit.report", "dynexit.zoo", "dynexit.zoo.catalog", "dynexit.policy",
           "dynexit.table"]
 # building: trains models or builds tables; the viewer side opens what it made
-TRAINING = ("dynexit.training", "dynexit.zoo.reproduce", "dynexit.tables", "dynexit.cli", "dynexit.bench")
+TRAINING = ("dynexit.training", "dynexit.zoo.reproduce", "dynexit.tables", "dynexit.cli", "dynexit.bench",
+            "dynexit.testing")
+# an import the static reading cannot follow: refused on the viewer side
+DYNAMIC_NAMES = {"import_module", "__import__", "exec", "eval", "run_module", "run_path"}   # f(...)
+DYNAMIC_ATTRS = {"import_module", "run_module", "run_path"}                                # x.f(...)
 
 
 def module_file(name: str) -> Path | None:
@@ -114,3 +120,26 @@ def test_the_rule_is_checked_on_real_modules(tmp_path):
     lazy = tmp_path / "lazy.py"
     lazy.write_text("def f():\n    from dynexit.training import loop\n    from . import bench\n")
     assert {"dynexit.training", "dynexit.training.loop", "dynexit.bench"} <= imports_in(lazy, "dynexit")
+
+
+@pytest.mark.parametrize("viewer", viewer_modules())
+def test_the_viewer_side_imports_nothing_by_name_at_run_time(viewer):
+    # importlib.import_module("dynexit.training..."), __import__, exec or runpy would pass the static check
+    path = module_file(viewer)
+    calls = [node.func for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)]
+    bad = {f.id for f in calls if isinstance(f, ast.Name) and f.id in DYNAMIC_NAMES}
+    bad |= {f.attr for f in calls if isinstance(f, ast.Attribute) and f.attr in DYNAMIC_ATTRS}
+    assert not bad, f"{path}: {sorted(bad)}"
+
+
+def test_importing_the_viewer_side_loads_no_training_module_and_no_torch():
+    # the same rule, checked at run time in a fresh interpreter: what importing really loads
+    names = [m.replace("app.", "dynexit_app.", 1) if m.startswith("app.") else m for m in viewer_modules()
+             if not m.startswith("app.views") and m != "app.streamlit_app"]  # pages run Streamlit on import
+    code = ("import sys, importlib\n"
+            f"for name in {names!r}:\n    importlib.import_module(name)\n"
+            f"bad = sorted(m for m in sys.modules if m.startswith({TRAINING!r}))\n"
+            "print(bad, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[] False", out.stdout
