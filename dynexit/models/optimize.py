@@ -11,11 +11,13 @@ since the app shares model objects across threads) in eval mode, with
   dropout + activation behind);
 - **residual depthwise convs folded**: the Dynamic Perceiver's ``dwc(x) + x`` becomes one conv whose
   centre tap is one larger;
+- **conv + ReLU (+ residual add) fused** into one oneDNN call (:mod:`dynexit.models._fused_conv`, the
+  kernel ``torch.compile`` emits on CPU) in ``nn.Sequential`` chains and timm ResNet basic blocks;
 - **adaptive average pools** that only copy (output size = input size) or pool whole blocks (input a
   multiple of the output) run as identity / ``avg_pool2d``;
 - **channels-last** memory format for the convolutions and the images (``channels_last=True``): the
   oneDNN kernels run on NHWC directly, and a channels-last map turned into tokens (B, HW, C) is a
-  view, not a copy.
+  view, not a copy; backbone stages on maps smaller than 7x7 stay NCHW (slower channels-last there).
 
 FLOP counts are the model's, not the copy's: ``exit_costs()`` of the copy returns the original's
 counts (tables are built on the unoptimised model). ``check=True`` compares every exit of the copy
@@ -30,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from dynexit.models._fused_conv import fuse_relu
 
 # timm block classes and their (conv, norm) attribute pairs, where the norm is applied to the conv's
 # output and nothing else reads the conv's output (checked against timm's forward code)
@@ -157,6 +161,40 @@ def _fold_dwc(model: nn.Module) -> int:
     return len(dwc)
 
 
+class ContiguousFormat(nn.Module):
+    """Runs ``module`` on NCHW (contiguous) input with NCHW weights, inside a channels-last model."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.to(memory_format=torch.contiguous_format)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) in any memory format -> the module's output, computed on NCHW."""
+        return self.module(x.contiguous())
+
+
+def _small_stages_nchw(model: nn.Module, min_size: int) -> int:
+    """Put back to NCHW the backbone stages whose input map is smaller than ``min_size`` on a side.
+
+    On small maps (the last ResNet stage on 28x28 images sees 4x4) oneDNN's channels-last kernels
+    measured slower than NCHW on this project's CPU (about 2x for the Fashion-MNIST backbone's 4th
+    stage), while on 14x14 and 7x7 maps channels-last was faster.
+    """
+    from dynexit.models._backbones import StagedBackbone, stage_shapes
+
+    n = 0
+    for b in [m for m in model.modules() if isinstance(m, StagedBackbone)]:
+        size = getattr(model, "input_size", None)
+        if size is None:
+            continue
+        shapes = stage_shapes(b, getattr(model, "in_chans", 3), size)
+        for i, (_, h, w) in enumerate(shapes[:4]):
+            if min(h, w) < min_size and not isinstance(b.stages[i], ContiguousFormat):
+                b.stages[i] = ContiguousFormat(b.stages[i])
+                n += 1
+    return n
+
+
 @torch.no_grad()
 def max_exit_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     """Largest absolute difference between the logits of any exit of ``a`` and ``b`` on images ``x``
@@ -165,12 +203,15 @@ def max_exit_difference(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 
 def optimize_for_inference(model: nn.Module, channels_last: bool = True, check: bool = True,
-                           atol: float = 1e-4) -> nn.Module:
+                           atol: float = 1e-4, min_channels_last_size: int = 7, fuse: bool = True) -> nn.Module:
     """A new eval-mode copy of ``model`` with the exact rewrites of this module's docstring applied.
 
     ``model`` (a :class:`~dynexit.models.MultiExitModel`) is deep-copied, never modified. The copy
     keeps the original's exit costs (``exit_costs()``: MFLOPs of the model as trained) and records
-    what was done in ``inference_rewrites`` (a dict of counts). ``check``: run both on 4 random
+    what was done in ``inference_rewrites`` (a dict of counts). ``channels_last``: the copy runs
+    channels-last, except the backbone stages whose input map is smaller than
+    ``min_channels_last_size`` on a side (slower there). ``fuse``: convs and their ReLU (and a ResNet
+    block's residual add) as one oneDNN call (:mod:`dynexit.models._fused_conv`). ``check``: run both on 4 random
     images and raise RuntimeError if any exit's logits differ by more than ``atol`` (absolute).
     """
     was_training = model.training
@@ -181,6 +222,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, check: 
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
         fast.memory_format = torch.channels_last
+        done["nchw_stages"] = _small_stages_nchw(fast, min_channels_last_size)
+    done["relu_fused"] = fuse_relu(fast) if fuse else 0
     if costs is not None:
         fast._costs_cache = costs
     fast.inference_rewrites = done
