@@ -186,3 +186,18 @@ def open_in_inspector(row: int):
 def picked_row() -> int | None:
     """The test-table row last sent by :func:`open_in_inspector`; None before any."""
     return st.session_state.get(PICKED_ROW)
+
+
+# ----------------------------------------------------------------------------- on-demand attributions
+
+ATTRIBUTION_REQUEST = "attr_request"
+
+
+def request_attribution(request: tuple) -> None:
+    """Remember that the user asked for the attribution ``request`` (it is computed on demand only)."""
+    st.session_state[ATTRIBUTION_REQUEST] = request
+
+
+def attribution_requested(request: tuple) -> bool:
+    """Whether the user asked for exactly this attribution (same model, image, exit, method, class)."""
+    return st.session_state.get(ATTRIBUTION_REQUEST) == request

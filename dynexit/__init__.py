@@ -18,3 +18,7 @@ def __getattr__(name):
         from dynexit.models.timm_exits import attach_exits
         return attach_exits
     raise AttributeError(f"module 'dynexit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))  # the lazy names too

@@ -26,7 +26,7 @@ import torch
 
 from dynexit.inference import check_thresholds, staged_exit
 from dynexit.layers.attention_capture import AttentionMap, attention_rollout
-from dynexit.models._base import eval_view  # noqa: F401  (re-exported: explanations never change a model's mode)
+from dynexit.models._base import eval_view
 
 ATTRIBUTION_METHODS = ("integrated_gradients", "saliency")
 

@@ -18,7 +18,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from dynexit.viz import chromium_path  # noqa: F401 - the one Chromium lookup (PNG export uses it too)
+from dynexit.viz import chromium_path  # the one Chromium lookup (PNG export uses it too)
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = ROOT / "app" / "streamlit_app.py"

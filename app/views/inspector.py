@@ -133,8 +133,8 @@ def which_pixels():
     target = int(test.predictions[row, k_attr]) if target_kind == "predicted at that exit" else label
     request = (name, row, k_attr, method, target)
     if st.button("Compute attribution", icon=":material/bolt:"):
-        st.session_state.attr_request = request
-    if st.session_state.get("attr_request") == request:
+        state.request_attribution(request)
+    if state.attribution_requested(request):
         amap, _ = attribution(name, row, k_attr, method, target, *common.model_key(name))
         st.plotly_chart(viz.attribution_map(img, amap, title=f"{method.replace('_', ' ')} of exit {k_attr + 1} "
                                             f"({names[k_attr]}) for class {common.CLASSES[target]}"),
