@@ -143,3 +143,56 @@ def test_importing_the_viewer_side_loads_no_training_module_and_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] False", out.stdout
+
+
+# The README's architecture table, top to bottom: a module imports its own row and the rows below it.
+LAYERS = [
+    ("building", ("dynexit.training", "dynexit.zoo.reproduce", "dynexit.tables", "dynexit.tables_stream",
+                  "dynexit.bench", "dynexit.bench_timing", "dynexit.cli",
+                  "dynexit.__main__", "dynexit.testing")),
+    ("viewer", ("app", "dynexit_app", "dynexit.viz", "dynexit.report")),
+    ("catalogue", ("dynexit.zoo",)),
+    ("core", ("dynexit.table", "dynexit.table_npz", "dynexit.table_checks", "dynexit.arrays", "dynexit.criteria",
+              "dynexit.policy", "dynexit.solvers", "dynexit.cache", "dynexit.metrics", "dynexit.anytime",
+              "dynexit.profile", "dynexit.inference", "dynexit.explain")),
+    ("files", ("dynexit.io",)),
+    ("models", ("dynexit.models", "dynexit.layers", "dynexit.flops")),
+    ("data", ("dynexit.data",)),
+]
+# documented in the README: the policy reads the catalogue's entries to check a rule's zoo model name
+ALLOWED_UP = {("dynexit.policy", "dynexit.zoo")}
+
+
+def layer_of(module: str) -> int | None:
+    best = None
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (rank, len(prefix))
+    return None if best is None else best[0]
+
+
+def all_modules() -> list[str]:
+    out = []
+    for folder in ("dynexit", "app"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            out.append(".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"))
+    return out
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in all_modules() if m != "dynexit" and layer_of(m) is None] == []
+
+
+def test_imports_point_down_the_layers():
+    upward = []
+    for mod in all_modules():
+        here = layer_of(mod)
+        if here is None:
+            continue
+        for dep in imports_of(mod):
+            there = layer_of(dep)
+            if dep != "dynexit" and there is not None and there < here and not any(
+                    mod.startswith(a) and dep.startswith(b) for a, b in ALLOWED_UP):
+                upward.append(f"{mod} ({LAYERS[here][0]}) -> {dep} ({LAYERS[there][0]})")
+    assert upward == []
