@@ -280,9 +280,12 @@ def _inference_lines(r: dict) -> list[str]:
         why = f" (the optimized copy was refused: {how['refused']})" if how.get("refused") else " (--no-optimize)"
         return [f"timed: the model as loaded, for the full model and early exit{why}"]
     done = how["rewrites"]
+    cl = "off" if not done["channels_last"] else (f"on, {done['nchw_stages']} small-map stages NCHW"
+                                                  if done.get("nchw_stages") else "on")
     return [f"timed: an optimized inference copy, for the full model AND early exit (BatchNorm folded into "
-            f"{done['batchnorm_folded']} convs, {done['residual_dwconv_folded']} residual depthwise convs folded, "
-            f"{done['adaptive_pools']} pools rewritten, channels-last {'on' if done['channels_last'] else 'off'}); "
+            f"{done['batchnorm_folded']} convs, {done.get('relu_fused', 0)} conv+ReLU fused, "
+            f"{done['residual_dwconv_folded']} residual depthwise convs folded, {done['adaptive_pools']} pools "
+            f"rewritten, channels-last {cl}); "
             f"max |logit difference| {how['max_abs_logit_difference']:.1e} on {how['checked_on']} test images; "
             "costs are the model's"]
 
