@@ -9,7 +9,8 @@ Two modes:
     # last exit (works on an untrained model: the acceptance check of the speed claim)
     python benchmarks/speed.py --model dynperceiver_fmnist --exit1-fraction 0.5
 
-Prints the result and writes JSON with ``--json``.
+Both runs time :func:`dynexit.models.optimize_for_inference`'s copy of the model (``--no-optimize``:
+the model as loaded). Prints the result and writes JSON with ``--json``.
 """
 
 from __future__ import annotations
@@ -51,13 +52,17 @@ def main(argv=None) -> int:
     p.add_argument("--batch1-limit", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch-sizes", type=lambda v: tuple(int(b) for b in v.split(",")), default=(256, 1))
     p.add_argument("--json", default=None)
+    p.add_argument("--no-optimize", dest="optimize", action="store_false",
+                   help="time the model as loaded (default: optimize_for_inference's copy, for both runs)")
     args = p.parse_args(argv)
     if (args.budget is None) == (args.exit1_fraction is None):
         p.error("give exactly one of --budget and --exit1-fraction")
     if args.budget is not None:
-        r = run_bench(args.model, budget=args.budget, solver=args.solver, limit=args.limit,
-                      batch1_limit=args.batch1_limit, repeats=args.repeats, threads=args.threads, json_path=args.json)
+        r = run_bench(args.model, budget=args.budget, solver=args.solver, limit=args.limit, batch_sizes=args.batch_sizes,
+                      batch1_limit=args.batch1_limit, repeats=args.repeats, threads=args.threads, json_path=args.json,
+                      optimize=args.optimize)
     else:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -67,7 +72,8 @@ def main(argv=None) -> int:
         t = exit1_thresholds(model, images, args.exit1_fraction)
         r = {"model": args.model, "weights": model.weights_source,
              "solver": f"exit1 fraction {args.exit1_fraction}", "budget_mflops": None,
-             **benchmark(model, images, labels, t, batch1_limit=args.batch1_limit, repeats=args.repeats)}
+             **benchmark(model, images, labels, t, batch_sizes=args.batch_sizes, batch1_limit=args.batch1_limit, repeats=args.repeats,
+                        optimize=args.optimize)}
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(r, f, indent=2)
