@@ -221,11 +221,13 @@ def get_dataset(name: str, root: str | os.PathLike | None = None) -> DatasetSpec
     return spec if root is None else dataclasses.replace(spec, root=str(root))
 
 
-def train_val_datasets(name: str, root: str | os.PathLike | None = None, augment: bool = False) -> tuple:
+def train_val_datasets(name: str, root: str | os.PathLike | None = None, augment: bool = False,
+                       image_size: tuple[int, int] | None = None) -> tuple:
     """``(train, val)`` torch Datasets of ``(float32 (C, H, W) in [0, 1], label)`` for training.
 
-    ``name`` / ``root``: as :func:`get_dataset`. ``augment`` applies to train only. ValueError for an
-    unknown name; :class:`DataNotFoundError` for a root without the files.
+    ``name`` / ``root``: as :func:`get_dataset`. ``augment`` applies to train only. ``image_size``
+    (H, W): what a resizable dataset (an ImageFolder tree) is resized to, the model's input. ValueError
+    for an unknown name; :class:`DataNotFoundError` for a root without the files.
     """
     spec = get_dataset(name, root)
-    return spec.torch_dataset("train", augment), spec.torch_dataset("val", False)
+    return spec.torch_dataset("train", augment, image_size=image_size), spec.torch_dataset("val", image_size=image_size)

@@ -106,14 +106,15 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def build_datasets(cfg: TrainConfig):
+def build_datasets(cfg: TrainConfig, image_size: tuple[int, int] | None = None):
     """``(train, val)`` torch Datasets of ``(float32 image (C, H, W) in [0, 1], int label)``.
 
-    The dataset comes from :func:`dynexit.data.train_val_datasets` (the registry, or a torchvision
-    name with ``cfg.data_root``); ``cfg.train_subset`` / ``cfg.val_subset`` keep the first images.
-    ValueError for an unknown dataset or a data root without its files.
+    The dataset comes from :func:`dynexit.data.train_val_datasets` (``cfg.data``: a registry name,
+    ``torchvision:NAME`` or ``imagefolder:PATH``, files at ``cfg.data_root``); an ImageFolder tree is
+    resized to ``image_size`` (the model's input); ``cfg.train_subset`` / ``cfg.val_subset`` keep the
+    first images. ValueError for an unknown dataset or a data root without its files.
     """
-    train, val = train_val_datasets(cfg.data, cfg.data_root, augment=cfg.augment)
+    train, val = train_val_datasets(cfg.data, cfg.data_root, augment=cfg.augment, image_size=image_size)
     if cfg.train_subset:
         train = torch.utils.data.Subset(train, range(min(cfg.train_subset, len(train))))
     if cfg.val_subset:
@@ -188,9 +189,9 @@ class _Run:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _loaders(cfg: TrainConfig, distributed: bool, rank: int, world: int):
+def _loaders(cfg: TrainConfig, distributed: bool, rank: int, world: int, image_size=None):
     """``(train_loader, val_loader, train sampler or None, the train loader's generator)``."""
-    train_ds, val_ds = build_datasets(cfg)
+    train_ds, val_ds = build_datasets(cfg, image_size)
     sampler = val_sampler = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
@@ -222,7 +223,7 @@ def _start(cfg: TrainConfig) -> _Run:
     weights = cfg.loss_weights or model.loss_weights()
     if len(weights) != model.num_exits:
         raise ValueError(f"--loss-weights needs {model.num_exits} values for {cfg.model}, got {len(weights)}")
-    train_loader, val_loader, sampler, gen = _loaders(cfg, distributed, rank, world)
+    train_loader, val_loader, sampler, gen = _loaders(cfg, distributed, rank, world, tuple(model.input_size))
     steps_per_epoch = len(train_loader)
     schedule_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     optimizer, scheduler = build_optimizer(weight_decay_groups(model, cfg.weight_decay), cfg.lr, schedule_steps,

@@ -111,3 +111,17 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert r0["param_checksum"] == pytest.approx(r1["param_checksum"], rel=1e-6)
     assert (out / "checkpoint.safetensors").exists()
     load_checkpoint(out / "checkpoint.safetensors")
+
+
+def test_train_on_an_imagefolder_tree(tmp_path):
+    """`dynexit train --data imagefolder:PATH`: a tree written from real Fashion-MNIST images trains end to end."""
+    from dynexit.cli import main
+    from dynexit.testing import write_image_tree
+
+    tree = write_image_tree(tmp_path / "tree", {"train": 80, "test": 20})
+    out = tmp_path / "run"
+    assert main(["train", "--model", "dynperceiver_tiny", "--data", f"imagefolder:{tree}", "--batch-size", "16",
+                 "--epochs", "1", "--max-steps", "2", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads((out / "train_result.json").read_text())
+    assert result["steps"] == 2 and len(result["val_accuracy"]) == 4
+    assert load_checkpoint(out / "checkpoint.safetensors").checkpoint_meta["recipe"]["data"] == f"imagefolder:{tree}"
