@@ -270,19 +270,3 @@ def missing_zoo_message():
                 "environment variable:")
     st.code("\n".join(lines), language="text")
 
-
-def in_unit(fig, unit: str):
-    """A dynexit.viz figure drawn in MFLOPs, relabelled for ``unit`` (axis titles, hover texts, tick
-    labels); the figure itself for MFLOPs. Returns the figure."""
-    if unit == MFLOPS:
-        return fig
-    word = "ms per image" if unit == MS else unit
-    for trace in fig.data:
-        if getattr(trace, "hovertemplate", None):
-            trace.hovertemplate = trace.hovertemplate.replace("MFLOPs", unit)
-        if getattr(trace, "x", None) is not None and len(trace.x) and isinstance(trace.x[0], str):
-            trace.x = [x.replace("MFLOPs", unit) for x in trace.x]
-    for axis in (fig.layout.xaxis, fig.layout.yaxis):
-        if axis.title and axis.title.text:
-            axis.title.text = axis.title.text.replace("MFLOPs per image", word).replace("MFLOPs", unit)
-    return fig

@@ -58,8 +58,11 @@ class BudgetView:
 
     @property
     def score_name(self) -> str:
-        """What the thresholds apply to, in words: the fitted learned score or a criterion's name."""
+        """What the thresholds apply to, in words: the fitted learned score or a criterion's name (a
+        single-exit model has no score: every image leaves at its one exit)."""
         criterion = self.rule.criterion
+        if len(self.thresholds) == 1:
+            return "no exit score (a single exit)"
         return f"exit score ({criterion})" if isinstance(criterion, str) else "learned exit score"
 
     @property
@@ -295,3 +298,13 @@ def fixed_deadline_curves(test, exits, costs, n: int = 61) -> dict:
     for name, values in per_k.items():
         out[name] = np.where(last >= 0, np.asarray(values, dtype=np.float64)[np.maximum(last, 0)], 0.0)
     return out
+
+
+def zoom_range(*accuracies, pad: float = 0.25) -> list[float]:
+    """[low, high] in % for a plot's accuracy axis that frames the given accuracies (fractions in [0, 1]),
+    ``pad`` points above and below; used to zoom the compare page onto one model's curve."""
+    values = 100.0 * np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in accuracies])
+    values = values[np.isfinite(values)]
+    if not len(values):
+        raise ValueError("no finite accuracy to frame")
+    return [float(values.min() - pad), float(values.max() + pad)]

@@ -14,9 +14,16 @@ import streamlit as st
 
 from dynexit_app import common, state
 
-st.set_page_config(page_title="dynexit: early-exit explorer", page_icon=":material/speed:", layout="wide")
+# The page icon is an emoji: Streamlit draws it as an inline SVG (a data: URL). A ":material/...:" icon would be
+# fetched from fonts.gstatic.com, and the app makes no outside request (tests/app/test_browser_tour.py).
+st.set_page_config(page_title="dynexit: early-exit explorer", page_icon="⏩", layout="wide")
 # less empty space above the title, so a 1280 x 800 screen shows the slider, the numbers and the plots
-st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}</style>")
+# Metric labels and deltas wrap instead of ending in "..." on narrow columns (1024 px screens).
+st.html("""<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}
+[data-testid='stMetric'] .stMarkdownEllipsis, [data-testid='stMetric'] .stMarkdownEllipsis p {
+  white-space: normal !important; overflow: visible !important; text-overflow: clip !important; }
+[data-testid='stMetric'] div:has(> [data-testid='stMetricDelta']) { flex-wrap: wrap; row-gap: 0.2rem; }
+</style>""")
 
 if not common.available_models():
     common.missing_zoo_message()

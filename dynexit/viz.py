@@ -76,32 +76,37 @@ def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
                      anytime: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[str]]] | None = None,
                      oracle: tuple[Sequence[float], Sequence[float]] | None = None,
                      current: tuple[float, float] | None = None, title: str | None = None,
-                     percent: bool = True) -> go.Figure:
-    """Accuracy against mean cost.
+                     percent: bool = True, unit: str = "MFLOPs") -> go.Figure:
+    """Accuracy against mean cost per image (x in ``unit``: "MFLOPs", or "ms" from a latency profile).
 
     ``curves``: label -> (costs, accuracies) of budgeted (threshold) policies, drawn as lines;
     ``anytime``: label -> (exit costs, exit accuracies, exit names), drawn as markers (every sample
     leaves at that exit); ``oracle``: the label-aware ceiling, dashed; ``current``: one highlighted
-    point (the slider's budget).
+    point (the slider's budget). Accuracies are fractions in [0, 1], drawn in % when ``percent``.
+    Exit names right of the middle of the cost range are written to the left of their marker, so
+    the last exit's name is not cut at the plot's right edge.
     """
     scale = 100.0 if percent else 1.0
+    every_x = [float(v) for _, (x, *_) in {**(curves or {}), **(anytime or {})}.items() for v in x]
+    middle = (min(every_x) + max(every_x)) / 2 if every_x else 0.0
     fig = go.Figure()
     for i, (label, (x, y)) in enumerate((curves or {}).items()):
         fig.add_trace(go.Scatter(x=list(x), y=np.asarray(y) * scale, mode="lines+markers", name=label,
                                  line=dict(color=color(i), width=2), marker=dict(size=5),
-                                 hovertemplate="%{x:.2f} MFLOPs<br>%{y:.2f}%<extra>" + label + "</extra>"))
+                                 hovertemplate="%{x:.2f} " + unit + "<br>%{y:.2f}%<extra>" + label + "</extra>"))
     for i, (label, (x, y, names)) in enumerate((anytime or {}).items()):
         fig.add_trace(go.Scatter(x=list(x), y=np.asarray(y) * scale, mode="markers+text", name=label,
-                                 text=list(names), textposition="bottom right", textfont=dict(size=10),
+                                 text=list(names), textfont=dict(size=10),
+                                 textposition=["bottom left" if v > middle else "bottom right" for v in x],
                                  marker=dict(symbol="diamond", size=10, color=color(i), line=dict(width=1, color="white")),
-                                 hovertemplate="%{text}: %{x:.2f} MFLOPs, %{y:.2f}%<extra>" + label + "</extra>"))
+                                 hovertemplate="%{text}: %{x:.2f} " + unit + ", %{y:.2f}%<extra>" + label + "</extra>"))
     if oracle is not None:
         fig.add_trace(go.Scatter(x=list(oracle[0]), y=np.asarray(oracle[1]) * scale, mode="lines", name="oracle (knows the labels)",
                                  line=dict(color=ORACLE, dash="dash")))
     if current is not None:
         fig.add_trace(go.Scatter(x=[current[0]], y=[current[1] * scale], mode="markers", name="this budget",
                                  marker=dict(symbol="star", size=16, color=CURRENT)))
-    fig.update_xaxes(title=COST_AXIS)
+    fig.update_xaxes(title=COST_AXIS.replace("MFLOPs", unit))
     fig.update_yaxes(title="accuracy (%)" if percent else "accuracy")
     return _layout(fig, title, showlegend=True)
 
@@ -109,17 +114,30 @@ def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
 # ----------------------------------------------------------------------------- where samples leave
 
 def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[int], exit_names: Sequence[str],
-                   costs: Sequence[float] | None = None, title: str | None = None) -> go.Figure:
-    """Samples leaving at each exit, split into right and wrong (stacked bars)."""
-    # wrap long names (latent_stage3 -> latent / stage3) so the labels stay horizontal under narrow bars
-    wrapped = ["<br>".join(textwrap.wrap(str(n).replace("_", " "), 12)) or str(n) for n in exit_names]
-    names = [f"{n}<br>{c:.1f} MFLOPs" for n, c in zip(wrapped, costs)] if costs is not None else wrapped
+                   costs: Sequence[float] | None = None, title: str | None = None, unit: str = "MFLOPs") -> go.Figure:
+    """Samples leaving at each exit (K counts each), split into right and wrong (stacked bars).
+
+    ``costs``: the K cumulative costs per image in ``unit`` ("MFLOPs", or "ms" from a latency profile).
+    Each bar is labelled with the exit's number and, under it, its cost (the unit is in the axis title):
+    short labels that stay horizontal and apart for 7 exits on a 300 px plot, where names (up to 20
+    characters, e.g. ``block3_cnn_project``) overlapped. The hover gives the exit's full name and cost.
+    With no ``costs`` the labels are the exit names, wrapped.
+    """
+    if costs is not None:
+        names = [f"{k + 1}<br>{c:.1f}" for k, c in enumerate(costs)]
+    else:
+        names = ["<br>".join(textwrap.wrap(str(n).replace("_", " "), 12)) or str(n) for n in exit_names]
+    full = [f"{n} ({c:.2f} {unit})" for n, c in zip(exit_names, costs)] if costs is not None else list(exit_names)
+    hover = "%{customdata}: %{y:,} images %{fullData.name}<extra></extra>"
     fig = go.Figure([
-        go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT),
-        go.Bar(x=names, y=list(histogram_wrong), name="wrong", marker_color=WRONG, marker_pattern_shape="/"),
+        go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT, customdata=full,
+               hovertemplate=hover),
+        go.Bar(x=names, y=list(histogram_wrong), name="wrong", marker_color=WRONG, marker_pattern_shape="/",
+               customdata=full, hovertemplate=hover),
     ])
     fig.update_layout(barmode="stack")
-    fig.update_xaxes(title="exit (cumulative cost)", tickangle=0)
+    fig.update_xaxes(title=f"exit and its cumulative {unit}" if costs is not None else "exit",
+                     tickfont=dict(size=11))  # tickangle left unset: plotly's "auto" tilts overlapping labels
     fig.update_yaxes(title="images leaving here")
     return _layout(fig, title, height=360)
 

@@ -7,18 +7,54 @@ Run from the repository root, as a module of the ``tools`` folder (not installed
 
 Starts the app on a free loopback port, opens each page in Chromium (system binary, see
 ``tools/browser.py``), waits for it to finish drawing, and saves ``PAGE.png`` (the 1280 x 800 window,
-what a user sees first) and ``PAGE_full.png`` (the whole page).
+what a user sees first) and ``PAGE_full.png`` (the whole page). It also writes ``MANIFEST.json``: a
+hash of what the screenshots show (the app's source, dynexit/viz.py, the zoo's sidecar and bench
+files); tests/app/test_screenshots.py fails when that hash no longer matches, i.e. the screenshots
+are older than the code or the zoo they show (file contents, not mtimes, which git does not keep).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import io
+import json
 from pathlib import Path
 
 from tools import browser
 
 VIEWPORT = {"width": 1280, "height": 800}
+# What the screenshots show, as glob patterns under the repository root (not the zoo's tables: the
+# sidecars and bench files change whenever a model or its tables are rebuilt).
+SHOWN = ("app/**/*.py", "dynexit/viz.py", "data/zoo/*.json")
+MANIFEST = "MANIFEST.json"
+
+
+def shown_files(root: Path = browser.ROOT) -> list[str]:
+    """The files the screenshots depend on (paths relative to ``root``, sorted, no __pycache__)."""
+    found = {p.relative_to(root).as_posix() for pattern in SHOWN for p in root.glob(pattern) if p.is_file()}
+    return sorted(f for f in found if "__pycache__" not in f)
+
+
+def source_hash(root: Path = browser.ROOT) -> str:
+    """SHA-256 (hex) over the names and contents of :func:`shown_files`, line endings normalised, so a
+    checkout on any OS hashes alike."""
+    h = hashlib.sha256()
+    for rel in shown_files(root):
+        h.update(rel.encode() + b"\0" + (root / rel).read_bytes().replace(b"\r\n", b"\n") + b"\0")
+    return h.hexdigest()
+
+
+def write_manifest(out: Path, shots: list[Path], root: Path = browser.ROOT) -> Path:
+    """``out/MANIFEST.json``: the hash of what the screenshots show, the files hashed, the screenshots, when."""
+    path = out / MANIFEST
+    path.write_text(json.dumps({
+        "source_sha256": source_hash(root), "files": shown_files(root), "viewport": VIEWPORT,
+        "screenshots": sorted(p.name for p in shots),
+        "taken": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "retake": ".venv/bin/python -m tools.screenshots"}, indent=1) + "\n")
+    return path
 
 
 def sample_upload() -> bytes:
@@ -79,6 +115,7 @@ def take(out: Path, full: bool = True) -> list[Path]:
         page.get_by_text("It leaves at exit").wait_for(timeout=60_000)
         save("upload")
         chromium.close()
+    shots.append(write_manifest(out, shots))
     return shots
 
 

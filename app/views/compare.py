@@ -33,7 +33,15 @@ def curves_plot(tests: dict, curves: dict):
     static = {n: exits(t) for n, t in tests.items() if common.is_static(t)}
     if st.toggle("Also show each exit on its own (every image stops there)", key="compare_exits"):
         static.update({f"{n}: single exits": exits(t) for n, t in tests.items() if not common.is_static(t)})
-    st.plotly_chart(viz.accuracy_vs_cost(multi, static), width="stretch", key="compare_curves")
+    fig = viz.accuracy_vs_cost(multi, static)
+    zoom = st.selectbox("Accuracy axis", ["every model", *tests], key="compare_zoom",
+                        format_func=lambda z: z if z == "every model" else f"zoomed to {z}",
+                        help="The models span several points of accuracy, which flattens the curves of the close ones "
+                             "(the CNNs): zoom the accuracy axis to one model's curve (the others are cut where they "
+                             "leave it), or drag a box on the plot; double-click resets.")
+    if zoom != "every model":
+        fig.update_yaxes(range=logic.zoom_range(curves[zoom]["accuracy"], tests[zoom].exit_accuracy()))
+    st.plotly_chart(fig, width="stretch", key="compare_curves")
 
 
 def accuracy_at_budgets(tests: dict, curves: dict):

@@ -53,12 +53,16 @@ def _inspect_button(rows, key):
 def _numbers(view):
     """The four headline numbers at this budget, and the notes that explain a surprising one."""
     c = st.columns(4)
+    points, saved = round(100 * view.change_vs_final, 2), round(view.mean_cost - view.full_cost, 2)
+    # a change that rounds to zero (always so for a single-exit model) is gray, without a sign or an arrow
     c[0].metric("Accuracy (test)", f"{view.accuracy:.2%}",
-                delta=f"{100 * view.change_vs_final:+.2f} points vs the final exit",
+                delta=f"{points:+.2f} points" if points else "same", delta_description="vs the final exit",
+                delta_color="normal" if points else "off", delta_arrow="auto" if points else "off",
                 help="Share of the 10,000 test images classified right, each at the exit it left. The change compares "
                      "with running every image through the whole model (the last exit).")
     c[1].metric(f"Mean {unit} per image", f"{view.mean_cost:.2f}",
-                delta=f"{view.mean_cost - view.full_cost:+.2f} vs the full model", delta_color="inverse",
+                delta=f"{saved:+.2f}" if saved else "same", delta_description="vs the full model",
+                delta_color="inverse" if saved else "off", delta_arrow="auto" if saved else "off",
                 help="Average compute actually spent per test image (the budget is met on the validation images).")
     c[2].metric("Speedup", f"{view.speedup:.2f}x", help=f"Full model's {unit} divided by the mean {unit} spent.")
     c[3].metric("Final exit alone", f"{view.final_accuracy:.2%}", help="Accuracy when every image goes to the last exit.")
@@ -82,15 +86,16 @@ def _curve_and_histogram(view):
         else:
             cv = common.solver_curve(name, solver, criterion, unit=unit)
             solver_line, oracle = {f"{solver} solver": (cv["cost"], cv["accuracy"])}, common.oracle(name, unit)
-        fig = viz.accuracy_vs_cost(solver_line, anytime, oracle, (view.mean_cost, view.accuracy))
-        st.plotly_chart(common.in_unit(fig, unit), width="stretch", key="curve")
+        fig = viz.accuracy_vs_cost(solver_line, anytime, oracle, (view.mean_cost, view.accuracy), unit=unit)
+        st.plotly_chart(fig, width="stretch", key="curve")
         if not static and common.profile(name) is not None:
             _other_unit_curve()
     with right:
         st.subheader("Where the images leave")
-        st.caption("Test images leaving at each exit at this budget, split into right (blue) and wrong (orange, hatched).")
-        fig = viz.exit_histogram(view.result.histogram_correct, view.result.histogram_wrong, names, test.costs)
-        st.plotly_chart(common.in_unit(fig, unit), width="stretch", key="histogram")
+        st.caption("Test images leaving at each exit at this budget, split into right (blue) and wrong (orange, "
+                   "hatched). Exits are numbered as in the tabs below; hover a bar for its name.")
+        fig = viz.exit_histogram(view.result.histogram_correct, view.result.histogram_wrong, names, test.costs, unit=unit)
+        st.plotly_chart(fig, width="stretch", key="histogram")
 
 
 def _other_unit_curve():
@@ -101,8 +106,9 @@ def _other_unit_curve():
         t = common.table(name, "test", other)
         cv = common.solver_curve(name, solver, criterion, unit=other)
         fig = viz.accuracy_vs_cost({f"{solver} solver": (cv["cost"], cv["accuracy"])},
-                                   {"single exits": (t.costs, t.exit_accuracy(), names)}, common.oracle(name, other))
-        st.plotly_chart(common.in_unit(fig, other), width="stretch", key="curve_other_unit")
+                                   {"single exits": (t.costs, t.exit_accuracy(), names)}, common.oracle(name, other),
+                                   unit=other)
+        st.plotly_chart(fig, width="stretch", key="curve_other_unit")
         speed = t.costs[-1] / t.costs
         st.caption(f"Latency measured on {common.machine(name)} (ms per image, batch 1). Speedup of each exit over "
                    "the last, measured vs counted: " + ", ".join(

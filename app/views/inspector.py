@@ -81,6 +81,9 @@ def budget_dependent():
         st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} {unit}** of "
                     f"{test.costs[-1]:.1f}, predicting **{common.CLASSES[test.predictions[row, k]]}**: "
                     f"**{'right' if right else 'wrong'}**.")
+        if common.is_static(test):
+            st.caption(f"{name} has a single exit: no exit score, no threshold; every image runs the whole network.")
+            return _exit_table(view, k)
         score_name = view.score_name
         fig = viz.confidence_trace(view.scores[row], view.thresholds, names, k,
                                    [common.SHORT_CLASSES[p] for p in test.predictions[row]], list(test.correct[row]),
@@ -89,6 +92,20 @@ def budget_dependent():
         st.caption("Bars: this image's exit score at every exit (blue: that exit is right, orange: wrong), with the "
                    "exit's prediction on top. Dotted: the thresholds at this budget. The image leaves at the first exit "
                    "whose bar reaches its threshold; the last exit takes everyone left.")
+    _exit_table(view, k)
+
+
+def _threshold_words(t: float, last: bool) -> str:
+    """A threshold for the table: the number, or what an infinite one means (the last exit has none)."""
+    if last:
+        return "none: takes everyone left"
+    if np.isfinite(t):
+        return f"{t:.3f}"
+    return "closed: nobody leaves" if t > 0 else "open: everyone leaves"
+
+
+def _exit_table(view, k: int):
+    """One row per exit: cost so far, prediction, probabilities, score and threshold, where it leaves."""
     table = pd.DataFrame({
         "exit": [f"{j + 1}. {n}" for j, n in enumerate(names)],
         f"{unit} so far": np.round(test.costs, 2),
@@ -97,10 +114,12 @@ def budget_dependent():
         f"P({common.CLASSES[label]})": np.round(probs[:, label], 3),
         "right": test.correct[row],
         "score": np.round(view.scores[row], 3),
-        "threshold": [None if not np.isfinite(t) else round(float(t), 3) for t in view.thresholds],
+        # the last exit takes everyone left (no threshold): say so in words, not "None"
+        "threshold": [_threshold_words(t, j == K - 1) for j, t in enumerate(view.thresholds)],
         "leaves here": [j == k for j in range(K)],
     })
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
+        "exit": st.column_config.TextColumn(width="medium"), "threshold": st.column_config.TextColumn(width="medium")})
 
 
 budget_dependent()

@@ -55,7 +55,9 @@ for warning in prepared.warnings:
 a, b, c = st.columns([1, 1, 2])
 with a:
     st.image(prepared.preview, caption=f"your image ({prepared.original_size[0]} x {prepared.original_size[1]}, "
-                                       f"{prepared.original_mode}), as decoded")
+                                       f"{prepared.original_mode}), as decoded"
+                                       + (", transparent parts filled as noted" if "A" in prepared.original_mode
+                                          or "transparency" in " ".join(prepared.notes) else ""))
 with b:
     st.image(np.kron(prepared.array, np.ones((6, 6))), clamp=True, caption="what the model sees (28 x 28)")
 with c:
@@ -70,9 +72,11 @@ show_all = st.checkbox("Also compute the exits after the one it leaves at (to co
 trace = explain.traced_early_exit(model, prepared.array, thresholds, view.rule.criterion, run_all=show_all)
 k = trace.exit
 pred = trace.prediction
+saving = (f"{test.costs[-1] / test.costs[k]:.2f}x cheaper than the full model" if k < K - 1
+          else "the whole model: it has a single exit" if K == 1
+          else "the whole model: no earlier exit was confident enough")
 st.markdown(f"It leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} {unit}** of {test.costs[-1]:.1f} "
-            f"({test.costs[-1] / test.costs[k]:.2f}x less than the full model), predicting "
-            f"**{common.CLASSES[pred]}** with probability {trace.probs[k].max():.0%}.")
+            f"({saving}), predicting **{common.CLASSES[pred]}** with probability {trace.probs[k].max():.0%}.")
 run = list(range(trace.computed))
 score_name = view.score_name
 preds = [common.SHORT_CLASSES[int(p.argmax())] for p in trace.probs]

@@ -58,6 +58,7 @@ def test_single_exit_model_needs_no_solver():
     assert view.accuracy == test.exit_accuracy()[0]
     assert logic.solver_curve(val, test, "learned", "max_prob")["accuracy"] == [test.exit_accuracy()[0]]
     assert view.thresholds.tolist() == [-np.inf] and view.rule.criterion == "max_prob"
+    assert view.score_name == "no exit score (a single exit)"  # issue 18: not "learned exit score"
 
 
 @pytest.mark.parametrize("costs", [[21.68, 33.2, 41.59, 42.22], [0.0031, 0.0102], [1, 2, 3]])
@@ -281,3 +282,9 @@ def test_accuracy_dip_note_only_when_a_smaller_budget_was_better_on_test():
     assert note.startswith("At a smaller budget (5.0 MFLOPs) this solver is more accurate on the test images (90.00% vs")
     assert logic.accuracy_dip_note(view, {**curve, "accuracy": [0.80, 0.85, 0.85]}) is None  # within the tolerance
     assert logic.accuracy_dip_note(view, {**curve, "budgets": [10.0, 12.0, 14.0]}) is None  # nothing smaller
+
+
+def test_zoom_range_frames_one_models_accuracies_in_percent():
+    assert logic.zoom_range([0.93, 0.94], np.array([0.935, np.nan]), pad=0.5) == pytest.approx([92.5, 94.5])
+    with pytest.raises(ValueError, match="no finite"):
+        logic.zoom_range([np.nan])

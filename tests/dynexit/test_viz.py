@@ -38,11 +38,30 @@ def test_accuracy_vs_cost_draws_every_series_on_labelled_axes():
 def test_exit_histogram_and_shares_name_every_exit():
     fig = viz.exit_histogram([5, 3, 2, 1], [1, 1, 0, 2], EXITS, costs=[1.0, 2.0, 3.0, 4.0])
     assert [t.name for t in fig.data] == ["right", "wrong"]
-    assert list(fig.data[0].y) == [5, 3, 2, 1] and fig.data[0].x[0] == "latent<br>stage3<br>1.0 MFLOPs"
-    assert _titles(fig) == ("exit (cumulative cost)", "images leaving here")
+    assert list(fig.data[0].y) == [5, 3, 2, 1] and fig.data[0].x[0] == "1<br>1.0"
+    assert _titles(fig) == ("exit and its cumulative MFLOPs", "images leaving here")
+    assert fig.data[0].customdata[0] == "latent_stage3 (1.00 MFLOPs)"  # the full name and unit in the hover
+    assert fig.layout.xaxis.tickangle is None  # plotly's "auto": it tilts the labels when they would overlap
     shares = viz.exit_shares_over_budgets([1.0, 2.0], [[3, 1, 0, 0], [1, 1, 1, 1]], EXITS)
     assert [t.name for t in shares.data] == EXITS
     assert list(shares.data[0].y) == pytest.approx([75, 25]) and shares.layout.yaxis.range == (0, 100)
+
+
+def test_cost_figures_speak_the_unit_they_are_given():
+    fig = viz.accuracy_vs_cost({"g": ([1, 2], [0.8, 0.9])}, anytime={"exits": ([1, 2], [0.7, 0.9], ["a", "b"])},
+                               unit="ms")
+    assert _titles(fig)[0] == "mean ms per image"
+    assert "ms" in fig.data[0].hovertemplate and "MFLOPs" not in fig.data[0].hovertemplate + fig.data[1].hovertemplate
+    hist = viz.exit_histogram([1, 2], [0, 1], ["a", "b"], costs=[0.5, 1.5], unit="ms")
+    assert _titles(hist)[0] == "exit and its cumulative ms" and hist.data[1].customdata[1] == "b (1.50 ms)"
+    names = viz.exit_histogram([1], [0], ["latent_stage3"])
+    assert _titles(names)[0] == "exit" and names.data[0].x[0] == "latent<br>stage3"
+
+
+def test_exit_names_right_of_the_middle_are_written_leftwards():
+    """The last exit's name must not be cut at the plot's right edge (issue 18)."""
+    fig = viz.accuracy_vs_cost(anytime={"exits": ([1, 2, 9, 10], [0.5, 0.6, 0.7, 0.8], list("abcd"))})
+    assert list(fig.data[0].textposition) == ["bottom right", "bottom right", "bottom left", "bottom left"]
 
 
 def test_per_exit_accuracy_and_speedup_bars():
@@ -92,4 +111,4 @@ def test_class_names_come_from_the_dataset_registry():
     assert viz.FASHION_MNIST_CLASSES == viz.class_names("fashion-mnist")
     assert viz.class_names("digits") == tuple("0123456789")
     with pytest.raises(ValueError, match="unknown dataset"):
-        viz.class_names("svhn")
+        viz.class_names("no-such-dataset")
