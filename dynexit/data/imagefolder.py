@@ -122,6 +122,13 @@ class ImageFiles:
     def __init__(self, samples: list[tuple[str, int]], channels: int, size: tuple[int, int]):
         self.samples, self.channels, self.size = samples, channels, tuple(size)
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
+        self.labels_t = None  # torch int64 labels, made on first use (no torch import here)
+
+    def _labels(self):
+        import torch
+
+        self.labels_t = torch.from_numpy(self.labels)
+        return self.labels_t
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -130,11 +137,15 @@ class ImageFiles:
         import torch
         from PIL import Image
 
-        path, label = self.samples[i]
+        if self.labels_t is None:
+            self._labels()
+        path, _ = self.samples[i]
+        mode = "L" if self.channels == 1 else "RGB"
         with Image.open(path) as img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
+            if img.mode != mode:
+                img = img.convert(mode)
             if (img.height, img.width) != self.size:
                 img = img.resize(self.size[::-1], Image.BILINEAR, reducing_gap=None)
-            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+            x = torch.from_numpy(np.array(img, dtype=np.uint8))  # a copy of the pixels, (H, W) or (H, W, 3)
         x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-        return x.float().div_(255.0), torch.tensor(label, dtype=torch.int64)
+        return x.float().div_(255.0), self.labels_t[i]
