@@ -153,7 +153,7 @@ LAYERS = [
     ("viewer", ("app", "dynexit_app", "dynexit.viz", "dynexit.report")),
     ("catalogue", ("dynexit.zoo",)),
     ("core", ("dynexit.table", "dynexit.table_npz", "dynexit.table_checks", "dynexit.arrays", "dynexit.criteria",
-              "dynexit.policy", "dynexit.solvers", "dynexit.cache", "dynexit.metrics", "dynexit.anytime",
+              "dynexit.policy", "dynexit.result", "dynexit.solvers", "dynexit.cache", "dynexit.metrics", "dynexit.anytime",
               "dynexit.profile", "dynexit.inference", "dynexit.explain")),
     ("files", ("dynexit.io",)),
     ("models", ("dynexit.models", "dynexit.layers", "dynexit.flops")),
