@@ -15,7 +15,7 @@ from dynexit.cli.args import (UsageError, budget_arg, data_arg, directory_arg, e
                               positive_ints_arg, thresholds_arg)
 
 
-def _check_model_name(args) -> None:
+def check_model_name(args) -> None:
     """A zoo name, an existing checkpoint, or (with --untrained) an architecture; cheap, before any load."""
     from dynexit import zoo
 
@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
 
 def cmd_table(args) -> int:
     """Run ``--model`` over ``--split`` and write its ExitTable (.npz); print which weights ran."""
-    _check_model_name(args)
+    check_model_name(args)
     dataset, root = _data(args, args.split)
     from dynexit.tables import build_table
     from dynexit.zoo import describe_weights
@@ -111,7 +111,7 @@ def cmd_bench(args) -> int:
 
     if (args.budget is None) == (args.thresholds is None):
         raise UsageError("give either --budget B (average MFLOPs per image) or --thresholds T1,T2,...")
-    _check_model_name(args)
+    check_model_name(args)
     dataset, root = _data(args, "test")
     # run_bench checks all of it (the budget against the checkpoint's declared costs) before it loads a model
     request = dict(budget=args.budget, thresholds=args.thresholds, criterion=args.criterion, val_table=args.val_table,
@@ -164,7 +164,7 @@ def _add_train(sub) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def _model_args(p) -> None:
+def model_args(p) -> None:
     """--model (a zoo name or a checkpoint) and --untrained (an architecture with random weights)."""
     p.add_argument("--model", required=True,
                    help="zoo model name (runs its shipped weights, e.g. dvt_fmnist), or a checkpoint "
@@ -181,7 +181,7 @@ def _add_table(sub) -> None:
                        description="Write the ExitTable (.npz) of a model on a dataset's val or test split; "
                                    "streams through a DataLoader, resumes an interrupted run, and under torchrun "
                                    "shards the split across processes and gathers one table.")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--split", choices=("val", "test"), required=True)
     p.add_argument("--out", type=output_file(".npz"), required=True, help="output .npz path (its folder must exist)")
     p.add_argument("--batch-size", type=positive_int_arg, default=256)
@@ -205,7 +205,7 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="time the full model against real early exit (CPU)",
                        description="Fit thresholds on val for a budget, then time full vs early-exit "
                                    "inference on the test images at batch 256 and 1.")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--budget", type=budget_arg, default=None,
                    help="average MFLOPs per image, at least the first exit's cost (at or above the last exit's "
                         "cost every image may run the whole network)")

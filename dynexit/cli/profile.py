@@ -58,9 +58,9 @@ def format_profile(prof: dict, mflops) -> str:
 
 def cmd_profile(args) -> int:
     """Measure ``--model``'s per-exit latency, write the profile JSON, print the per-exit table."""
-    from dynexit.cli.models import _check_model_name
+    from dynexit.cli.models import check_model_name
 
-    _check_model_name(args)
+    check_model_name(args)
     if args.untrained and not args.out:
         raise UsageError("an untrained model has no weights file to store its profile beside: give --out FILE.json")
     device = _device(args.device)
@@ -82,14 +82,14 @@ def cmd_profile(args) -> int:
 
 def add_commands(sub) -> None:
     """Register ``profile`` on an argparse subparsers object."""
-    from dynexit.cli.models import _model_args
+    from dynexit.cli.models import model_args
 
     p = sub.add_parser("profile", help="measure each exit's latency (ms per image) on this machine",
                        description="Time every exit of a model (the staged path up to and including it) at batch 1 "
                                    "and --batch-size, with warm-up and CUDA synchronisation, and write "
                                    "NAME.profile.json beside its weights: budgets in milliseconds for the solvers, "
                                    "the app and the anytime view.")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--batch-size", type=positive_int_arg, default=64, help="the batch size timed besides 1 (default 64)")
     p.add_argument("--threads", type=positive_int_arg, default=None, help="torch CPU threads (default: torch's setting)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
