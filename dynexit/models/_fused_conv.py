@@ -82,19 +82,20 @@ def _leaves(seq: nn.Sequential):
             yield seq, name, m
 
 
-def fuse_relu(model: nn.Module) -> int:
+def fuse_relu(model: nn.Module, skip=()) -> int:
     """Fuse, in place, the ReLU after every bias-carrying conv of an ``nn.Sequential`` chain (identity
     layers in between skipped) and every folded timm ``BasicBlock``; returns how many. Call it after
-    BatchNorm folding, in eval mode."""
+    BatchNorm folding, in eval mode. Modules inside a module of a type in ``skip`` are left alone."""
     if not fused_available():
         return 0
+    skipped = {id(d) for m in model.modules() if isinstance(m, tuple(skip)) for d in m.modules()}
     n = 0
-    for parent in list(model.modules()):
+    for parent in [m for m in model.modules() if id(m) not in skipped]:
         for name, child in list(parent.named_children()):
             if _basic_block_fusable(child):
                 setattr(parent, name, FusedBasicBlock(child))
                 n += 1
-    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
+    for seq in [m for m in model.modules() if type(m) is nn.Sequential and id(m) not in skipped]:
         leaves = [leaf for leaf in _leaves(seq) if not isinstance(leaf[2], nn.Identity)]
         for (pc, nc, conv), (pr, nr, relu) in zip(leaves, leaves[1:]):
             if _plain(conv) and type(relu) is nn.ReLU and getattr(pc, nc) is conv:
