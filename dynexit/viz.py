@@ -184,7 +184,9 @@ def confidence_trace(confidence: Sequence[float], thresholds: Sequence[float], e
                          marker_color=[ORACLE if r is None else RIGHT if r else WRONG for r in right],
                          marker_line=dict(color=CURRENT, width=[3 if k == exit_taken else 0 for k in range(len(names))]),
                          text=[f"{p}{'' if r is None or r else ' (wrong)'}" for p, r in zip(predictions, right)],
-                         textposition="outside",
+                         # inside the bar, at its top: outside, the label collided with the threshold marks
+                         textposition="inside", insidetextanchor="end", textangle=0,
+                         textfont=dict(color="white"),
                          hovertemplate="%{x}: %{y:.3f}<br>predicts %{text}<extra></extra>"))
     th = [None if t is None or not np.isfinite(t) else float(t) for t in thresholds]
     fig.add_trace(go.Scatter(x=names, y=th, mode="markers+lines", name="threshold", line=dict(color=CURRENT, dash="dot"),
@@ -357,8 +359,8 @@ def speedup_bars(models: Sequence[str], series: Mapping[str, Sequence[float]], t
     fig = go.Figure([go.Bar(x=list(models), y=list(v), name=label, marker_color=color(i),
                             text=[f"{x:.2f}x" if x == x else "" for x in v], textposition="outside")
                      for i, (label, v) in enumerate(series.items())])
-    fig.add_hline(y=1.0, line=dict(color=CURRENT, dash="dot"), annotation_text="no speedup", annotation_position="top left")
+    fig.add_hline(y=1.0, line=dict(color=CURRENT, dash="dot"))  # named in the axis title: a label here hid bars
     fig.update_layout(barmode="group")
     fig.update_xaxes(title="model")
-    fig.update_yaxes(title="speedup over the full model (x)", rangemode="tozero")
+    fig.update_yaxes(title="speedup over the full model (x; dotted: 1x)", rangemode="tozero")
     return _layout(fig, title, height=360)

@@ -75,12 +75,21 @@ def _numbers(results: dict, deadline: Deadline, how: str, budget: float):
                + f" Budgeted rule: {solver} at {budget:g} {unit} per image (the sidebar's budget).")
 
 
+LEGEND_ON_TOP = dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0)  # clear of the x-axis title
+
+
 def _shares(results: dict):
-    labels = ["no answer"] + [f"{k + 1}. {n}" for k, n in enumerate(names)]
+    # short tick labels (exit numbers, as in the explorer's tabs) stay horizontal on a half-width column;
+    # the hover gives each exit's name
+    labels = ["none"] + [str(k + 1) for k in range(len(names))]
+    full = ["no exit finished"] + [f"exit {k + 1}: {n}" for k, n in enumerate(names)]
     df = pd.DataFrame({POLICIES[k]: np.round(100 * r.answer_share, 1) for k, r in results.items()}, index=labels)
-    fig = go.Figure([go.Bar(x=labels, y=df[col], name=col, marker_color=viz.color(i))
+    fig = go.Figure([go.Bar(x=labels, y=df[col], name=col, marker_color=viz.color(i), customdata=full,
+                            hovertemplate="%{customdata}: %{y:.1f}%<extra>" + col + "</extra>")
                      for i, col in enumerate(df.columns)])
-    fig.update_layout(barmode="group", height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+    fig.layout.template = viz.TEMPLATE
+    fig.update_layout(barmode="group", height=380, margin=dict(l=10, r=10, t=80, b=10), legend=LEGEND_ON_TOP)
+    fig.update_xaxes(title="answering exit (hover for its name)")
     fig.update_yaxes(title="share of answers (%)")
     st.plotly_chart(fig, width="stretch", key="deadline_shares")
 
@@ -92,10 +101,11 @@ def _fixed_curves(exits, deadline: Deadline):
     sample = deadline.sample(400, seed=0)
     fig.add_trace(go.Histogram(x=sample, name="deadlines (a sample)", yaxis="y2", opacity=0.25, marker_color="gray",
                                histnorm="probability"))
-    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"),
+    fig.layout.template = viz.TEMPLATE
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=80, b=10), legend=LEGEND_ON_TOP,
+                      yaxis=dict(title="accuracy (%)"),  # the histogram's axis (y2) has no title nor ticks
                       yaxis2=dict(overlaying="y", side="right", showgrid=False, showticklabels=False))
     fig.update_xaxes(title=f"fixed deadline ({unit} per image)", range=[0, float(curves["deadlines"][-1])])
-    fig.update_yaxes(title="accuracy (%)")
     st.plotly_chart(fig, width="stretch", key="deadline_curves")
 
 

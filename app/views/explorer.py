@@ -77,7 +77,8 @@ def _curve_and_histogram(view):
     left, right = st.columns([3, 2])
     with left:
         st.subheader("Accuracy vs budget")
-        st.caption("The line: this solver at 12 budgets. Diamonds: each exit on its own (every image stops there). "
+        st.caption("A single exit: one point, every image pays the full cost (the star)." if static else
+                   "The line: this solver at 12 budgets. Diamonds: each exit on its own (every image stops there). "
                    "Dashed: the oracle, which knows the labels and sends each image to its first right exit, the "
                    "best any threshold policy could do. The star is the budget you chose.")
         anytime = {"single exits": (test.costs, test.exit_accuracy(), names)}

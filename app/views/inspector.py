@@ -124,6 +124,22 @@ def _exit_table(view, k: int):
 
 budget_dependent()
 
+def _grid_words(title: str, maps: dict) -> str:
+    """What the "(7x7)" in a map's title means: the grid it is drawn on, and how many pixels a cell covers."""
+    import re
+
+    grids = sorted({(int(h), int(w)) for key in maps for h, w in re.findall(r"\((\d+)x(\d+)\)", key)}, reverse=True)
+    if not grids:
+        return ""
+    h, w = img.shape
+    what = {"x2z": "the stage's feature map, average-pooled to a small grid before the latent code reads it "
+                   "(attention over a 7x7 grid is cheap whatever the image size)",
+            "z2x": "the stage's own feature map, which gets smaller the deeper the CNN goes"}.get(
+        title.split(":")[0], "the token grid of that part of the model")
+    cells = "; ".join(f"on {gh}x{gw} a cell covers about {h / gh:.0f}x{w / gw:.0f} pixels" for gh, gw in grids)
+    return f" In brackets, each map's grid: {what}. The maps are stretched over the {h}x{w} image ({cells})."
+
+
 def where_it_looks():
     """The model's attention on this image (nothing for a CNN: the attribution below still works)."""
     st.subheader("Where the model looks")
@@ -134,7 +150,7 @@ def where_it_looks():
         st.caption(f"{name} has no attention layers (it is a CNN); the attribution below shows which pixels matter.")
     for v in views:
         st.markdown(f"**{v.title}**")
-        st.caption(v.description)
+        st.caption(v.description + _grid_words(v.title, v.maps))
         st.plotly_chart(viz.attention_overlays(img, v.maps, size=170), width="stretch", key=f"attn_{v.title}")
 
 

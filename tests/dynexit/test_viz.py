@@ -70,13 +70,14 @@ def test_per_exit_accuracy_and_speedup_bars():
     assert _titles(fig) == ("cumulative MFLOPs per image at the exit", "accuracy when every image stops here (%)")
     bars = viz.speedup_bars(["dp", "cnn"], {"batch 1": [2.0, 1.5], "batch 256": [1.8, 1.2]})
     assert [t.name for t in bars.data] == ["batch 1", "batch 256"] and list(bars.data[0].x) == ["dp", "cnn"]
-    assert _titles(bars) == ("model", "speedup over the full model (x)")
+    assert _titles(bars) == ("model", "speedup over the full model (x; dotted: 1x)")
 
 
 def test_confidence_trace_marks_the_exit_taken():
     fig = viz.confidence_trace([0.2, 0.5, 0.9, 0.95], [0.6, 0.7, 0.8], EXITS, exit_taken=2,
                                predictions=["Bag", "Bag", "Coat", "Coat"], right=[False, False, True, None])
     assert fig.data[0].x[2] == "<b>cnn_head</b><br><b>leaves here</b>" and fig.data[0].x[0] == "latent_stage3"
+    assert fig.data[0].textposition == "inside"  # not above the bar, where the threshold marks are
     assert list(fig.data[0].text) == ["Bag (wrong)", "Bag (wrong)", "Coat", "Coat"]
     assert list(fig.data[0].marker.color) == [viz.WRONG, viz.WRONG, viz.RIGHT, viz.ORACLE]
     assert _titles(fig) == ("exit", "confidence")
