@@ -83,7 +83,7 @@ def check_fit_table(val_table, test_table=None, val_name="the val table", test_n
 
 def check_request(model, budget=None, thresholds=None, criterion: str = "max_prob", val_table=None,
                   limit=None, batch_sizes=(256, 1), batch1_limit: int = 300, repeats: int = 3, threads=None,
-                  data_root=None, json_path=None):
+                  data_root=None, json_path=None, dataset: str = "fashion-mnist"):
     """Every check of :func:`run_bench` that needs no model; returns ``(costs or None, val table or None)``.
 
     ``costs``: the cumulative per-exit MFLOPs, from the val table or the checkpoint's sidecar when
@@ -116,9 +116,13 @@ def check_request(model, budget=None, thresholds=None, criterion: str = "max_pro
         _positive_int("every batch size", b)
     if json_path is not None:
         check_output_path(json_path)
-    check_fashion_mnist_source("test", data_root)  # --data-root, else a set DYNEXIT_DATA: checked strictly
-    if data_root is not None and thresholds is None and val_table is None:
-        check_fashion_mnist_source("val", data_root)  # (without a root, a shipped val table may serve)
+    if dataset == "fashion-mnist":
+        check_fashion_mnist_source("test", data_root)  # --data-root, else a set DYNEXIT_DATA: checked strictly
+        if data_root is not None and thresholds is None and val_table is None:
+            check_fashion_mnist_source("val", data_root)  # (without a root, a shipped val table may serve)
+    else:
+        from dynexit.data import get_dataset
+        get_dataset(dataset, data_root)  # an unknown name or missing files fail here, before any model loads
     val_name = "the val table"
     if isinstance(val_table, (str, os.PathLike)):
         from dynexit.table import ExitTable
@@ -176,7 +180,8 @@ def _shipped_val_table(source):
     return table if table.meta.get("checkpoint_sha256") == source["sha256"] else None
 
 
-def _fit_on_val(model, source, val_table, data_root, budget, solver, criterion) -> tuple:
+def _fit_on_val(model, source, val_table, data_root, budget, solver, criterion,
+                dataset: str = "fashion-mnist") -> tuple:
     """Thresholds fitted on val for ``budget``: ``(thresholds (K,), criterion, what to record)``.
 
     The val table: ``val_table``, else the zoo's shipped one of these exact weights (no ``data_root``),
@@ -186,12 +191,12 @@ def _fit_on_val(model, source, val_table, data_root, budget, solver, criterion) 
     from dynexit.tables import build_table
 
     notes: dict = {}
-    if val_table is None and data_root is None:
+    if val_table is None and data_root is None and dataset == "fashion-mnist":
         val_table = _shipped_val_table(source)
         if val_table is not None:
             notes["val_table"] = str(zoo.table_path(source["zoo"], "val"))
     if val_table is None:
-        val_table = build_table(model, "val", data_root=data_root)
+        val_table = build_table(model, "val", dataset=dataset, data_root=data_root)
     if val_table.num_exits != model.num_exits:
         raise ValueError(f"val table has {val_table.num_exits} exits, the model {model.num_exits}")
     thresholds, criterion, fitted = fit_thresholds(val_table, budget, solver, criterion)
@@ -205,7 +210,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
               criterion: str = "max_prob", val_table=None, limit: int | None = None, batch_sizes=(256, 1),
               batch1_limit: int = 300, repeats: int = 3, threads: int | None = None, data_root=None,
               json_path: str | None = None, *, untrained: bool = False, model_name: str | None = None,
-              optimize: bool = True) -> dict:
+              optimize: bool = True, dataset: str = "fashion-mnist") -> dict:
     """The whole benchmark: check the request, resolve the model, fit thresholds on val (unless given), time on test.
 
     The val table: ``val_table`` (an ExitTable or its path), else a zoo model's shipped val table
@@ -218,12 +223,13 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     against the costs in the val table or the checkpoint's sidecar when they exist. The result's
     ``"model"`` is ``model_name``, else the name given, else the architecture; ``"weights"`` says
     which weights ran. ``optimize``: time :func:`dynexit.models.optimize_for_inference`'s copy (for
-    the full model and early exit alike; the costs stay the model's). ValueError for any bad argument or file.
+    the full model and early exit alike; the costs stay the model's). ``dataset``: a name of
+    :func:`dynexit.data.get_dataset` (val and test come from it). ValueError for any bad argument or file.
     """
     from dynexit import zoo
 
     costs, val_table = check_request(model, budget, thresholds, criterion, val_table, limit, batch_sizes,
-                                     batch1_limit, repeats, threads, data_root, json_path)
+                                     batch1_limit, repeats, threads, data_root, json_path, dataset)
     from dynexit.tables import load_split_images  # torch: only once the request is sound
 
     named = isinstance(model, (str, os.PathLike))
@@ -234,12 +240,14 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
         check_model_costs(model.exit_costs(), budget, thresholds)
     info: dict = {"model": name, "weights": source if source is not None else "in memory (not loaded from a file by dynexit)"}
     if thresholds is None:
-        thresholds, criterion, notes = _fit_on_val(model, source, val_table, data_root, budget, solver, criterion)
+        thresholds, criterion, notes = _fit_on_val(model, source, val_table, data_root, budget, solver, criterion,
+                                                   dataset)
         info.update(notes)
     else:
         info.update(budget_mflops=None, solver="given thresholds")
     info["criterion"] = criterion if isinstance(criterion, str) else type(criterion).__name__
-    images, labels, info["test_data"] = load_split_images("test", data_root=data_root, limit=limit, return_source=True)
+    images, labels, info["test_data"] = load_split_images("test", dataset, data_root=data_root, limit=limit,
+                                                          return_source=True)
     result = {**info, **benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit,
                                   repeats, threads, optimize=optimize)}
     if json_path:

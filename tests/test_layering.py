@@ -22,6 +22,7 @@ VIEWER = ["app", "dynexit.viz", "dynexit.report", "dynexit.zoo", "dynexit.zoo.ca
           "dynexit.table"]
 # building: trains models or builds tables; the viewer side opens what it made
 TRAINING = ("dynexit.training", "dynexit.zoo.reproduce", "dynexit.tables", "dynexit.cli", "dynexit.bench",
+            "dynexit.bench_timing", "dynexit.tables_stream",
             "dynexit.testing")
 # an import the static reading cannot follow: refused on the viewer side
 DYNAMIC_NAMES = {"import_module", "__import__", "exec", "eval", "run_module", "run_path"}   # f(...)
