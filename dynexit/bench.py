@@ -81,6 +81,18 @@ def check_fit_table(val_table, test_table=None, val_name="the val table", test_n
         raise ValueError(f"{val_name} and {test_name} are the same table; {FIT_ON_TEST}")
 
 
+def _check_data(dataset: str, data_root, val_needed: bool) -> None:
+    """The test split (and val, when it must be built) can be read; ValueError naming what is missing."""
+    from dynexit.data import check_fashion_mnist_source, get_dataset
+
+    if dataset != "fashion-mnist":
+        get_dataset(dataset, data_root)  # an unknown name or missing files fail here, before any model loads
+        return
+    check_fashion_mnist_source("test", data_root)  # --data-root, else a set DYNEXIT_DATA: checked strictly
+    if data_root is not None and val_needed:
+        check_fashion_mnist_source("val", data_root)  # (without a root, a shipped val table may serve)
+
+
 def check_request(model, budget=None, thresholds=None, criterion: str = "max_prob", val_table=None,
                   limit=None, batch_sizes=(256, 1), batch1_limit: int = 300, repeats: int = 3, threads=None,
                   data_root=None, json_path=None, dataset: str = "fashion-mnist"):
@@ -90,8 +102,6 @@ def check_request(model, budget=None, thresholds=None, criterion: str = "max_pro
     they can be read without building the model. ValueError for the first problem found.
     """
     from dynexit import criteria, zoo
-    from dynexit.data import check_fashion_mnist_source
-
     if thresholds is None:
         if budget is None:
             raise ValueError("give a budget (average MFLOPs per image) or explicit thresholds")
@@ -116,13 +126,7 @@ def check_request(model, budget=None, thresholds=None, criterion: str = "max_pro
         _positive_int("every batch size", b)
     if json_path is not None:
         check_output_path(json_path)
-    if dataset == "fashion-mnist":
-        check_fashion_mnist_source("test", data_root)  # --data-root, else a set DYNEXIT_DATA: checked strictly
-        if data_root is not None and thresholds is None and val_table is None:
-            check_fashion_mnist_source("val", data_root)  # (without a root, a shipped val table may serve)
-    else:
-        from dynexit.data import get_dataset
-        get_dataset(dataset, data_root)  # an unknown name or missing files fail here, before any model loads
+    _check_data(dataset, data_root, val_needed=thresholds is None and val_table is None)
     val_name = "the val table"
     if isinstance(val_table, (str, os.PathLike)):
         from dynexit.table import ExitTable
