@@ -184,8 +184,9 @@ def confidence_trace(confidence: Sequence[float], thresholds: Sequence[float], e
                          marker_color=[ORACLE if r is None else RIGHT if r else WRONG for r in right],
                          marker_line=dict(color=CURRENT, width=[3 if k == exit_taken else 0 for k in range(len(names))]),
                          text=[f"{p}{'' if r is None or r else ' (wrong)'}" for p, r in zip(predictions, right)],
-                         # inside the bar, at its top: outside, the label collided with the threshold marks
-                         textposition="inside", insidetextanchor="end", textangle=0,
+                         # inside the bar, at its foot: above the bar or at its top, the label collided with
+                         # the threshold marks, which sit near the bars' tops
+                         textposition="inside", insidetextanchor="start", textangle=0,
                          textfont=dict(color="white"),
                          hovertemplate="%{x}: %{y:.3f}<br>predicts %{text}<extra></extra>"))
     th = [None if t is None or not np.isfinite(t) else float(t) for t in thresholds]

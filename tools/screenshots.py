@@ -71,7 +71,7 @@ def sample_upload() -> bytes:
 
 
 def take(out: Path, full: bool = True) -> list[Path]:
-    """Serve the app, screenshot its four pages into the folder ``out``; the PNG files written.
+    """Serve the app, screenshot its five pages into the folder ``out``; the files written (PNGs, then MANIFEST.json).
 
     ``full`` adds each whole page (``PAGE_full.png``). RuntimeError when the server does not start or
     no Chromium is found (see ``tools/browser.py``).
@@ -106,6 +106,8 @@ def take(out: Path, full: bool = True) -> list[Path]:
         browser.wait_idle(page)
         page.locator('[data-testid="stMain"]').evaluate("e => e.scrollTo(0, 0)")
         save("inspector")
+        page.goto(f"{url}/deadlines", wait_until="networkidle")
+        save("deadlines")
         page.goto(f"{url}/compare", wait_until="networkidle")
         save("compare")
         page.goto(f"{url}/upload", wait_until="networkidle")

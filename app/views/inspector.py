@@ -90,8 +90,8 @@ def budget_dependent():
                                    criterion=score_name)
         st.plotly_chart(fig, width="stretch", key="trace")
         st.caption("Bars: this image's exit score at every exit (blue: that exit is right, orange: wrong), with the "
-                   "exit's prediction on top. Dotted: the thresholds at this budget. The image leaves at the first exit "
-                   "whose bar reaches its threshold; the last exit takes everyone left.")
+                   "exit's prediction written in the bar. Dotted: the thresholds at this budget. The image leaves at "
+                   "the first exit whose bar reaches its threshold; the last exit takes everyone left.")
     _exit_table(view, k)
 
 
