@@ -35,9 +35,11 @@ sys.path.insert(0, str(ROOT))  # tools/ is not installed
 SHOWN_TARGET_MS, FINISHED_TARGET_MS = 100.0, 300.0
 CAPTION = "[data-testid=stCaption], [data-testid=stCaptionContainer]"
 
-# Runs in the page: resolves with {shown, finished} in ms after the key press that follows it.
-WATCH = """([caption, before]) => new Promise(resolve => {
-  const t0 = performance.now(); const out = {shown: null, finished: null}; let running = false;
+# Runs in the page, returns at once: fills window.__move with {shown, finished}, in ms after the key press
+# that follows it (done: true when the run is over, or after 30 s).
+WATCH = """([caption, before]) => {
+  const t0 = performance.now(); const out = {shown: null, finished: null, done: false}; let running = false;
+  window.__move = out; const resolve = () => { out.done = true; };
   const app = document.querySelector('[data-testid="stApp"]');
   const check = () => {
     const state = app.dataset.testScriptState;
@@ -59,7 +61,7 @@ WATCH = """([caption, before]) => new Promise(resolve => {
   const frame = () => { if (!check()) requestAnimationFrame(frame); };
   requestAnimationFrame(frame);
   setTimeout(() => { observer.disconnect(); resolve(out); }, 30000);
-})"""
+}"""
 
 
 def _caption(page) -> str:
@@ -90,9 +92,10 @@ def measure(moves: int = 24, model: str | None = None) -> dict:
             for i in range(moves + 2):  # the first two moves warm up (curve, caches): not counted
                 before = _caption(page)
                 slider.focus()
-                watch = page.evaluate_handle(WATCH, [CAPTION, before])
+                page.evaluate(WATCH, [CAPTION, before])
                 page.keyboard.press("ArrowRight" if (i // 6) % 2 == 0 else "ArrowLeft")
-                times = watch.json_value()
+                page.wait_for_function("() => window.__move.done", timeout=60_000)
+                times = page.evaluate("() => window.__move")
                 browser.wait_idle(page, settle_ms=300)
                 if i >= 2 and times["finished"] is not None:
                     shown.append(times["shown"])
