@@ -19,7 +19,7 @@ Carlo):
 
 Before the first exit finishes there is no answer. ``no_answer="wrong"`` (default) counts it as
 wrong; ``no_answer="prior"`` answers the most frequent class of ``prior_labels`` (e.g. the
-validation labels), which is right for that class's share of images.
+validation labels), which is right for that class's share of images (with ``"wrong"`` they are not read).
 
 Costs are the table's MFLOPs per exit, or any other cumulative per-exit cost in the deadline's unit
 (``costs=``, e.g. milliseconds measured on the user's hardware).
@@ -58,10 +58,14 @@ class Deadline:
             raise ValueError(f"a {kind} deadline takes {', '.join(need[kind])}; got {', '.join(params) or 'nothing'}")
         values = {}
         for name, value in params.items():
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                number = math.nan
             if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-                    or not math.isfinite(value):
+                    or not math.isfinite(number):
                 raise ValueError(f"deadline {name} must be a finite number, got {value!r}")
-            values[name] = float(value)
+            values[name] = number
         if kind == "uniform" and values["low"] > values["high"]:
             raise ValueError(f"uniform deadline: low {values['low']:g} is above high {values['high']:g}")
         if kind == "normal" and values["std"] <= 0:
@@ -123,19 +127,28 @@ def _exit_probabilities(survival: np.ndarray) -> np.ndarray:
 
 
 def _setup(table, deadline: Deadline, costs, no_answer: str, prior_labels):
-    costs = table.costs if costs is None else np.asarray(costs, dtype=np.float64)
-    if costs.shape != (table.num_exits,) or not np.all(np.isfinite(costs)) or np.any(np.diff(costs) < 0):
-        raise ValueError(f"costs must be {table.num_exits} finite, non-decreasing cumulative per-exit costs, "
-                         f"got {np.asarray(costs).tolist()}")
+    if not hasattr(table, "correct") or not hasattr(table, "costs"):
+        raise ValueError(f"table must be a dynexit ExitTable, got {type(table).__name__}")
+    try:
+        costs = table.costs if costs is None else np.asarray(costs, dtype=np.float64)
+    except (TypeError, ValueError):
+        costs = np.array([np.nan])
+    if costs.shape != (table.num_exits,) or not np.all(np.isfinite(costs)) or np.any(costs <= 0) \
+            or np.any(np.diff(costs) < 0):
+        raise ValueError(f"costs must be {table.num_exits} finite, positive, non-decreasing cumulative per-exit "
+                         f"costs, got {np.asarray(costs).tolist()}")
     if not isinstance(deadline, Deadline):
         raise ValueError(f"deadline must be a dynexit.anytime.Deadline (Deadline.make(kind, ...)), got "
                          f"{type(deadline).__name__}")
     if no_answer == "wrong":
         prior_right = np.zeros(table.num_samples, dtype=bool)
     elif no_answer == "prior":
-        if prior_labels is None or len(prior_labels) == 0:
-            raise ValueError("no_answer='prior' needs prior_labels (e.g. the validation table's labels)")
-        majority = np.bincount(np.asarray(prior_labels, dtype=np.int64)).argmax()
+        prior = np.asarray([] if prior_labels is None else prior_labels)
+        if prior.ndim != 1 or prior.size == 0 or not np.issubdtype(prior.dtype, np.integer) \
+                or prior.min() < 0 or prior.max() >= table.num_classes:
+            raise ValueError(f"no_answer='prior' needs prior_labels: integer class labels in 0..{table.num_classes - 1} "
+                             "(e.g. the validation table's labels)")
+        majority = np.bincount(prior).argmax()
         prior_right = table.labels == majority
     else:
         raise ValueError(f"no_answer must be 'wrong' or 'prior', got {no_answer!r}")

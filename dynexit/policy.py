@@ -219,8 +219,15 @@ class ExitRule:
     def _check_costs(self, table) -> None:
         """Thresholds mean nothing on another network: refuse a table whose exit costs (in the same
         unit) differ from those of the table the rule was fitted on."""
-        unit = table.meta.get("costs_unit", "MFLOPs")
-        if self.costs is None or self.meta.get("costs_unit", "MFLOPs") != unit:
+        unit, fitted_unit = table.meta.get("costs_unit", "MFLOPs"), self.meta.get("costs_unit", "MFLOPs")
+        if fitted_unit != unit:
+            raise ValueError(f"this rule was fitted on costs in {fitted_unit}, this table's are in {unit}: fit a rule "
+                             f"on a validation table in {unit}")
+        classes = self.meta.get("num_classes")
+        if classes is not None and classes != table.num_classes:
+            raise ValueError(f"this rule was fitted on a table of {classes} classes, this table has "
+                             f"{table.num_classes}: it belongs to another model")
+        if self.costs is None:
             return
         if not np.allclose(table.costs, self.costs, rtol=1e-6, atol=0):
             fitted = self.meta.get("model")

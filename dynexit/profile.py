@@ -143,14 +143,21 @@ def validate(profile, where: str = "profile") -> None:
 def exit_costs_ms(profile: dict, batch_size: int | None = None) -> np.ndarray:
     """(K,) cumulative ms per image at ``batch_size`` (default: the largest measured).
 
-    Made non-decreasing (an exit cannot finish before the one before it; timing noise can say so).
-    Raises ValueError for a batch size the profile did not measure.
+    An exit cannot finish before the one before it: a dip of up to 10% (timing noise) is smoothed
+    away (each cost raised to the largest before it); a larger one means the measurement is not to be
+    trusted and raises ValueError, as does a batch size the profile did not measure.
     """
     batches = profile["batches"]
     key = str(max(int(b) for b in batches) if batch_size is None else int(batch_size))
     if key not in batches:
         raise ValueError(f"the profile measured batch sizes {', '.join(sorted(batches, key=int))}, not {key}")
-    return np.maximum.accumulate(np.asarray(batches[key]["median_ms"], dtype=np.float64))
+    measured = np.asarray(batches[key]["median_ms"], dtype=np.float64)
+    smoothed = np.maximum.accumulate(measured)
+    if np.any(measured < 0.9 * smoothed):
+        raise ValueError(f"at batch {key} the measured latencies fall with depth ({np.round(measured, 3).tolist()} ms): "
+                         "the machine was too busy to measure; measure again on a quiet machine with a larger "
+                         "--min-time")
+    return smoothed
 
 
 def with_costs(table, profile: dict, batch_size: int | None = None):

@@ -52,11 +52,16 @@ class ExitTable:
     """
 
     def __init__(self, logits, labels, costs, exit_names=None, index=None, meta=None, cost_unit=None):
+        given = (logits, labels, costs, index)
         logits = check_logits(logits)
         n, k, c = logits.shape
         labels = check_labels(labels, n, c)
         costs = check_costs(costs, k)
         index = check_index(index, n)
+        # the table is read-only; a caller's own writable array is copied, never frozen or shared
+        logits, labels, costs, index = (
+            arr.copy() if isinstance(src, np.ndarray) and src.flags.writeable and np.may_share_memory(arr, src) else arr
+            for arr, src in zip((logits, labels, costs, index), given))
         for arr in (logits, labels, costs, index):
             arr.setflags(write=False)
         self.logits, self.labels, self.costs, self.index = logits, labels, costs, index

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,10 @@ def _load_partial(path: Path | None, key: str):
             if str(f["key"][()]) != key:
                 print(f"{path}: made with other arguments; starting afresh", file=sys.stderr)
                 return None
-            return f["logits"], f["labels"]
-    except (OSError, ValueError, KeyError) as err:
+            logits, labels = f["logits"], f["labels"]
+        print(f"{path}: resuming after {len(labels)} images", file=sys.stderr)
+        return logits, labels
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         print(f"{path}: unreadable partial results ({err}); starting afresh", file=sys.stderr)
         return None
 

@@ -65,21 +65,22 @@ def cmd_solve(args) -> int:
     val, test = _pair(args)
     try:
         solver = solvers.make(args.solver, args.budget, _criterion(args)).fit(val)
+        result, score = solver.evaluate(test), solver.rule_.score_name  # refuses a test table of another model
     except ValueError as err:
         raise UsageError(str(err)) from None
-    result, score = solver.evaluate(test), solver.rule_.score_name
+    unit = test.meta.get("costs_unit", "MFLOPs")
     oracle = metrics.oracle(test)
     print(f"model        {test.meta.get('model', '?')}  ({test.num_samples} test samples, {test.num_exits} exits)")
-    print(f"solver       {args.solver}  score {score}  budget {args.budget:.4g} MFLOPs")
+    print(f"solver       {args.solver}  score {score}  budget {args.budget:.4g} {unit}")
     print(f"thresholds   {_fmt(solver.thresholds_)}")
-    print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} MFLOPs"
+    print(f"val          accuracy {solver.expected_accuracy_:.4f}  mean cost {solver.expected_cost_:.4g} {unit}"
           + (f"  ({result.spending_note()})" if result.spending_note() else ""))
-    print(f"test         accuracy {result.accuracy:.4f}  mean cost {result.mean_cost:.4g} MFLOPs  "
+    print(f"test         accuracy {result.accuracy:.4f}  mean cost {result.mean_cost:.4g} {unit}  "
           f"speedup {result.speedup:.2f}x  (final exit {test.exit_accuracy()[-1]:.4f} at {test.costs[-1]:.4g})")
-    print(f"oracle       accuracy {oracle.accuracy:.4f}  mean cost {oracle.mean_cost:.4g} MFLOPs")
+    print(f"oracle       accuracy {oracle.accuracy:.4f}  mean cost {oracle.mean_cost:.4g} {unit}")
     print("exit histogram (test):")
     for name, cost, count, right in zip(test.exit_names, test.costs, result.histogram, result.histogram_correct):
-        print(f"  {name:>12s}  {cost:10.4g} MFLOPs  {count:6d} samples  {right:6d} right")
+        print(f"  {name:>12s}  {cost:10.4g} {unit}  {count:6d} samples  {right:6d} right")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, score=score,
                                                    budget=args.budget), indent=2))

@@ -133,7 +133,7 @@ class BaseSolver(BaseEstimator):
         self.rule_ = ExitRule(thresholds, self.criterion, {
             "solver": type(self).__name__, "budget": self.budget_, "expected_cost_on_fit_table": self.expected_cost_,
             "expected_accuracy_on_fit_table": self.expected_accuracy_, **source,
-            "costs_unit": table.meta.get("costs_unit", "MFLOPs")}, table.costs)
+            "costs_unit": table.meta.get("costs_unit", "MFLOPs"), "num_classes": table.num_classes}, table.costs)
         return self
 
     def evaluate(self, table) -> ExitResult:

@@ -122,3 +122,16 @@ def test_bad_inputs_are_refused(table):
         anytime.anytime(table, d, no_answer="guess")
     with pytest.raises(ValueError, match="Deadline"):
         anytime.anytime(table, 5.0)
+
+
+def test_more_bad_inputs_are_refused(table):
+    d = Deadline.make("fixed", at=5.0)
+    with pytest.raises(ValueError, match="finite number"):
+        Deadline.make("fixed", at=10 ** 400)
+    with pytest.raises(ValueError, match="positive"):
+        anytime.anytime(table, d, costs=[-1.0, 2.0, 3.0, 4.0])
+    for prior in ([1.7], [99], [-1]):
+        with pytest.raises(ValueError, match="integer class labels"):
+            anytime.anytime(table, d, no_answer="prior", prior_labels=np.array(prior))
+    with pytest.raises(ValueError, match="ExitTable"):
+        anytime.anytime(None, d)

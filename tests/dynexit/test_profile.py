@@ -13,7 +13,12 @@ from _tiny_models import tiny
 @pytest.fixture(scope="module")
 def measured():
     model = tiny("multiexit_cnn").eval()
-    return model, profile.measure(model, batch_sizes=(1, 4), min_run_time=0.01, threads=1)
+    prof = profile.measure(model, batch_sizes=(1, 4), min_run_time=0.01, threads=1)
+    # timings on a shared CI CPU can fall with depth (refused, see below); the other tests check the
+    # plumbing, not this machine: the measured medians, put in depth order
+    for entry in prof["batches"].values():
+        entry["median_ms"] = sorted(entry["median_ms"])
+    return model, prof
 
 
 def test_a_profile_has_every_exit_at_every_batch_size(measured):
@@ -76,3 +81,14 @@ def test_with_costs_gives_a_table_in_milliseconds(measured):
     renamed = ExitTable(logits, labels, flops.costs, [f"e{k}" for k in range(model.num_exits)])
     with pytest.raises(ValueError, match="not the table's"):
         profile.with_costs(renamed, prof)
+
+
+def test_latencies_that_fall_with_depth_are_refused_not_flattened(measured):
+    _, prof = measured
+    noisy = json.loads(json.dumps(prof))
+    k = len(noisy["batches"]["4"]["median_ms"])
+    noisy["batches"]["4"]["median_ms"] = [1.0] + [0.3] * (k - 1)  # deeper exits "faster": a busy machine
+    with pytest.raises(ValueError, match="fall with depth"):
+        profile.exit_costs_ms(noisy, 4)
+    noisy["batches"]["4"]["median_ms"] = [1.0] + [0.95] * (k - 1)  # within timing noise: smoothed
+    assert np.all(profile.exit_costs_ms(noisy, 4) == 1.0)
