@@ -52,16 +52,15 @@ class ExitTable:
     """
 
     def __init__(self, logits, labels, costs, exit_names=None, index=None, meta=None, cost_unit=None):
-        given = (logits, labels, costs, index)
         logits = check_logits(logits)
         n, k, c = logits.shape
         labels = check_labels(labels, n, c)
         costs = check_costs(costs, k)
         index = check_index(index, n)
-        # the table is read-only; a caller's own writable array is copied, never frozen or shared
-        logits, labels, costs, index = (
-            arr.copy() if isinstance(src, np.ndarray) and src.flags.writeable and np.may_share_memory(arr, src) else arr
-            for arr, src in zip((logits, labels, costs, index), given))
+        # read-only views: the table never changes, and a caller's own array keeps its flags (it is
+        # shared, not copied, so an ImageNet-size table is not held twice; from_arrays copies)
+        logits, labels, costs, index = (arr.view() if arr.flags.writeable else arr
+                                        for arr in (logits, labels, costs, index))
         for arr in (logits, labels, costs, index):
             arr.setflags(write=False)
         self.logits, self.labels, self.costs, self.index = logits, labels, costs, index
@@ -112,7 +111,15 @@ class ExitTable:
                 raise ValueError(f"dataset must be a dataset name (str), got {dataset!r}")
             meta["dataset"] = dataset
         meta.setdefault("source", "ExitTable.from_arrays")
-        return cls(logits, labels, costs, exit_names, indices, meta, cost_unit=cost_unit)
+        table = cls(logits, labels, costs, exit_names, indices, meta, cost_unit=cost_unit)
+        # the caller keeps its arrays: a table sharing their memory would change when they do
+        for name, given in (("logits", logits), ("labels", labels), ("costs", costs), ("index", indices)):
+            held = getattr(table, name)
+            if isinstance(given, np.ndarray) and np.may_share_memory(held, given):
+                held = held.copy()
+                held.setflags(write=False)
+                setattr(table, name, held)
+        return table
 
     # ------------------------------------------------------------------ sizes
     @property
