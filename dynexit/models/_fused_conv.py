@@ -75,6 +75,7 @@ def _basic_block_fusable(m: nn.Module) -> bool:
 
 
 def _leaves(seq: nn.Sequential):
+    """(parent, name, module) of a Sequential's modules in call order, nested Sequentials flattened."""
     for name, m in seq.named_children():
         if type(m) is nn.Sequential:
             yield from _leaves(m)

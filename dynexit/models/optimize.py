@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from dynexit.models._fused_conv import fuse_relu
+from dynexit.models._fused_conv import _leaves, fuse_relu
 
 # timm block classes and their (conv, norm) attribute pairs, where the norm is applied to the conv's
 # output and nothing else reads the conv's output (checked against timm's forward code)
@@ -67,15 +67,6 @@ def _fold(parent: nn.Module, conv_name: str, bn_name: str) -> bool:
     setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
     setattr(parent, bn_name, _after_norm(bn))
     return True
-
-
-def _leaves(seq: nn.Sequential):
-    """(parent, name, module) of a Sequential's modules in call order, nested Sequentials flattened."""
-    for name, m in seq.named_children():
-        if type(m) is nn.Sequential:
-            yield from _leaves(m)
-        else:
-            yield seq, name, m
 
 
 def _fold_sequential(seq: nn.Sequential) -> int:
