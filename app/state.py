@@ -19,11 +19,12 @@ import streamlit as st
 
 from dynexit import criteria, solvers
 
-from . import common, logic
+from . import common, entries, logic
 
 MODEL, SOLVER, CRITERION, UNIT = "model", "solver", "criterion", "budget_unit"  # the sidebar's widget keys
 BUDGETS = "budgets"  # {model name: budget in MFLOPs per image, "model [ms]": budget in ms per image}
 PICKED_ROW, INSPECT_HOW = "inspect_row", "inspect_how"  # the image a gallery sends to the inspector
+UPLOAD_VAL, UPLOAD_TEST, UPLOAD_ERROR = "upload_val_table", "upload_test_table", "upload_table_error"
 FROM_GALLERY = "from the gallery"
 INSPECTOR_PAGE = "views/inspector.py"
 
@@ -41,7 +42,7 @@ SOLVER_HELP = ("How the per-exit thresholds are chosen for a budget, on the vali
 class Choices:
     """The sidebar's choices, shared by every page.
 
-    ``model``: a zoo model name; ``solver``: a name of ``dynexit.solvers.available()``; ``criterion``: a
+    ``model``: an entry name (:mod:`entries`: a zoo model, another table pair of the folder, an upload); ``solver``: a name of ``dynexit.solvers.available()``; ``criterion``: a
     name of ``dynexit.criteria.available()`` (unused when ``uses_criterion`` is False); ``budget``: the
     budget per image last set for ``model`` in ``unit`` on any page, None before any of its sliders was
     shown; ``unit``: ``common.MFLOPS``, or ``common.MS`` (the model has a profile and the user chose it).
@@ -77,17 +78,24 @@ def choices() -> Choices:
     """The current choices (the sidebar has run: ``streamlit_app.py`` draws it before any page)."""
     model = st.session_state[MODEL]
     unit = unit_of(model)
+    if common.cost_unit(model) == common.MS:  # a table imported with costs in ms: its own unit
+        unit = common.MS
     return Choices(model, st.session_state[SOLVER], st.session_state[CRITERION],
                    st.session_state.get(BUDGETS, {}).get(budget_key(model, unit)), unit)
 
 
 def _unit_selector(name: str) -> None:
     """MFLOPs or measured ms, offered when the model has a latency profile; says where it was measured."""
+    if common.cost_unit(name) == common.MS:
+        st.caption("Budgets in ms: the costs this table was saved with (measured, not counted).")
+        return
     problem = common.profile_problem(name)
     if problem:
         st.warning(f"Latency profile not used: {problem}", icon=":material/timer_off:")
     if common.profile(name) is None:
-        st.caption(f"Budgets in MFLOPs. For budgets in milliseconds on your machine: `dynexit profile --model {name}`.")
+        how = (f" For budgets in milliseconds on your machine: `dynexit profile --model {name}`."
+               if entries.has_weights(name) else "")
+        st.caption(f"Budgets in MFLOPs.{how}")
         return
     st.radio("Budget unit", [common.MFLOPS, common.MS], key=UNIT, horizontal=True,
              format_func=lambda u: "MFLOPs (counted)" if u == common.MFLOPS else "ms (measured)",
@@ -100,11 +108,13 @@ def _unit_selector(name: str) -> None:
 def sidebar() -> Choices:
     """Draw the sidebar's model, solver and criterion selectors; the choices they hold."""
     names = common.available_models()
-    default = names.index(common.PREFERRED_MODEL) if common.PREFERRED_MODEL in names else 0
+    if st.session_state.get(MODEL) not in names:  # first run, or its upload / files are gone
+        st.session_state[MODEL] = common.PREFERRED_MODEL if common.PREFERRED_MODEL in names else names[0]
     with st.sidebar:
         st.header("Choices")
-        name = st.selectbox("Model", names, index=default, key=MODEL,
-                            help="Models of the zoo (data/zoo) that are on disk. Each was trained on Fashion-MNIST.")
+        name = st.selectbox("Model", names, key=MODEL, format_func=entries.label,
+                            help="Every val / test table pair in the zoo folder (data/zoo, or DYNEXIT_ZOO), then the "
+                                 "tables you uploaded below. An entry without weights is explored from its tables.")
         solver = st.selectbox("Threshold solver", solvers.available(), index=solvers.available().index(solvers.DEFAULT),
                               key=SOLVER, help=SOLVER_HELP)
         uses_criterion = solvers.takes_criterion(solver)
@@ -124,7 +134,34 @@ def sidebar() -> Choices:
         missing = common.missing_models()
         if missing:
             st.caption("Not in the zoo (yet): " + ", ".join(missing) + ". Build one with `dynexit zoo reproduce NAME`.")
+        upload_tables()
     return choices()
+
+
+# ----------------------------------------------------------------------------- uploaded tables
+
+def _tables_uploaded() -> None:
+    """Both files of a pair are there: validate them, keep them in the session, open them."""
+    st.session_state.pop(UPLOAD_ERROR, None)
+    val, test = st.session_state.get(UPLOAD_VAL), st.session_state.get(UPLOAD_TEST)
+    if val is None or test is None:
+        return
+    try:
+        st.session_state[MODEL] = entries.add_upload(val, test)
+    except ValueError as err:
+        st.session_state[UPLOAD_ERROR] = str(err)
+
+
+def upload_tables(expanded: bool = False) -> None:
+    """Two uploaders (val and test ExitTable .npz, as ``dynexit table`` / ``ExitTable.save`` write them):
+    a valid pair becomes an entry of this session and is opened at once; anything wrong is said here."""
+    with st.expander("Open your own tables", expanded=expanded or UPLOAD_ERROR in st.session_state):
+        st.caption(f"A val / test pair of ExitTable .npz files (up to {entries.MAX_UPLOAD_MB} MB each; README: \"Your "
+                   "data, your tables\"). Thresholds are fitted on val, results measured on test.")
+        st.file_uploader("Validation table (.npz)", type=["npz"], key=UPLOAD_VAL, on_change=_tables_uploaded)
+        st.file_uploader("Test table (.npz)", type=["npz"], key=UPLOAD_TEST, on_change=_tables_uploaded)
+        if UPLOAD_ERROR in st.session_state:
+            st.error(f"Cannot open these tables: {st.session_state[UPLOAD_ERROR]}", icon=":material/error:")
 
 
 # ----------------------------------------------------------------------------- the budget
@@ -156,7 +193,7 @@ def budget_slider(name: str, costs, key: str, label: str | None = None, unit: st
     budget = st.slider(label or f"Budget: mean {unit} per image", min_value=lo, max_value=hi, value=current, step=step,
                        key=wkey, format=f"%.{decimals}f", on_change=_budget_moved, args=(skey, wkey),
                        help=f"The average {what}. Thresholds are fitted on the validation images to spend at most "
-                            "this on average; the numbers below are measured on the 10,000 test images.")
+                            "this on average; the numbers below are measured on the test images.")
     full = float(costs[-1])
     st.caption(f"Budget {budget:.{decimals}f} {unit} = **{min(budget / full, 1):.0%}** of the full model's "
                f"{full:.{decimals}f} {unit}, an allowed speedup of **{max(full / budget, 1):.2f}x**.")

@@ -27,6 +27,7 @@ st.html("""<style>[data-testid='stMainBlockContainer']{padding-top:2.5rem}
 
 if not common.available_models():
     common.missing_zoo_message()
+    state.upload_tables(expanded=True)  # a valid pair is opened at once (its callback chooses it)
     st.stop()
 
 name = state.sidebar().model

@@ -264,7 +264,7 @@ def _hex_rgb(c: str) -> tuple[int, int, int]:
 
 def image_mosaic(images: np.ndarray, right: Sequence[bool | None] | None = None, cols: int = 8, scale: int = 3,
                  gap: int = 6, caption_px: int = 16) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Gray images (N, h, w) in [0, 1] tiled into one RGB uint8 mosaic.
+    """Gray (N, h, w) or RGB (N, h, w, 3) images in [0, 1] tiled into one RGB uint8 mosaic.
 
     Each tile is upscaled ``scale`` times (nearest neighbour, so pixels stay visible) and framed
     blue when ``right[i]`` is True, vermillion (with a thicker frame) when False, not at all when
@@ -272,7 +272,7 @@ def image_mosaic(images: np.ndarray, right: Sequence[bool | None] | None = None,
     pixel where its caption goes.
     """
     images = np.asarray(images, dtype=np.float64)
-    n, h, w = images.shape
+    n, h, w = images.shape[:3]
     cols = max(1, min(cols, n))
     rows = -(-n // cols)
     th, tw = h * scale + 2 * gap, w * scale + 2 * gap
@@ -285,7 +285,7 @@ def image_mosaic(images: np.ndarray, right: Sequence[bool | None] | None = None,
             continue
         tile = np.full((th, tw, 3), 255, dtype=np.uint8)
         px = (np.clip(img, 0, 1) * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
-        tile[gap:gap + h * scale, gap:gap + w * scale] = px[..., None]
+        tile[gap:gap + h * scale, gap:gap + w * scale] = px[..., None] if px.ndim == 2 else px
         flag = None if right is None else right[i]
         if flag is not None:  # a frame around the image, inside the tile: white space stays between tiles
             width = max(1, gap // 3) if flag else max(2, 2 * gap // 3)
@@ -310,7 +310,7 @@ def png_data_uri(rgb: np.ndarray) -> str:
 
 def gallery(images: np.ndarray, captions: Sequence[str] | None = None, right: Sequence[bool | None] | None = None,
             cols: int = 8, title: str | None = None, scale: int = 3) -> go.Figure:
-    """A gallery of small gray images: one PNG image trace, captions under the tiles.
+    """A gallery of small images, gray (N, h, w) or RGB (N, h, w, 3): one PNG image trace, captions under the tiles.
 
     Much faster to build and send than :func:`image_grid` (one trace instead of one subplot per
     image). ``right``: True frames a tile blue (right), False vermillion and thicker (wrong).

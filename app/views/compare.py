@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from dynexit import viz, zoo
-from dynexit_app import common, logic, state
+from dynexit import viz
+from dynexit.zoo import folder
+from dynexit_app import common, entries, logic, state
 
 
 def load_tests(names: list[str]) -> dict:
@@ -119,7 +120,7 @@ def measured_speedups(names: list[str]):
     benches = {}
     for n in names:
         try:
-            benches[n] = zoo.load_bench(n)
+            benches[n] = None if entries.is_upload(n) else folder.load_bench(n)
         except ValueError as err:  # a damaged bench file: say which and how to rebuild it, show the rest
             st.error(str(err), icon=":material/error:")
             benches[n] = None
@@ -166,10 +167,22 @@ def profiled_speedups(names: list[str]):
 
 choice = state.choices()
 solver, criterion = choice.solver, choice.criterion
-available = common.available_models()
+
+
+def comparable(a: str, b: str) -> bool:
+    """Whether two entries' curves share axes: the same dataset (as their tables name it), classes and cost unit."""
+    try:
+        ta, tb = common.table(a, "test"), common.table(b, "test")
+    except ValueError:  # a damaged file: offered, so that load_tests says what is wrong with it
+        return True
+    return (ta.meta.get("dataset"), ta.num_classes, ta.cost_unit) == (tb.meta.get("dataset"), tb.num_classes, tb.cost_unit)
+
+
+available = [n for n in common.available_models() if comparable(choice.model, n)]
+others = len(common.available_models()) - len(available)
 
 st.title("Compare models")
-st.markdown("Every zoo model on the same axes. A model is better where its curve is **higher** (more accurate) "
+st.markdown("Every model of the sidebar model's dataset on the same axes. A model is better where its curve is **higher** (more accurate) "
             "and further **left** (less compute). Single-exit models are single points. Curves use the solver "
             f"and criterion chosen in the sidebar (**{solver}**"
             + (f", {criterion}" if choice.uses_criterion else "") + "), fitted on validation images, measured on test.")
@@ -177,7 +190,12 @@ st.markdown("Every zoo model on the same axes. A model is better where its curve
 if choice.budget is not None:  # the sidebar model's budget, as set on the other pages (the curves span every budget)
     st.caption(f"Your budget for **{choice.model}**: **{choice.budget:g} {choice.unit}** per image "
                "(set with the slider of the budget explorer, the inspector or your own image).")
-chosen = st.multiselect("Models", available, default=available, key="compare_models")
+if others:
+    st.caption(f"{others} other model(s) of the folder were trained on other data (or count costs in another unit): "
+               "pick one in the sidebar to compare it with its own kind.")
+if not set(st.session_state.get("compare_models", [])) <= set(available):  # the sidebar switched to other data
+    del st.session_state["compare_models"]
+chosen = st.multiselect("Models", available, default=available, key="compare_models", format_func=entries.label)
 if not chosen:
     st.info("Choose at least one model.")
     st.stop()

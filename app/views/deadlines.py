@@ -13,7 +13,7 @@ import streamlit as st
 
 from dynexit import viz
 from dynexit.anytime import DISTRIBUTIONS, Deadline
-from dynexit_app import common, logic, state
+from dynexit_app import common, entries, logic, state
 
 choice = state.choices()
 name, solver, criterion, unit = choice.model, choice.solver, choice.criterion, choice.unit
@@ -66,7 +66,7 @@ def _numbers(results: dict, deadline: Deadline, how: str, budget: float):
     c = st.columns(3)
     for col, (k, label) in zip(c, POLICIES.items()):
         col.metric(label, f"{results[k].accuracy:.2%}")
-    prior = (f"the most frequent validation class ({common.CLASSES[np.bincount(val.labels).argmax()]}), right for "
+    prior = (f"the most frequent validation class ({entries.class_names(name)[np.bincount(val.labels).argmax()]}), right for "
              f"{np.mean(test.labels == np.bincount(val.labels).argmax()):.1%} of the test images")
     none = results["anytime"].answer_share[0]
     st.caption(f"Deadline {deadline.describe(unit)}. With probability {none:.1%} no exit has finished "

@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 
 from dynexit import viz
-from dynexit_app import common, logic, state
+from dynexit_app import common, entries, logic, state
 
 choice = state.choices()
 name, solver, criterion, unit = choice.model, choice.solver, choice.criterion, choice.unit
@@ -13,6 +13,8 @@ with common.zoo_guard(name):
     common.table(name, "val", unit)  # the solvers fit on it
 names = list(test.exit_names)
 static = common.is_static(test)
+CLASSES, SHORT = entries.class_names(name), entries.short_names(name)
+NO_IMAGES = entries.images_problem(name)  # None when the test images can be drawn
 
 st.title("Budget explorer")
 st.markdown(
@@ -24,7 +26,7 @@ st.markdown(
 def _caption(row: int, k: int, view) -> str:
     pred = int(test.predictions[row, k])
     mark = "✓" if test.correct[row, k] else "✗"
-    return f"{mark} {common.SHORT_CLASSES[pred]} {view.confidence[row]:.0%}"
+    return f"{mark} {SHORT[pred]} {view.confidence[row]:.0%}"
 
 
 def _gallery_figure(most, least, k, view, title):
@@ -32,11 +34,16 @@ def _gallery_figure(most, least, k, view, title):
     n = logic.GALLERY_SIZE
     pad = (-len(most)) % n if len(least) else 0
     rows = np.concatenate([most, least]).astype(int)
-    imgs = common.images(test, rows)
+    imgs = entries.images(name, rows)
     imgs = np.concatenate([imgs[:len(most)], np.full((pad, *imgs.shape[1:]), np.nan), imgs[len(most):]])
     caps = [_caption(r, k, view) for r in most] + [""] * pad + [_caption(r, k, view) for r in least]
     right = [bool(test.correct[r, k]) for r in most] + [None] * pad + [bool(test.correct[r, k]) for r in least]
-    return viz.gallery(imgs, caps, right, cols=n, title=title)
+    return viz.gallery(imgs, caps, right, cols=n, title=title, scale=_scale(imgs))
+
+
+def _scale(imgs) -> int:
+    """Upscaling for gallery tiles of about 84 pixels (3x for 28 x 28 images, 10x for digits' 8 x 8)."""
+    return max(1, 84 // max(imgs.shape[1:3]))
 
 
 def _inspect_button(rows, key):
@@ -45,7 +52,7 @@ def _inspect_button(rows, key):
         return
     c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
     pick = c1.selectbox("Inspect one of these images", list(rows), key=key,
-                        format_func=lambda r: f"test image #{int(test.index[r])}: {common.CLASSES[test.labels[r]]}")
+                        format_func=lambda r: f"test image #{int(test.index[r])}: {CLASSES[test.labels[r]]}")
     if c2.button("Open in the inspector", key=key + "_go", icon=":material/image_search:"):
         state.open_in_inspector(pick)
 
@@ -58,7 +65,7 @@ def _numbers(view):
     c[0].metric("Accuracy (test)", f"{view.accuracy:.2%}",
                 delta=f"{points:+.2f} points" if points else "same", delta_description="vs the final exit",
                 delta_color="normal" if points else "off", delta_arrow="auto" if points else "off",
-                help="Share of the 10,000 test images classified right, each at the exit it left. The change compares "
+                help=f"Share of the {len(test):,} test images classified right, each at the exit it left. The change compares "
                      "with running every image through the whole model (the last exit).")
     c[1].metric(f"Mean {unit} per image", f"{view.mean_cost:.2f}",
                 delta=f"{saved:+.2f}" if saved else "same", delta_description="vs the full model",
@@ -123,6 +130,9 @@ def _exit_galleries(view):
     st.caption("For each exit, the images that leave there at this budget: the most confident first, then the least "
                "confident. Blue frame and ✓: right; orange, thick frame and ✗: wrong. The caption is the prediction "
                "and its probability.")
+    if NO_IMAGES:
+        st.info(f"Images not shown: {NO_IMAGES}. Pick one below to see its scores in the inspector.",
+                icon=":material/hide_image:")
     # only the open tab is drawn (labels stay fixed so the open tab survives a slider move)
     tabs = st.tabs([f"{k + 1}. {n}" for k, n in enumerate(names)], key="gallery_tab", on_change="rerun")
     for k, tab in enumerate(tabs):
@@ -137,7 +147,10 @@ def _exit_galleries(view):
             share = view.result.histogram_correct[k] / n_k
             title = (f"{n_k:,} images leave at {names[k]}, {share:.1%} right. First row: most confident"
                      + ("; second row: least confident" if len(least) else ""))
-            st.plotly_chart(_gallery_figure(most, least, k, view, title), width="stretch", key=f"gallery_{k}")
+            if NO_IMAGES:
+                st.write(title.split(". First row")[0] + ".")
+            else:
+                st.plotly_chart(_gallery_figure(most, least, k, view, title), width="stretch", key=f"gallery_{k}")
             _inspect_button(np.concatenate([most, least]), key=f"pick_{k}")
 
 
@@ -147,10 +160,12 @@ def _overthinking(view):
                "(Kaya et al., 2019). The caption says the exit that was right first.")
     rows, first_right = logic.overthinking_gallery(view, test)
     if len(rows):
-        caps = [f"✗ {common.SHORT_CLASSES[test.predictions[r, view.result.exits[r]]]}, right at {f + 1}"
+        caps = [f"✗ {SHORT[test.predictions[r, view.result.exits[r]]]}, right at {f + 1}"
                 for r, f in zip(rows, first_right)]
-        fig = viz.gallery(common.images(test, rows), caps, [False] * len(rows), cols=logic.GALLERY_SIZE)
-        st.plotly_chart(fig, width="stretch", key="overthinking")
+        if not NO_IMAGES:
+            imgs = entries.images(name, rows)
+            fig = viz.gallery(imgs, caps, [False] * len(rows), cols=logic.GALLERY_SIZE, scale=_scale(imgs))
+            st.plotly_chart(fig, width="stretch", key="overthinking")
         _inspect_button(rows, key="pick_over")
     else:
         st.write("None at this budget.")

@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dynexit import explain, viz
-from dynexit_app import common, logic, state
+from dynexit_app import common, entries, logic, state
 
 choice = state.choices()
 name, solver, criterion, unit = choice.model, choice.solver, choice.criterion, choice.unit
@@ -14,6 +14,7 @@ with common.zoo_guard(name):
     common.table(name, "val", unit)  # the solvers fit on it
 names = list(test.exit_names)
 K, N = test.num_exits, test.num_samples
+CLASSES, SHORT = entries.class_names(name), entries.short_names(name)
 HOW = [state.FROM_GALLERY, "by index", "by class", "hardest", "easiest"]
 
 st.title("Image inspector")
@@ -22,15 +23,15 @@ st.markdown("Pick one test image and follow it through the network: how confiden
 
 
 @st.cache_data(show_spinner="Capturing the model's attention on this image ...", max_entries=256)
-def attention(name: str, row: int, zoo_dir: str, mtime_ns: int) -> list:
+def attention(name: str, row: int, version: tuple) -> list:
     """``explain.attention_views`` of test row ``row`` (one entry per attention kind; [] for a CNN)."""
-    return explain.attention_views(common.model(name), common.image(common.table(name, "test"), row))
+    return explain.attention_views(common.model(name), entries.model_input(entries.image(name, row)))
 
 
 @st.cache_data(show_spinner="Computing the attribution (captum) ...", max_entries=256)
-def attribution(name: str, row: int, k: int, method: str, target: int, zoo_dir: str, mtime_ns: int):
+def attribution(name: str, row: int, k: int, method: str, target: int, version: tuple):
     """``explain.attribution`` of exit ``k`` for class ``target`` on test row ``row``: (signed map (H, W), class)."""
-    return explain.attribution(common.model(name), common.image(common.table(name, "test"), row), k, target=target,
+    return explain.attribution(common.model(name), entries.model_input(entries.image(name, row)), k, target=target,
                                method=method)
 
 
@@ -47,7 +48,7 @@ def choose_row() -> int:
     if how == "by index":
         return int(c1.number_input(f"Test image (0 to {N - 1})", 0, N - 1, 0, key="inspect_index"))
     if how == "by class":
-        cls = c1.selectbox("Class", range(len(common.CLASSES)), format_func=lambda c: common.CLASSES[c], key="inspect_class")
+        cls = c1.selectbox("Class", range(len(CLASSES)), format_func=lambda c: CLASSES[c], key="inspect_class")
         rows = np.flatnonzero(test.labels == cls)
         if not len(rows):
             st.warning("No test image of this class.")
@@ -61,7 +62,8 @@ def choose_row() -> int:
 
 
 row = choose_row()
-img = common.image(test, row)
+img = entries.image(name, row)  # None when the table's images are not available here
+gray = None if img is None else (img if img.ndim == 2 else img.mean(axis=-1))  # what the maps are drawn over
 label = int(test.labels[row])
 probs = test.probabilities_of(row)  # (K, C)
 
@@ -71,22 +73,25 @@ def budget_dependent():
     """Reruns alone when the slider moves: where this image leaves at the budget, its scores, each exit."""
     c_img, c_main = st.columns([1, 3])
     with c_img:
-        st.image(np.kron(img, np.ones((6, 6))), clamp=True,
-                 caption=f"test image #{int(test.index[row])}, true class: {common.CLASSES[label]}")
+        words = f"test image #{int(test.index[row])}, true class: {CLASSES[label]}"
+        if img is None:
+            st.caption(f"{words}. Image not shown: {entries.images_problem(name)}.")
+        else:
+            st.image(entries.enlarge(img), clamp=True, caption=words)
     with c_main:
         budget = state.budget_control(name, test, key="inspector_budget", unit=unit)
         view = common.budget_view(name, solver, criterion, budget, unit)
         k = int(view.result.exits[row])
         right = bool(test.correct[row, k])
         st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} {unit}** of "
-                    f"{test.costs[-1]:.1f}, predicting **{common.CLASSES[test.predictions[row, k]]}**: "
+                    f"{test.costs[-1]:.1f}, predicting **{CLASSES[test.predictions[row, k]]}**: "
                     f"**{'right' if right else 'wrong'}**.")
         if common.is_static(test):
             st.caption(f"{name} has a single exit: no exit score, no threshold; every image runs the whole network.")
             return _exit_table(view, k)
         score_name = view.score_name
         fig = viz.confidence_trace(view.scores[row], view.thresholds, names, k,
-                                   [common.SHORT_CLASSES[p] for p in test.predictions[row]], list(test.correct[row]),
+                                   [SHORT[p] for p in test.predictions[row]], list(test.correct[row]),
                                    criterion=score_name)
         st.plotly_chart(fig, width="stretch", key="trace")
         st.caption("Bars: this image's exit score at every exit (blue: that exit is right, orange: wrong), with the "
@@ -109,9 +114,9 @@ def _exit_table(view, k: int):
     table = pd.DataFrame({
         "exit": [f"{j + 1}. {n}" for j, n in enumerate(names)],
         f"{unit} so far": np.round(test.costs, 2),
-        "prediction": [common.CLASSES[p] for p in test.predictions[row]],
+        "prediction": [CLASSES[p] for p in test.predictions[row]],
         "probability": np.round(probs.max(axis=1), 3),
-        f"P({common.CLASSES[label]})": np.round(probs[:, label], 3),
+        f"P({CLASSES[label]})": np.round(probs[:, label], 3),
         "right": test.correct[row],
         "score": np.round(view.scores[row], 3),
         # the last exit takes everyone left (no threshold): say so in words, not "None"
@@ -131,7 +136,7 @@ def _grid_words(title: str, maps: dict) -> str:
     grids = sorted({(int(h), int(w)) for key in maps for h, w in re.findall(r"\((\d+)x(\d+)\)", key)}, reverse=True)
     if not grids:
         return ""
-    h, w = img.shape
+    h, w = gray.shape
     what = {"x2z": "the stage's feature map, average-pooled to a small grid before the latent code reads it "
                    "(attention over a 7x7 grid is cheap whatever the image size)",
             "z2x": "the stage's own feature map, which gets smaller the deeper the CNN goes"}.get(
@@ -143,15 +148,22 @@ def _grid_words(title: str, maps: dict) -> str:
 def where_it_looks():
     """The model's attention on this image (nothing for a CNN: the attribution below still works)."""
     st.subheader("Where the model looks")
+    if not entries.has_weights(name):
+        st.info(f"{entries.label(name)} has tables only: attention maps and attributions need its weights "
+                "(NAME.safetensors + NAME.json beside the tables).", icon=":material/info:")
+        st.stop()
+    if img is None:
+        st.info("Attention maps and attributions need the image, which is not available here.", icon=":material/info:")
+        st.stop()
     if common.model_problem(name):  # damaged weights: the error box above the page says which file and how to rebuild it
         st.stop()
-    views = attention(name, row, *common.model_key(name))
+    views = attention(name, row, common.model_key(name))
     if not views:
         st.caption(f"{name} has no attention layers (it is a CNN); the attribution below shows which pixels matter.")
     for v in views:
         st.markdown(f"**{v.title}**")
         st.caption(v.description + _grid_words(v.title, v.maps))
-        st.plotly_chart(viz.attention_overlays(img, v.maps, size=170), width="stretch", key=f"attn_{v.title}")
+        st.plotly_chart(viz.attention_overlays(gray, v.maps, size=170), width="stretch", key=f"attn_{v.title}")
 
 
 def which_pixels():
@@ -170,9 +182,9 @@ def which_pixels():
     if st.button("Compute attribution", icon=":material/bolt:"):
         state.request_attribution(request)
     if state.attribution_requested(request):
-        amap, _ = attribution(name, row, k_attr, method, target, *common.model_key(name))
-        st.plotly_chart(viz.attribution_map(img, amap, title=f"{method.replace('_', ' ')} of exit {k_attr + 1} "
-                                            f"({names[k_attr]}) for class {common.CLASSES[target]}"),
+        amap, _ = attribution(name, row, k_attr, method, target, common.model_key(name))
+        st.plotly_chart(viz.attribution_map(gray, amap, title=f"{method.replace('_', ' ')} of exit {k_attr + 1} "
+                                            f"({names[k_attr]}) for class {CLASSES[target]}"),
                         width="stretch", key="attribution")
 
 

@@ -8,10 +8,10 @@ building side, :mod:`dynexit.zoo.reproduce` (``dynexit zoo reproduce NAME``), im
 from dynexit.zoo.catalog import (ENTRIES, HASH_CHARS, SPLITS, UNTRAINED, ZooEntry, available, bench_path,
                                  branch_study_path, declared_costs, describe_weights, display_path, get_entry,
                                  info, list, load_bench, load_branch_study, load_model, load_table, looks_like_path,
-                                 read_json, resolve_model, table_path, weights_path, weights_record, weights_source,
+                                 read_json, resolve_model, shipped_dir, table_path, weights_path, weights_record, weights_source,
                                  zoo_dir)
 
 __all__ = ["ENTRIES", "HASH_CHARS", "SPLITS", "UNTRAINED", "ZooEntry", "available", "bench_path",
            "branch_study_path", "declared_costs", "describe_weights", "display_path", "get_entry", "info", "list",
            "load_bench", "load_branch_study", "load_model", "load_table", "looks_like_path", "read_json",
-           "resolve_model", "table_path", "weights_path", "weights_record", "weights_source", "zoo_dir"]
+           "resolve_model", "shipped_dir", "table_path", "weights_path", "weights_record", "weights_source", "zoo_dir"]

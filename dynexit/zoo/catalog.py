@@ -33,10 +33,15 @@ import numpy as np
 SPLITS = ("val", "test")
 
 
+def shipped_dir() -> Path:
+    """The repository's ``data/zoo``, where the zoo is shipped."""
+    return Path(__file__).resolve().parents[2] / "data" / "zoo"
+
+
 def zoo_dir() -> Path:
-    """``$DYNEXIT_ZOO`` or the repository's ``data/zoo``."""
+    """``$DYNEXIT_ZOO`` (any folder of models and tables, :mod:`dynexit.zoo.folder`) or :func:`shipped_dir`."""
     env = os.environ.get("DYNEXIT_ZOO")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data" / "zoo"
+    return Path(env) if env else shipped_dir()
 
 
 @dataclass(frozen=True)

@@ -233,7 +233,7 @@ def test_missing_zoo_says_which_files_and_which_command(tmp_path, monkeypatch):
     monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path / "empty"))
     at = AppTest.from_file(ENTRY, default_timeout=60).run()
     ok(at)
-    assert "zoo is missing" in at.title[0].value
+    assert "nothing to explore" in at.title[0].value and "No val / test table pair" in at.error[0].value
     listing = at.code[0].value
     for name in zoo.list():
         assert f"{name}.safetensors" in listing and f"dynexit zoo reproduce {name}" in listing

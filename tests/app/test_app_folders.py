@@ -1,0 +1,175 @@
+"""The app on any folder of tables (issue 16, item 4): table-only entries beside zoo models, class names
+and images from the table's dataset, uploaded table pairs (valid, damaged, mismatched, too big).
+
+The folder holds a tiny zoo model and tables made with ``ExitTable.from_arrays`` for scikit-learn's
+digits (real labels, synthetic logits that get better with depth); the browser test with a trained
+digits model is tests/app/test_browser_folders.py.
+"""
+
+import io
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dynexit.data import get_dataset
+from dynexit.table import ExitTable
+from dynexit.testing import build_tiny_zoo
+from dynexit.zoo import folder
+
+from test_app import ENTRY, ok
+
+DIGITS = get_dataset("digits")
+
+
+def digits_table(split: str, seed: int = 0, dataset: str | None = "digits", **kw) -> ExitTable:
+    """3 exits on the real digits split: the true class gets a margin that grows with depth."""
+    _, labels = DIGITS.load(split)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(len(labels), 3, 10)).astype(np.float32)
+    logits[np.arange(len(labels)), :, labels] += np.array([1.0, 2.0, 3.5], dtype=np.float32)
+    return ExitTable.from_arrays(logits, labels, kw.pop("costs", [0.5, 1.0, 2.0]), ["early", "middle", "last"],
+                                 dataset=dataset, meta={"model": "digits_logits", "split": split}, **kw)
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(tmp_path_factory):
+    """A folder with one zoo model (weights + tables) and two table-only entries."""
+    root = tmp_path_factory.mktemp("mixed")
+    build_tiny_zoo(root, models=("dynperceiver_fmnist",))
+    for split in ("val", "test"):
+        digits_table(split).save(root / f"digits_logits.{split}.npz")
+        digits_table(split, dataset=None).save(root / f"anonymous.{split}.npz")
+    digits_table("val").save(root / "lonely.val.npz")  # no test table: not an entry
+    return root
+
+
+@pytest.fixture
+def app_dir(mixed_dir, monkeypatch):
+    monkeypatch.setenv("DYNEXIT_ZOO", str(mixed_dir))
+    return mixed_dir
+
+
+def test_folder_lists_every_pair_zoo_first(mixed_dir):
+    assert folder.entry_names(mixed_dir) == ["dynperceiver_fmnist", "anonymous", "digits_logits"]
+    assert not folder.has_weights("digits_logits", mixed_dir) and folder.has_weights("dynperceiver_fmnist", mixed_dir)
+    assert folder.class_names(folder.load_table("digits_logits", "test", mixed_dir)) == list(DIGITS.class_names)
+    assert folder.class_names(folder.load_table("anonymous", "test", mixed_dir))[:2] == ["class 0", "class 1"]
+    with pytest.raises(ValueError, match="table-only"):
+        folder.load_model("digits_logits", mixed_dir)
+
+
+def _open(model: str, page: str | None = None) -> AppTest:
+    at = AppTest.from_file(ENTRY, default_timeout=180).run()
+    ok(at)
+    at.sidebar.selectbox(key="model").select(model).run()
+    ok(at)
+    if page:
+        at.switch_page(page).run()
+        ok(at)
+    return at
+
+
+def test_table_only_entry_gets_the_explorer_with_its_classes_and_images(app_dir):
+    at = _open("digits_logits")
+    assert at.sidebar.selectbox(key="model").options == ["dynperceiver_fmnist", "anonymous (tables only)",
+                                                          "digits_logits (tables only)"]
+    assert any("digits_logits on digits: 3 exits, 10 classes" in c.value for c in at.sidebar.caption)  # from its table
+    acc = [m.value for m in at.metric if m.label == "Accuracy (test)"][0]
+    slider = at.slider(key="explorer_budget_digits_logits")
+    slider.set_value(slider.max).run()
+    ok(at)
+    assert [m.value for m in at.metric if m.label == "Accuracy (test)"][0] != acc
+    assert not [i for i in at.info if "Images not shown" in i.value]  # digits ships with scikit-learn
+    picks = at.selectbox(key="pick_0")
+    assert picks.options[0].split(": ")[1] in DIGITS.class_names  # options as shown: "test image #i: class"
+
+
+def test_entry_without_dataset_shows_scores_not_images(app_dir):
+    at = _open("anonymous")
+    assert any("Images not shown" in i.value for i in at.info)
+    at.switch_page("views/inspector.py").run()
+    ok(at)
+    assert any("Image not shown" in c.value for c in at.caption)
+    assert any("tables only" in i.value for i in at.info)  # no attention maps without weights
+
+
+def test_pages_that_need_a_model_say_so_for_a_table_only_entry(app_dir):
+    at = _open("digits_logits", "views/upload.py")
+    assert any("has tables only" in i.value for i in at.info)
+    at.switch_page("views/deadlines.py").run()
+    ok(at)
+
+
+def test_compare_offers_only_the_same_data(app_dir):
+    at = _open("digits_logits", "views/compare.py")
+    assert at.multiselect(key="compare_models").options == ["digits_logits (tables only)"]
+    at.sidebar.selectbox(key="model").select("dynperceiver_fmnist").run()
+    ok(at)
+    assert at.multiselect(key="compare_models").value == ["dynperceiver_fmnist"]
+
+
+def _upload(name: str, table: ExitTable | bytes, tmp_path) -> SimpleNamespace:
+    if isinstance(table, bytes):
+        return SimpleNamespace(name=name, getvalue=lambda: table)
+    path = table.save(tmp_path / name)
+    return SimpleNamespace(name=name, getvalue=path.read_bytes)
+
+
+@pytest.fixture
+def session(monkeypatch):
+    """``st.session_state`` as a plain dict: entries' upload store outside a running app."""
+    import streamlit as st
+    state: dict = {}
+    monkeypatch.setattr(st, "session_state", state)
+    return state
+
+
+def test_an_uploaded_pair_becomes_an_entry_of_this_session_only(session, tmp_path):
+    from dynexit_app import entries
+    name = entries.add_upload(_upload("mine.val.npz", digits_table("val"), tmp_path),
+                              _upload("mine.test.npz", digits_table("test"), tmp_path))
+    assert entries.is_upload(name) and entries.label(name) == "mine (uploaded)" and name in entries.names()
+    assert entries.table(name, "test").num_samples == len(DIGITS.load("test")[1])
+    assert not entries.has_weights(name)
+    session.clear()  # another session
+    assert name not in entries.names()
+    with pytest.raises(ValueError, match="upload them again"):
+        entries.table(name, "test")
+
+
+@pytest.mark.parametrize("val, test, message", [
+    (b"not a table", None, r"val table 'v.npz': not an ExitTable .npz \(not a zip archive\)"),
+    (None, b"\x93NUMPY\x01\x00", r"test table 't.npz': a single numpy array \(.npy\) renamed .npz"),
+    ("other costs", None, r"not of one model: exit costs \[0.5, 1.0, 3.0\] \(val\) vs \[0.5, 1.0, 2.0\] \(test\)"),
+    ("ms", None, r"costs in ms \(val\) vs MFLOPs \(test\)"),
+])
+def test_a_bad_upload_is_refused_with_what_is_wrong(session, tmp_path, val, test, message):
+    from dynexit_app import entries
+    good = {"v.npz": digits_table("val"), "t.npz": digits_table("test")}
+    if val == "other costs":
+        val = digits_table("val", costs=[0.5, 1.0, 3.0])
+    elif val == "ms":
+        val = digits_table("val", cost_unit="ms")
+    with pytest.raises(ValueError, match=message):
+        entries.add_upload(_upload("v.npz", good["v.npz"] if val is None else val, tmp_path),
+                           _upload("t.npz", good["t.npz"] if test is None else test, tmp_path))
+    assert not session.get(entries.UPLOADS)
+
+
+def test_an_upload_over_the_limit_is_refused_before_reading(session, tmp_path, monkeypatch):
+    from dynexit_app import entries
+    monkeypatch.setattr(entries, "MAX_UPLOAD_MB", 0.01)
+    with pytest.raises(ValueError, match="over the 0.01 MB upload limit.*DYNEXIT_ZOO"):
+        entries.add_upload(_upload("v.npz", digits_table("val"), tmp_path), _upload("t.npz", digits_table("test"), tmp_path))
+
+
+def test_a_damaged_table_in_the_folder_is_an_error_box_not_a_crash(mixed_dir, tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    shutil.copytree(mixed_dir, broken)
+    (broken / "digits_logits.test.npz").write_bytes(b"PK\x03\x04 damaged")
+    monkeypatch.setenv("DYNEXIT_ZOO", str(broken))
+    at = _open("digits_logits")
+    assert "digits_logits.test.npz" in at.error[0].value and "damaged" in at.error[0].value
