@@ -123,6 +123,7 @@ def build_table(model, split: str = "test", dataset: str = "fashion-mnist", batc
     if isinstance(model, (str, Path)):
         model = zoo.resolve_model(model, untrained=untrained)
     spec.check_model(model)
+    check_trained_on(model, spec)
     ds, data_source = found or split_dataset(spec, split, model, limit)
     key = dict(_weights_key(model), dataset=spec.name, root=spec.root, split=split, limit=limit)
     result = stream_logits(model, ds, batch_size=int(batch_size), device=device, num_workers=num_workers,
@@ -133,6 +134,44 @@ def build_table(model, split: str = "test", dataset: str = "fashion-mnist", batc
     logits, labels = result
     return ExitTable(logits, labels, model.exit_costs(), model.exit_names, np.arange(len(labels), dtype=np.int64),
                      _table_meta(model, spec, split, data_source, len(labels)))
+
+
+def trained_on(model) -> dict | None:
+    """The ``training_data`` record of the checkpoint ``model`` was loaded from (dataset, class names,
+    split rule; :func:`dynexit.io.sidecar.training_data_record`), or None when it has none.
+
+    Checkpoints written before the record existed fall back to their recipe's ``data`` when that is a
+    registered dataset name (its class names come from the registry); the shipped zoo has neither.
+    """
+    from dynexit.data import available_datasets
+
+    meta = getattr(model, "checkpoint_meta", None) or {}
+    if isinstance(meta.get("training_data"), dict):
+        return meta["training_data"]
+    data = (meta.get("recipe") or {}).get("data")
+    if isinstance(data, str) and data in available_datasets():
+        spec = get_dataset(data)
+        return {"dataset": spec.name, "class_names": list(spec.class_names), "split_rule": spec.split_rule}
+    return None
+
+
+def check_trained_on(model, spec) -> None:
+    """ValueError (one line: both class lists, and what to do) when ``model``'s checkpoint was trained on
+    classes other than those of ``spec`` (a :class:`dynexit.data.DatasetSpec`), in another order
+    included: its logits would be scored against labels that mean other classes (an ImageFolder tree
+    numbers its sorted folder names, so another tree silently scores wrong). Nothing for a model
+    without a record (:func:`trained_on`)."""
+    from dynexit.io.sidecar import class_names_mismatch
+
+    trained = trained_on(model)
+    problem = None if trained is None else class_names_mismatch(trained, spec.name, spec.class_names)
+    if problem:
+        from dynexit.zoo import weights_source
+
+        source = weights_source(model)
+        where = f"{source['path']}: " if isinstance(source, dict) and source.get("path") else ""
+        raise ValueError(f"{where}{problem}; use the dataset it was trained on (--data {trained['dataset']}) "
+                         "or a model trained on this one")
 
 
 def _table_meta(model, spec, split: str, data_source: str, n: int) -> dict:

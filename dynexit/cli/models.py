@@ -128,7 +128,9 @@ def cmd_bench(args) -> int:
 def _add_train(sub) -> None:
     """``dynexit train``: every option a TrainConfig field (``dest``), None = the config default."""
     p = sub.add_parser("train", help="train a multi-exit model (DDP under torchrun)",
-                       description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch.")
+                       description="Train a multi-exit model; checkpoints (safetensors + JSON) every epoch. The "
+                                   "sidecar records the dataset and its class names (training_data); `dynexit "
+                                   "table` refuses data whose classes differ.")
     p.add_argument("--model", required=True, help="registered model name, e.g. dynperceiver_fmnist")
     p.add_argument("--model-kwargs", type=json_object_arg, default=None, help='JSON kwargs for the model, e.g. \'{"drop_rate": 0.1}\'')
     _add_data(p, "; trains on its train split, validates on its val split")
@@ -154,7 +156,10 @@ def _add_train(sub) -> None:
     p.add_argument("--train-subset", type=positive_int_arg, default=None, help="use only the first N training images")
     p.add_argument("--val-subset", type=positive_int_arg, default=None, help="use only the first N validation images")
     p.add_argument("--max-steps", type=positive_int_arg, default=None, help="stop after N optimiser steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume.safetensors (refused when it was "
+                                                         "trained on another dataset)")
+    p.add_argument("--force", action="store_true", help="start afresh in an OUT that holds an earlier run's checkpoint, "
+                                                        "replacing it (without --force or --resume that is refused)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=cmd_train)
 

@@ -90,6 +90,10 @@ def sidecar_problem(meta: dict) -> str | None:
             return f"'val_accuracy' must be a list of accuracies in [0, 1], got {short(acc)}"
         if k is not None and len(acc) != k:
             return f"'val_accuracy' has {len(acc)} entries but num_exits is {k}"
+    if "training_data" in meta:
+        problem = _training_data_problem(meta["training_data"], meta.get("num_classes"))
+        if problem:
+            return problem
     if "recipe" in meta and not isinstance(meta["recipe"], dict):
         return f"'recipe' must be a JSON object, got {type(meta['recipe']).__name__}"
     for key in ("costs_counted_with", "dynexit_version", "created", "weights_storage"):
@@ -103,12 +107,58 @@ def sidecar_problem(meta: dict) -> str | None:
     return None
 
 
+def _training_data_problem(record, num_classes) -> str | None:
+    """The problem of a ``training_data`` record (see :func:`training_data_record`), or None."""
+    if not isinstance(record, dict):
+        return f"'training_data' must be a JSON object, got {type(record).__name__}"
+    if not isinstance(record.get("dataset"), str) or not record["dataset"]:
+        return f"'training_data.dataset' must be a dataset name (a non-empty string), got {short(record.get('dataset'))}"
+    names = record.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        return f"'training_data.class_names' must be a non-empty list of strings, got {short(names)}"
+    if num_classes is not None and len(names) != num_classes:
+        return f"'training_data.class_names' has {len(names)} entries but num_classes is {num_classes}"
+    if "split_rule" in record and not isinstance(record["split_rule"], str):
+        return f"'training_data.split_rule' must be a string, got {short(record['split_rule'])}"
+    return None
+
+
+def training_data_record(dataset: str, class_names, split_rule: str = "") -> dict:
+    """The sidecar's ``training_data``: what a model was trained on (written by ``dynexit train``).
+
+    ``dataset``: the registry name (:func:`dynexit.data.get_dataset`, e.g. ``digits``,
+    ``imagefolder:PATH``); ``class_names``: one per label, in label order (an ImageFolder tree numbers
+    its sorted folder names); ``split_rule``: how train / val were formed. Tables and resumed runs
+    compare their dataset's class names with these (:func:`class_names_mismatch`).
+    """
+    return {"dataset": str(dataset), "class_names": [str(c) for c in class_names], "split_rule": str(split_rule)}
+
+
+def class_names_mismatch(trained: dict, dataset: str, class_names) -> str | None:
+    """Why data ``dataset`` with ``class_names`` (label order) cannot be scored by a model whose
+    ``training_data`` record is ``trained``, or None when its labels mean the same classes.
+
+    Only the class names and their order count (a copy of a tree elsewhere, or the same classes
+    under another dataset name, is fine). The text names both lists and the first difference.
+    """
+    ours, theirs = list(trained["class_names"]), [str(c) for c in class_names]
+    if ours == theirs:
+        return None
+    if len(ours) != len(theirs):
+        diff = f"{len(ours)} classes vs {len(theirs)}"
+    else:
+        k = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        diff = f"label {k} is {ours[k]!r} in training, {theirs[k]!r} here"
+    return (f"the model was trained on {trained['dataset']} with classes {short(ours)} but {dataset} has classes "
+            f"{short(theirs)} ({diff})")
+
+
 def read_sidecar(path: str | os.PathLike) -> dict:
     """The validated JSON sidecar of a checkpoint (``path`` may be the .safetensors or the .json).
 
     Checks the format tag and version and the type and value of every field the loaders use
     (``arch``, ``kwargs``, ``num_exits``, ``exit_names``, ``num_classes``, ``in_chans``,
-    ``input_size``, ``costs_mflops``, ``val_accuracy``, ``recipe``, ``weights_sha256``, ...).
+    ``input_size``, ``costs_mflops``, ``val_accuracy``, ``recipe``, ``training_data``, ``weights_sha256``, ...).
     ValueError ``"{file}: {problem}; {what to do}"`` for anything else.
     """
     path = Path(path)

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dynexit.data import train_val_datasets
+from dynexit.data import get_dataset
+from dynexit.io.sidecar import training_data_record
 from dynexit.training.distributed import ShardSampler
 from dynexit.training.losses import multi_exit_loss
 from dynexit.training.optim import WarmupCosineLR, build_optimizer, train_steps, weight_decay_groups
-from dynexit.training.resume import load_resume, save_resume
+from dynexit.training.resume import check_resume_data, load_resume, save_resume
 
 
 @dataclass
@@ -70,6 +71,7 @@ class TrainConfig:
     val_subset: int | None = None
     max_steps: int | None = None
     resume: bool = False
+    force: bool = False  # replace the checkpoint of an earlier run in out_dir (else refused, unless resume)
     progress: bool = True
     checkpoint_every_epoch: bool = True
 
@@ -106,15 +108,18 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def build_datasets(cfg: TrainConfig, image_size: tuple[int, int] | None = None):
+def build_datasets(cfg: TrainConfig, image_size: tuple[int, int] | None = None, spec=None):
     """``(train, val)`` torch Datasets of ``(float32 image (C, H, W) in [0, 1], int label)``.
 
-    The dataset comes from :func:`dynexit.data.train_val_datasets` (``cfg.data``: a registry name,
-    ``torchvision:NAME`` or ``imagefolder:PATH``, files at ``cfg.data_root``); an ImageFolder tree is
-    resized to ``image_size`` (the model's input); ``cfg.train_subset`` / ``cfg.val_subset`` keep the
-    first images. ValueError for an unknown dataset or a data root without its files.
+    The dataset comes from :func:`dynexit.data.get_dataset` (``cfg.data``: a registry name,
+    ``torchvision:NAME`` or ``imagefolder:PATH``, files at ``cfg.data_root``; or ``spec``, its
+    DatasetSpec, already made); an ImageFolder tree is resized to ``image_size`` (the model's input);
+    ``cfg.train_subset`` / ``cfg.val_subset`` keep the first images. ValueError for an unknown
+    dataset or a data root without its files.
     """
-    train, val = train_val_datasets(cfg.data, cfg.data_root, augment=cfg.augment, image_size=image_size)
+    spec = spec or get_dataset(cfg.data, cfg.data_root)
+    train = spec.torch_dataset("train", cfg.augment, image_size=image_size)
+    val = spec.torch_dataset("val", image_size=image_size)
     if cfg.train_subset:
         train = torch.utils.data.Subset(train, range(min(cfg.train_subset, len(train))))
     if cfg.val_subset:
@@ -178,6 +183,7 @@ class _Run:
     ema: object  # timm ModelEmaV3, or None
     schedule_steps: int  # the LR schedule's length
     total_steps: int  # where to stop (max_steps may stop early)
+    training_data: dict  # dataset, class names, split rule (dynexit.io.sidecar.training_data_record)
 
     @property
     def main(self) -> bool:
@@ -189,9 +195,9 @@ class _Run:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _loaders(cfg: TrainConfig, distributed: bool, rank: int, world: int, image_size=None):
+def _loaders(cfg: TrainConfig, distributed: bool, rank: int, world: int, spec, image_size=None):
     """``(train_loader, val_loader, train sampler or None, the train loader's generator)``."""
-    train_ds, val_ds = build_datasets(cfg, image_size)
+    train_ds, val_ds = build_datasets(cfg, image_size, spec)
     sampler = val_sampler = None
     if distributed:
         from torch.utils.data.distributed import DistributedSampler
@@ -223,7 +229,9 @@ def _start(cfg: TrainConfig) -> _Run:
     weights = cfg.loss_weights or model.loss_weights()
     if len(weights) != model.num_exits:
         raise ValueError(f"--loss-weights needs {model.num_exits} values for {cfg.model}, got {len(weights)}")
-    train_loader, val_loader, sampler, gen = _loaders(cfg, distributed, rank, world, tuple(model.input_size))
+    spec = get_dataset(cfg.data, cfg.data_root)
+    spec.check_model(model, "training")
+    train_loader, val_loader, sampler, gen = _loaders(cfg, distributed, rank, world, spec, tuple(model.input_size))
     steps_per_epoch = len(train_loader)
     schedule_steps = max(1, int(round(cfg.epochs * steps_per_epoch)))
     optimizer, scheduler = build_optimizer(weight_decay_groups(model, cfg.weight_decay), cfg.lr, schedule_steps,
@@ -234,7 +242,8 @@ def _start(cfg: TrainConfig) -> _Run:
         ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True, device=device)
     return _Run(cfg, device, distributed, rank, world, model, model, weights, train_loader, val_loader, sampler, gen,
                 optimizer, scheduler, ema, schedule_steps,
-                min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps)
+                min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps,
+                training_data_record(spec.name, spec.class_names, spec.split_rule))
 
 
 def _resume(run: _Run, resume_path: Path) -> tuple[int, int, list]:
@@ -243,6 +252,7 @@ def _resume(run: _Run, resume_path: Path) -> tuple[int, int, list]:
         return 0, 0, []
     if not resume_path.exists():
         raise ValueError(f"--resume: no resume state at {resume_path}; train without --resume first")
+    check_resume_data(resume_path, run.training_data)
     meta = load_resume(resume_path, run.model, run.ema, run.optimizer)
     run.scheduler.jump_to(meta["step"])
     if run.main:
@@ -287,13 +297,25 @@ def _save(run: _Run, out_dir: Path, val_acc: np.ndarray, step: int, epoch: int, 
     """Checkpoint (the EMA weights) and resume state after ``epoch`` (0-based); the checkpoint path."""
     from dynexit.io.checkpoint import save_checkpoint
 
-    recipe = {k: v for k, v in run.cfg.to_dict().items() if k not in ("progress", "resume", "out_dir")}
+    recipe = {k: v for k, v in run.cfg.to_dict().items() if k not in ("progress", "resume", "force", "out_dir")}
     recipe.update(world_size=run.world, steps=step, epochs_done=epoch + 1)
     path = save_checkpoint(run.model, out_dir / "checkpoint.safetensors", val_accuracy=val_acc, recipe=recipe,
-                           state_dict=run.eval_model().state_dict(), extra={"history": history})
+                           state_dict=run.eval_model().state_dict(),
+                           extra={"history": history, "training_data": run.training_data})
     save_resume(out_dir / "resume.safetensors", run.model, run.ema, run.optimizer, step, epoch + 1, history,
-                run.cfg.to_dict())
+                run.cfg.to_dict(), training_data=run.training_data)
     return path
+
+
+def _check_out_dir(cfg: TrainConfig, out_dir: Path) -> None:
+    """ValueError when ``out_dir`` holds an earlier run's checkpoint or resume state and the config
+    neither resumes it nor (``force``) replaces it: a new run would silently overwrite it."""
+    if cfg.resume or cfg.force:
+        return
+    found = [out_dir / f for f in ("checkpoint.safetensors", "resume.safetensors") if (out_dir / f).exists()]
+    if found:
+        raise ValueError(f"{found[0]}: an earlier run's files are in {out_dir}; continue that run with --resume, "
+                         "train into another --out, or replace them with --force")
 
 
 def train(cfg: TrainConfig | None = None, **overrides) -> dict:
@@ -302,12 +324,14 @@ def train(cfg: TrainConfig | None = None, **overrides) -> dict:
     Returns ``{"history", "val_accuracy" (per exit, last epoch), "checkpoint" (path), "steps",
     "seconds_per_epoch", "exit_names", "rank", "world_size", "param_checksum"}``, also written to
     ``out_dir/train_result.json``. ValueError for a bad config (unknown model or dataset, wrong
-    number of loss weights, a training set smaller than a batch, ``resume`` without a state);
+    number of loss weights, a training set smaller than a batch, ``resume`` without a state or with
+    one trained on other classes, an ``out_dir`` holding an earlier run without ``resume`` or ``force``);
     FloatingPointError when the loss diverges.
     """
     cfg = dataclasses.replace(cfg or TrainConfig(), **overrides)
-    run = _start(cfg)
     out_dir = Path(cfg.out_dir)
+    _check_out_dir(cfg, out_dir)
+    run = _start(cfg)
     step, start_epoch, history = _resume(run, out_dir / "resume.safetensors")
     if run.distributed:  # after resuming: DDP starts every rank from rank 0's weights
         from torch.nn.parallel import DistributedDataParallel

@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 
 
-def save_resume(path: Path, model, ema, optimizer, step: int, epoch: int, history: list, config: dict) -> None:
+def save_resume(path: Path, model, ema, optimizer, step: int, epoch: int, history: list, config: dict,
+                training_data: dict | None = None) -> None:
     """Write the resume state at ``path`` (``.safetensors``; the JSON beside it).
 
     ``model`` the trained module, ``ema`` timm's ModelEmaV3 or None, ``step`` optimiser steps done,
-    ``epoch`` epochs done, ``history`` the per-epoch records, ``config`` the run's settings (JSON).
+    ``epoch`` epochs done, ``history`` the per-epoch records, ``config`` the run's settings (JSON),
+    ``training_data`` the dataset record (:func:`dynexit.io.sidecar.training_data_record`).
     """
     from safetensors.torch import save_file
 
@@ -32,12 +34,45 @@ def save_resume(path: Path, model, ema, optimizer, step: int, epoch: int, histor
             tensors[f"opt.{idx}.{key}"] = t.detach().cpu().contiguous().clone()
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"step": step, "epoch": epoch, "history": history, "config": config,
-            "param_groups": opt["param_groups"], "ema_updates": getattr(ema, "num_updates", None) if ema else None}
+            "param_groups": opt["param_groups"], "ema_updates": getattr(ema, "num_updates", None) if ema else None,
+            "training_data": training_data}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
     path.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=1, default=float))
     os.replace(tmp, path)
     os.replace(path.with_suffix(".json.tmp"), path.with_suffix(".json"))
+
+
+def _read_meta(path: Path) -> dict:
+    """The JSON part of the resume state at ``path``; ValueError when it is missing or corrupt."""
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path.with_suffix('.json')}: missing or corrupt resume state ({err})") from err
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.with_suffix('.json')}: corrupt resume state (not a JSON object)")
+    return meta
+
+
+def check_resume_data(path: Path, training_data: dict) -> None:
+    """ValueError when the resume state at ``path`` was trained on another dataset than ``training_data``
+    (the run being resumed; :func:`dynexit.io.sidecar.training_data_record`): other class names (or
+    order), or another dataset name unless both are ImageFolder trees (a tree may move). A state
+    written before the record existed is compared by its config's ``data``."""
+    from dynexit.io.sidecar import class_names_mismatch
+
+    meta = _read_meta(path)
+    saved = meta.get("training_data")
+    if not isinstance(saved, dict):
+        saved = {"dataset": str((meta.get("config") or {}).get("data", "fashion-mnist"))}
+    now = training_data["dataset"]
+    problem = class_names_mismatch(saved, now, training_data["class_names"]) if saved.get("class_names") else None
+    trees = saved["dataset"].startswith("imagefolder:") and now.startswith("imagefolder:")
+    if problem is None and saved["dataset"] != now and not trees:
+        problem = f"the resume state was trained on {saved['dataset']}, this run trains on {now}"
+    if problem:
+        raise ValueError(f"{path}: {problem}; resume with --data {saved['dataset']}, or start a new run in another "
+                         "--out (or --force without --resume to start afresh there)")
 
 
 def load_resume(path: Path, model, ema, optimizer) -> dict:
@@ -47,10 +82,7 @@ def load_resume(path: Path, model, ema, optimizer) -> dict:
     from dynexit.io.checkpoint import read_weights
 
     tensors = read_weights(path)
-    try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path.with_suffix('.json')}: missing or corrupt resume state ({err})") from err
+    meta = _read_meta(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema_sd = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}

@@ -40,7 +40,8 @@ def export_weights(checkpoint: Path, dest: Path, recipe: dict, extra: dict | Non
     """Copy a trained checkpoint into the zoo with float16 storage (tables are built from this copy).
 
     The training history (per-epoch losses, val accuracies and seconds) travels with it, summed up
-    in the sidecar's ``train`` (epochs, train_seconds, trained_recipe). Returns the written weights
+    in the sidecar's ``train`` (epochs, train_seconds, trained_recipe), and so does the dataset record
+    ``training_data`` (dataset, class names, split rule) when the checkpoint has one. Returns the written weights
     path; ValueError for a damaged checkpoint (:func:`dynexit.io.checkpoint.load_checkpoint`).
     """
     from dynexit.io.checkpoint import load_checkpoint, save_checkpoint
@@ -53,8 +54,9 @@ def export_weights(checkpoint: Path, dest: Path, recipe: dict, extra: dict | Non
     summary = {"epochs": sum(1 for h in history if "epoch" in h),
                "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
                "trained_recipe": meta.get("recipe")}
+    data = {"training_data": meta["training_data"]} if meta.get("training_data") else {}
     return save_checkpoint(model, dest, val_accuracy=meta.get("val_accuracy"), recipe=recipe,
-                           extra={"weights_storage": "float16", "history": history, "train": summary,
+                           extra={"weights_storage": "float16", "history": history, "train": summary, **data,
                                   **(extra or {})}, state_dict=half)
 
 
@@ -145,7 +147,9 @@ def _train_with_branch_study(entry: ZooEntry, work: Path, device: str, progress:
         {"phase": "branch study", "seconds": study["seconds"]},
         {"phase": "selected branches, classifier-wise", "seconds": time.time() - t0, "val_accuracy": hist["val_accuracy"]}]
     ckpt = save_checkpoint(model.cpu(), work / "checkpoint.safetensors", val_accuracy=hist["val_accuracy"],
-                           recipe={**entry.recipe, "study": cfg}, extra={"history": history})
+                           recipe={**entry.recipe, "study": cfg},
+                           extra={"history": history, **{k: v for k, v in backbone.checkpoint_meta.items()
+                                                         if k == "training_data"}})
     zoo_dir().mkdir(parents=True, exist_ok=True)
     branch_study_path(entry.name).write_text(json.dumps(study, indent=1))
     return ckpt, info

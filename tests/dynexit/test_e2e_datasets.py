@@ -78,3 +78,38 @@ def test_imagefolder_tree_trains_and_tables_by_its_folders(tree, tree_run, tmp_p
     assert list(table.meta["class_names"]) == names
     np.testing.assert_array_equal(table.labels, labels)
     assert table.num_classes == 3 and table.meta["dataset"] == f"imagefolder:{tree}"
+
+
+def test_checkpoints_record_what_they_were_trained_on(digits_zoo, tree, tree_run):
+    side = json.loads((digits_zoo / f"{NAME}.json").read_text())
+    assert side["training_data"]["dataset"] == "digits"
+    assert side["training_data"]["class_names"] == list(get_dataset("digits").class_names)
+    record = json.loads(tree_run.with_suffix(".json").read_text())["training_data"]
+    assert record["dataset"] == f"imagefolder:{tree}" and record["class_names"] == tree_labels(tree, "train")[0]
+    assert "split_rule" in record and "train/, val/ and test/" in record["split_rule"]
+
+
+def test_a_tree_with_other_classes_is_refused(tree, tree_run, tmp_path, capsys):
+    """Another tree whose sorted folders mean other classes would score silently wrong: refused, one line."""
+    import shutil
+
+    from dynexit.cli import main
+    from dynexit.tables import build_table
+
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    for split in ("train", "val", "test"):  # same count of classes, but label 2 means another class
+        (other / split / "Trouser").rename(other / split / "Bag")
+    out = tmp_path / "t.npz"
+    assert main(["table", "--model", str(tree_run), "--data", f"imagefolder:{other}", "--split", "test",
+                 "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and not out.exists()
+    assert f"trained on imagefolder:{tree} with classes ['Pullover', 'T-shirt-top', 'Trouser']" in err
+    assert "['Bag', 'Pullover', 'T-shirt-top']" in err and f"(--data imagefolder:{tree})" in err
+    with pytest.raises(ValueError, match="label 0 is 'Pullover' in training, 'Bag' here"):
+        build_table(str(tree_run), "test", dataset=f"imagefolder:{other}")
+    # a copy of the same tree elsewhere is the same classes: accepted
+    shutil.rmtree(other)
+    shutil.copytree(tree, other)
+    assert build_table(str(tree_run), "test", dataset=f"imagefolder:{other}", limit=4).num_samples == 4

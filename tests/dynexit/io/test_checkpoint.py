@@ -186,6 +186,11 @@ def test_float16_and_float64_weights_load(saved):
     ("arch", "multiexit_cnn", "saved for architecture 'dynperceiver_tiny'"),
     ("format_version", True, "format version True"),
     ("weights_sha256", "zz", "64 lowercase hex"),
+    ("training_data", "digits", "'training_data' must be a JSON object"),
+    ("training_data", {"class_names": list("0123456789")}, "'training_data.dataset' must be a dataset name"),
+    ("training_data", {"dataset": "digits", "class_names": []}, "'training_data.class_names' must be a non-empty"),
+    ("training_data", {"dataset": "digits", "class_names": list("012")}, "has 3 entries but num_classes is 10"),
+    ("training_data", {"dataset": "digits", "class_names": list("0123456789"), "split_rule": 3}, "split_rule"),
 ])
 def test_sidecar_fields_are_validated(saved, field, value, message):
     _, path = saved
@@ -248,3 +253,23 @@ def test_sidecar_costs_must_equal_a_recount(saved):
 def test_loading_never_changes_a_models_mode_but_its_own(saved):
     m, path = saved
     assert not load_checkpoint(path).training and load_checkpoint(path, eval=False).training
+
+
+def test_training_data_record_round_trips_and_old_sidecars_load(saved):
+    """``training_data`` (dataset, class names, split rule) is written and read back; a sidecar without it
+    (the shipped zoo's, older runs') loads as before."""
+    from dynexit.io.sidecar import class_names_mismatch, training_data_record
+
+    m, path = saved
+    record = training_data_record("fashion-mnist", [f"c{i}" for i in range(10)], "train: 55,000 ...")
+    path = save_checkpoint(m, path, extra={"training_data": record})
+    assert load_checkpoint(path).checkpoint_meta["training_data"] == record
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    del meta["training_data"]
+    side.write_text(json.dumps(meta))
+    assert "training_data" not in load_checkpoint(path).checkpoint_meta
+    assert class_names_mismatch(record, "x", [f"c{i}" for i in range(10)]) is None
+    swapped = [f"c{i}" for i in (1, 0, *range(2, 10))]
+    assert "label 0 is 'c0' in training, 'c1' here" in class_names_mismatch(record, "imagefolder:/t", swapped)
+    assert "10 classes vs 3" in class_names_mismatch(record, "imagefolder:/t", ["a", "b", "c"])

@@ -125,3 +125,54 @@ def test_train_on_an_imagefolder_tree(tmp_path):
     result = json.loads((out / "train_result.json").read_text())
     assert result["steps"] == 2 and len(result["val_accuracy"]) == 4
     assert load_checkpoint(out / "checkpoint.safetensors").checkpoint_meta["recipe"]["data"] == f"imagefolder:{tree}"
+
+
+DIGITS = dict(model="multiexit_cnn", data="digits", batch_size=64, max_steps=1, progress=False, augment=False,
+              ema_decay=0, model_kwargs={"backbone": "resnet10_quarter", "input_size": 8, "exit_after": [2]})
+
+
+def test_checkpoint_records_the_dataset_and_its_classes(tmp_path):
+    from dynexit.data import get_dataset
+
+    result = train(**DIGITS, epochs=1, out_dir=str(tmp_path / "run"))
+    record = load_checkpoint(result["checkpoint"]).checkpoint_meta["training_data"]
+    spec = get_dataset("digits")
+    assert record == {"dataset": "digits", "class_names": list(spec.class_names), "split_rule": spec.split_rule}
+    assert json.loads((tmp_path / "run" / "resume.json").read_text())["training_data"] == record
+
+
+def test_an_earlier_run_is_never_overwritten_silently(tmp_path):
+    out = str(tmp_path / "run")
+    first = train(**DIGITS, epochs=1, out_dir=out)
+    with pytest.raises(ValueError, match=r"an earlier run's files are in .*--resume.*--force"):
+        train(**DIGITS, epochs=1, out_dir=out)
+    again = train(**DIGITS, epochs=1, out_dir=out, force=True)
+    assert again["steps"] == 1 and again["checkpoint"] == first["checkpoint"]
+    from dynexit.cli import main
+    assert main(["train", "--model", "multiexit_cnn", "--data", "digits", "--out", out]) == 2  # refused before loading
+
+
+def test_resume_refuses_a_state_trained_on_other_classes(tmp_path):
+    from dynexit.training.resume import check_resume_data
+
+    out = tmp_path / "run"
+    train(**DIGITS, epochs=2, out_dir=str(out))
+    state = out / "resume.safetensors"
+    meta = json.loads(state.with_suffix(".json").read_text())
+    meta["training_data"] = dict(meta["training_data"], dataset="imagefolder:/elsewhere",
+                                 class_names=list("9876543210"))
+    state.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"trained on imagefolder:/elsewhere with classes .* but digits has classes "
+                                         r".*label 0 is '9' in training, '0' here.*resume with --data imagefolder"):
+        train(**DIGITS, epochs=2, out_dir=str(out), resume=True)
+    # a state from before the record: its config's dataset name decides
+    record = {"dataset": "digits", "class_names": list("0123456789")}
+    del meta["training_data"]
+    state.with_suffix(".json").write_text(json.dumps(meta))
+    check_resume_data(state, record)
+    with pytest.raises(ValueError, match="the resume state was trained on digits, this run trains on cifar10"):
+        check_resume_data(state, {"dataset": "cifar10", "class_names": list("0123456789")})
+    # two trees with the same classes (a tree that moved) resume
+    meta["training_data"] = {"dataset": "imagefolder:/old", "class_names": ["a", "b"]}
+    state.with_suffix(".json").write_text(json.dumps(meta))
+    check_resume_data(state, {"dataset": "imagefolder:/new", "class_names": ["a", "b"]})
