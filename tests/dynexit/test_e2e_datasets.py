@@ -113,3 +113,38 @@ def test_a_tree_with_other_classes_is_refused(tree, tree_run, tmp_path, capsys):
     shutil.rmtree(other)
     shutil.copytree(tree, other)
     assert build_table(str(tree_run), "test", dataset=f"imagefolder:{other}", limit=4).num_samples == 4
+
+
+def test_zoo_reproduce_moves_a_recipe_to_another_dataset_and_folder(tmp_path, monkeypatch, capsys):
+    """`dynexit zoo reproduce NAME --data digits --out DIR`: the entry's recipe on digits, a zoo-folder entry in DIR."""
+    from dynexit import zoo
+    from dynexit.cli import main
+
+    recipe = {"model": "multiexit_cnn", "model_kwargs": {"backbone": "resnet10_quarter", "exit_after": [1, 2]},
+              "epochs": 2, "batch_size": 32, "augment": False, "ema_decay": 0, "seed": 0}
+    monkeypatch.setitem(zoo.ENTRIES, "tiny_cnn", zoo.ZooEntry("tiny_cnn", "multiexit_cnn", "test entry", recipe))
+    monkeypatch.setenv("DYNEXIT_ZOO", str(tmp_path / "zoo"))
+    assert main(["zoo", "reproduce", "tiny_cnn", "--data", "digits", "--work-dir", str(tmp_path / "runs")]) == 2
+    assert "give an output folder (--out DIR)" in capsys.readouterr().err
+    out = tmp_path / "digits_zoo"
+    assert main(["zoo", "reproduce", "tiny_cnn", "--data", "digits", "--out", str(out), "--work-dir",
+                 str(tmp_path / "runs"), "--device", "cpu", "--no-bench", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["tiny_cnn.json", "tiny_cnn.safetensors", "tiny_cnn.test.npz",
+                                                    "tiny_cnn.val.npz"]
+    assert not (tmp_path / "zoo").exists() and (tmp_path / "runs" / "tiny_cnn@digits" / "checkpoint.safetensors").exists()
+    side = json.loads((out / "tiny_cnn.json").read_text())
+    assert side["kwargs"]["input_size"] == 8 and side["kwargs"]["num_classes"] == 10
+    assert side["recipe"]["data"] == "digits" and side["training_data"]["dataset"] == "digits"
+    test = ExitTable.load(out / "tiny_cnn.test.npz")
+    assert test.meta["dataset"] == "digits" and test.num_samples == 360 and test.exit_accuracy()[-1] > 0.5
+
+
+def test_zoo_reproduce_names_a_recipe_that_cannot_take_the_dataset():
+    from dynexit import zoo
+    from dynexit.zoo.reproduce import entry_on_dataset
+
+    with pytest.raises(ValueError, match=r"the recipe of zoo model dvt_fmnist \(dvt_fmnist\) does not fit digits "
+                                         r"\(1x8x8 images, 10 classes\)"):
+        entry_on_dataset(zoo.get_entry("dvt_fmnist"), "digits")
+    moved = entry_on_dataset(zoo.get_entry("mevit_fmnist"), "digits")
+    assert moved.recipe["model_kwargs"]["img_size"] == 8
