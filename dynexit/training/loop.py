@@ -91,7 +91,8 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- pieces
 
 def pick_device(device: str = "auto") -> torch.device:
-    """The torch device for ``device`` (auto: CUDA of ``$LOCAL_RANK``, then MPS, then CPU); ValueError
+    """The torch device for ``device`` (auto: CUDA of ``$LOCAL_RANK``, then MPS, then CPU; a bare
+    ``cuda`` is also the GPU of ``$LOCAL_RANK``, so every torchrun process gets its own); ValueError
     for an unknown name or CUDA requested where there is none."""
     if device == "auto":
         if torch.cuda.is_available():
@@ -105,6 +106,8 @@ def pick_device(device: str = "auto") -> torch.device:
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available; use --device auto or cpu")
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return dev
 
 

@@ -45,6 +45,12 @@ def test_device_auto_and_errors():
         pick_device("toaster")
 
 
+def test_a_bare_cuda_is_each_torchrun_process_own_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert pick_device("cuda") == torch.device("cuda", 3) and pick_device("cuda:1") == torch.device("cuda", 1)
+
+
 @pytest.mark.parametrize("key", ["dynperceiver", "multiexit_cnn"])
 def test_a_few_steps_lower_the_loss(key):
     m = tiny(key).train()
