@@ -24,8 +24,8 @@ import numpy as np
 
 from dynexit import criteria
 from dynexit.arrays import row_chunks, softmax_f32
-from dynexit.table_checks import (COST_UNITS, check_cost_unit, check_costs, check_exit_names, check_index, check_labels,
-                                  check_logits, check_meta)
+from dynexit.table_checks import (COST_UNITS, as_numpy, check_cost_unit, check_costs, check_exit_names, check_index,
+                                  check_labels, check_logits, check_meta)
 from dynexit.table_npz import FIX, TableFileError, describe, max_abs, read_npz
 
 FORMAT_VERSION = 1
@@ -79,7 +79,8 @@ class ExitTable:
         Parameters
         ----------
         logits : (N, K, C) array of every exit's raw scores (pre-softmax logits), or a list of K
-            arrays (N, C), one per exit, shallow to deep (stacked along axis 1)
+            arrays (N, C), one per exit, shallow to deep (stacked along axis 1); torch tensors on any
+            device are detached and copied to the CPU (bfloat16 / float16 widened to float32)
         labels : (N,) integer class labels in [0, C)
         costs : (K,) cumulative cost per image of reaching exit k (exit 1's includes everything
             computed before it), positive and non-decreasing, in ``cost_unit``
@@ -97,10 +98,12 @@ class ExitTable:
 
         >>> table = ExitTable.from_arrays(np.random.randn(100, 3, 10), np.arange(100) % 10, [1.0, 2.5, 4.0])
         """
+        logits, labels, costs, indices = (as_numpy(a, n) for a, n in ((logits, "logits"), (labels, "labels"),
+                                                                      (costs, "costs"), (indices, "indices")))
         if isinstance(logits, (list, tuple)):
             if not logits:
                 raise ValueError("logits: an empty list of exits; give an (N, K, C) array or K arrays (N, C)")
-            parts = [np.asarray(part) for part in logits]
+            parts = [np.asarray(as_numpy(part, "logits")) for part in logits]
             if any(part.ndim != 2 for part in parts) or len({part.shape for part in parts}) != 1:
                 raise ValueError(f"logits as a list must hold K arrays of one shape (N, C), got shapes "
                                  f"{[part.shape for part in parts]}")

@@ -103,6 +103,9 @@ def check_exit_names(exit_names, k: int) -> tuple:
                          f"and shape {names.shape}")
     if len(names) != k:
         raise ValueError(f"exit_names must have {k} entries, got {len(names)}")
+    repeated = sorted({s for s in names.tolist() if names.tolist().count(s) > 1})
+    if repeated:  # rules, profiles and plots find exits by name
+        raise ValueError(f"exit_names must be distinct, got {', '.join(map(repr, repeated))} more than once")
     return tuple(names.tolist())
 
 
@@ -141,3 +144,19 @@ def check_cost_unit(cost_unit, meta: dict) -> str:
     if recorded is not None and recorded != unit:
         raise ValueError(f"cost_unit {unit!r} contradicts meta['costs_unit'] {recorded!r}")
     return unit
+
+
+def as_numpy(arr, name: str):
+    """``arr`` as numpy, whatever framework made it: a torch tensor (any device, one that requires
+    grad, bfloat16 or float16) is detached, moved to the CPU and, if a float, widened to float32;
+    anything else goes through ``np.asarray``. Lists of arrays are left to the caller."""
+    if hasattr(arr, "detach") and hasattr(arr, "cpu") and hasattr(arr, "is_floating_point"):  # torch, duck-typed
+        t = arr.detach().cpu()
+        if t.is_floating_point():
+            t = t.float()
+        try:
+            return t.numpy()
+        except (TypeError, RuntimeError) as err:
+            raise ValueError(f"{name}: cannot read this tensor ({err}); pass a numpy array") from None
+    return arr
+

@@ -60,3 +60,17 @@ def test_old_files_load_as_mflops(tmp_path):
     assert ExitTable.load(path).cost_unit == "MFLOPs"
     with pytest.raises(ValueError, match="contradicts"):
         ExitTable(logits, labels, costs, meta={"costs_unit": "ms"}, cost_unit="MFLOPs")
+
+
+def test_torch_tensors_of_any_kind_are_read():
+    torch = pytest.importorskip("torch")
+    logits = torch.randn(6, 2, 3, requires_grad=True)
+    for given in (logits, logits.detach().bfloat16(), logits.detach().half()):
+        table = ExitTable.from_arrays(given, torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([1.0, 2.0]))
+        assert table.logits.dtype == np.float32
+        np.testing.assert_allclose(table.logits, given.detach().float().numpy())
+
+
+def test_repeated_exit_names_are_refused():
+    with pytest.raises(ValueError, match="exit_names must be distinct, got 'a' more than once"):
+        ExitTable.from_arrays(np.zeros((2, 2, 3)), [0, 1], [1.0, 2.0], exit_names=["a", "a"])
