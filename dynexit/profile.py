@@ -132,12 +132,12 @@ def validate(profile, where: str = "profile") -> None:
     for b, entry in batches.items():
         if not (isinstance(b, str) and b.isdigit() and int(b) > 0) or not isinstance(entry, dict):
             raise bad(f"batch size {b!r} is not a positive integer")
-        for key in ("median_ms", "iqr_ms"):
-            vals = entry.get(key)
+        for key, least, words in (("median_ms", 0.0, "positive"), ("iqr_ms", None, "non-negative")):
+            vals = entry.get(key)  # a latency is never 0 (it would make an exit free); a spread may be
             if not isinstance(vals, list) or len(vals) != len(names) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-                    for v in vals):
-                raise bad(f"batch {b}: {key} must be {len(names)} finite non-negative numbers")
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > least if least is not None else v >= 0) for v in vals):
+                raise bad(f"batch {b}: {key} must be {len(names)} finite {words} numbers")
 
 
 def exit_costs_ms(profile: dict, batch_size: int | None = None) -> np.ndarray:

@@ -41,9 +41,10 @@ def test_round_trip_and_damage(measured, tmp_path):
         (tmp_path / "bad.json").write_text("{")
         profile.load(tmp_path / "bad.json")
     broken = json.loads(json.dumps(prof))
-    broken["batches"]["1"]["median_ms"][0] = float("nan")
-    with pytest.raises(ValueError, match="finite non-negative"):
-        profile.save(broken, tmp_path / "x.json")
+    for bad in (float("nan"), 0.0, -1.0):  # a zero latency would make an exit free
+        broken["batches"]["1"]["median_ms"][0] = bad
+        with pytest.raises(ValueError, match="median_ms must be .* finite positive numbers"):
+            profile.save(broken, tmp_path / "x.json")
     with pytest.raises(ValueError, match="no such profile"):
         profile.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="not 8"):
