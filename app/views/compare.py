@@ -46,24 +46,25 @@ def curves_plot(tests: dict, curves: dict):
 
 
 def accuracy_at_budgets(tests: dict, curves: dict):
-    """A table: each model's test accuracy at budgets the user types (MFLOPs per image)."""
+    """A table: each model's test accuracy at budgets the user types (per image, in the tables' cost unit)."""
+    unit = next(iter(tests.values())).cost_unit  # one unit: the page compares tables of one unit only
     st.subheader("Accuracy at chosen budgets")
-    st.caption("Each model's test accuracy when it may spend at most this many MFLOPs per image on average "
+    st.caption(f"Each model's test accuracy when it may spend at most this many {unit} per image on average "
                "(read off its curve; – where the model cannot run that cheaply).")
     lo = min(float(t.costs[0]) for t in tests.values())
     hi = max(float(t.costs[-1]) for t in tests.values())
     default = ", ".join(f"{b:.1f}" for b in np.linspace(lo, hi, 4)[1:])
-    text = st.text_input("Budgets in MFLOPs per image, separated by commas", default, key="compare_budgets")
+    text = st.text_input(f"Budgets in {unit} per image, separated by commas", default, key="compare_budgets")
     try:
         budgets = sorted({float(b) for b in text.replace(";", ",").split(",") if b.strip()})
         if not all(np.isfinite(b) and b > 0 for b in budgets):  # float() reads "nan", "inf" and "-3" too
             raise ValueError
     except ValueError:
-        st.error(f"Could not read {text!r}: write positive numbers of MFLOPs separated by commas, e.g. {default}")
+        st.error(f"Could not read {text!r}: write positive numbers of {unit} separated by commas, e.g. {default}")
         return
     if budgets:
         rows = {n: logic.accuracy_at_budgets(curves[n], budgets) for n in tests}
-        df = pd.DataFrame({f"{b:g} MFLOPs": ["–" if np.isnan(rows[n][i]) else f"{100 * rows[n][i]:.2f}%" for n in tests]
+        df = pd.DataFrame({f"{b:g} {unit}": ["–" if np.isnan(rows[n][i]) else f"{100 * rows[n][i]:.2f}%" for n in tests]
                            for i, b in enumerate(budgets)}, index=list(tests))
         st.dataframe(df, width="stretch")
 
@@ -81,7 +82,7 @@ def budget_for_target(tests: dict, curves: dict):
         need = logic.budget_for_accuracy(curves[n], target)
         full = float(t.costs[-1])
         never = np.isnan(need)
-        out.append({"model": n, "MFLOPs": "–" if never else f"{need:.2f}",
+        out.append({"model": n, t.cost_unit: "–" if never else f"{need:.2f}",
                     "of its full cost": "–" if never else f"{need / full:.0%}",
                     "speedup": "–" if never else f"{full / need:.2f}x"})
     st.dataframe(pd.DataFrame(out), hide_index=True, width="stretch")
