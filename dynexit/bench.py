@@ -214,7 +214,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
               criterion: str = "max_prob", val_table=None, limit: int | None = None, batch_sizes=(256, 1),
               batch1_limit: int = 300, repeats: int = 3, threads: int | None = None, data_root=None,
               json_path: str | None = None, *, untrained: bool = False, model_name: str | None = None,
-              optimize: bool = True, dataset: str = "fashion-mnist") -> dict:
+              optimize: bool = True, dataset: str = "fashion-mnist", keep_memory: bool = True) -> dict:
     """The whole benchmark: check the request, resolve the model, fit thresholds on val (unless given), time on test.
 
     The val table: ``val_table`` (an ExitTable or its path), else a zoo model's shipped val table
@@ -227,7 +227,8 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     against the costs in the val table or the checkpoint's sidecar when they exist. The result's
     ``"model"`` is ``model_name``, else the name given, else the architecture; ``"weights"`` says
     which weights ran. ``optimize``: time :func:`dynexit.models.optimize_for_inference`'s copy (for
-    the full model and early exit alike; the costs stay the model's). ``dataset``: a name of
+    the full model and early exit alike; the costs stay the model's), and with it ``keep_memory``:
+    the allocator keeps freed pages (:func:`dynexit.bench_timing.keep_freed_memory`). ``dataset``: a name of
     :func:`dynexit.data.get_dataset` (val and test come from it). ValueError for any bad argument or file.
     """
     from dynexit import zoo
@@ -253,7 +254,7 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     images, labels, info["test_data"] = load_split_images("test", dataset, data_root=data_root, limit=limit,
                                                           return_source=True)
     result = {**info, **benchmark(model, images, labels, thresholds, criterion, batch_sizes, batch1_limit,
-                                  repeats, threads, optimize=optimize)}
+                                  repeats, threads, optimize=optimize, keep_memory=keep_memory)}
     if json_path:
         Path(json_path).expanduser().write_text(json.dumps(result, indent=2))
     return result
@@ -279,7 +280,9 @@ def format_result(r: dict) -> str:
              *_inference_lines(r)]
     for k, t in r["timings"].items():
         lines.append(f"{k}: full {t['full_images_per_s']:.1f} img/s, early exit {t['early_exit_images_per_s']:.1f} img/s, "
-                     f"measured_speedup {t['measured_speedup']:.3f} ({t['ratio_to_theoretical']:.2f} x theoretical)")
+                     f"measured_speedup {t['measured_speedup']:.3f} ({t['ratio_to_theoretical']:.2f} x theoretical)"
+                     + (f"; best whole pass {t['best_pass']['measured_speedup']:.3f} "
+                        f"({t['best_pass']['ratio_to_theoretical']:.2f} x)" if "best_pass" in t else ""))
     return "\n".join(lines + _stage_lines(r))
 
 
@@ -299,7 +302,17 @@ def _inference_lines(r: dict) -> list[str]:
             f"{done['residual_dwconv_folded']} residual depthwise convs folded, {done['adaptive_pools']} pools "
             f"rewritten, channels-last {cl}); "
             f"max |logit difference| {how['max_abs_logit_difference']:.1e} on {how['checked_on']} test images; "
-            "costs are the model's"]
+            "costs are the model's", *_memory_lines(how.get("memory"))]
+
+
+def _memory_lines(memory) -> list[str]:
+    """What :func:`dynexit.bench_timing.keep_freed_memory` set (nothing for results written before it)."""
+    if not memory:
+        return []
+    if memory.get("allocator") != "glibc":
+        return [f"allocator: as the process started ({memory.get('why')})"]
+    return [f"allocator: glibc keeps freed memory (mmap threshold {memory['mmap_threshold'] >> 20} MiB, no trimming): "
+            "each batch reuses the last one's pages instead of faulting in new ones"]
 
 
 def _stage_lines(r: dict) -> list[str]:

@@ -13,6 +13,8 @@ since the app shares model objects across threads) in eval mode, with
   centre tap is one larger;
 - **conv + ReLU (+ residual add) fused** into one oneDNN call (:mod:`dynexit.models._fused_conv`, the
   kernel ``torch.compile`` emits on CPU) in ``nn.Sequential`` chains and timm ResNet basic blocks;
+- **linear + GELU fused** into one oneDNN call (:mod:`dynexit.models._fused_linear`) in the timm
+  ``Mlp`` of the transformer blocks and cross-attentions;
 - **adaptive average pools** that only copy (output size = input size) or pool whole blocks (input a
   multiple of the output) run as identity / ``avg_pool2d``;
 - **channels-last** memory format for the convolutions and the images (``channels_last=True``): the
@@ -34,6 +36,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from dynexit.models._fused_conv import _leaves, fuse_relu
+from dynexit.models._fused_linear import fuse_linear_gelu
 
 # timm block classes and their (conv, norm) attribute pairs, where the norm is applied to the conv's
 # output and nothing else reads the conv's output (checked against timm's forward code)
@@ -203,7 +206,8 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, check: 
     channels-last, except the backbone stages whose input map is smaller than
     ``min_channels_last_size`` on a side (slower there). ``fuse``: convs and their ReLU (and a ResNet
     block's residual add) as one oneDNN call (:mod:`dynexit.models._fused_conv`), outside those NCHW
-    stages (slower there too). ``check``: run both on 4 random
+    stages (slower there too), and the first linear layer + GELU of each transformer MLP
+    (:mod:`dynexit.models._fused_linear`). ``check``: run both on 4 random
     images and raise RuntimeError if any exit's logits differ by more than ``atol`` (absolute).
     """
     was_training = model.training
@@ -217,6 +221,7 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, check: 
         done["nchw_stages"] = _small_stages_nchw(fast, min_channels_last_size)
     # fused only where the maps are channels-last: on the small NCHW maps it measured slower
     done["relu_fused"] = fuse_relu(fast, skip=(ContiguousFormat,)) if fuse else 0
+    done["linear_gelu_fused"] = fuse_linear_gelu(fast) if fuse else 0
     if costs is not None:
         fast._costs_cache = costs
     fast.inference_rewrites = done
