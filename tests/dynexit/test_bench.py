@@ -75,3 +75,28 @@ def test_a_refused_copy_is_said_and_the_model_timed_as_it_is(dp, monkeypatch):
     x, _ = _data(4)
     timed, how = inference_copy(dp, x)
     assert timed is dp and how == {"optimized": False, "refused": "changed the logits by 1 (> 0.0001)"}
+
+
+def test_keep_freed_memory_says_what_it_set():
+    from dynexit.bench_timing import keep_freed_memory
+
+    done = keep_freed_memory()
+    json.dumps(done)
+    if done["allocator"] == "glibc":
+        assert done["mmap_threshold"] >= 32 << 20 and done["trim_threshold"] == 2 ** 31 - 1
+    else:
+        assert done["allocator"] == "unchanged" and done["why"]
+
+
+def test_per_batch_best_and_the_best_whole_pass_are_both_reported(dp):
+    x, y = _data(24)
+    r = benchmark(dp, x, y, thresholds=[0.2, 0.2, 0.2], batch_sizes=(8,), repeats=2, keep_memory=False)
+    t = r["timings"]["batch8"]
+    assert r["inference"]["memory"] == {"allocator": "unchanged", "why": "not asked"}
+    # the sum of each batch's best is never slower than the best whole pass
+    assert t["full_images_per_s"] >= t["best_pass"]["full_images_per_s"] * (1 - 1e-9)
+    assert t["early_exit_images_per_s"] >= t["best_pass"]["early_exit_images_per_s"] * (1 - 1e-9)
+    assert t["ratio_to_theoretical"] == pytest.approx(t["measured_speedup"] / r["theoretical_speedup"])
+    assert sum(row["seconds"] for row in r["stages"]["rows"]) == pytest.approx(24 / t["full_images_per_s"])
+    text = format_result({**r, "model": "tiny", "budget_mflops": None})
+    assert "best whole pass" in text and "allocator: as the process started (not asked)" in text

@@ -124,3 +124,16 @@ def test_shipped_models_on_the_first_256_test_images(name):
     x, _ = load_split_images("test", limit=256)
     fast = optimize_for_inference(model)
     assert max_exit_difference(model, fast, x) <= 1e-4
+
+
+def test_the_latent_mlps_are_fused_and_optional():
+    m = _random_bn_stats(tiny("dynperceiver"))
+    fast, plain = optimize_for_inference(m), optimize_for_inference(m, fuse=False)
+    from timm.layers import Mlp
+
+    from dynexit.models._fused_linear import linear_fusion_available
+
+    mlps = sum(type(mod) is Mlp for mod in m.modules())  # every cross-attention's and latent block's
+    assert mlps > 0 and fast.inference_rewrites["linear_gelu_fused"] == (mlps if linear_fusion_available() else 0)
+    assert plain.inference_rewrites["linear_gelu_fused"] == 0
+    assert max_exit_difference(m, fast, images(m, 8)) <= 1e-4
