@@ -165,34 +165,14 @@ def existing_file_arg(text: str) -> str:
 
 
 def data_arg(text: str) -> tuple[str, str | None]:
-    """``--data NAME[:ROOT]`` -> ``(dataset name, root or None)``, the one parser of that string.
+    """``--data NAME[:ROOT]`` -> ``(dataset name, root or None)``: :func:`dynexit.data.parse_data`, the
+    one parser of that string, with its ValueError as argparse's error."""
+    from dynexit.data import parse_data
 
-    ``NAME`` is a registered dataset (fashion-mnist, digits, cifar10, cifar100, svhn), optionally
-    followed by ``:ROOT``, the folder holding its files; ``torchvision:NAME[:ROOT]`` names any
-    torchvision classification dataset; ``imagefolder:PATH`` is a class-per-folder tree (its path is
-    the whole rest, colons included). A given ROOT or PATH must be an existing folder; the files in
-    it are checked when the command reads them.
-    """
-    from dynexit.data import available_datasets
-
-    text = text.strip()
-    if text.startswith("imagefolder:"):
-        name, root = text, None
-        directory_arg(text[len("imagefolder:"):] or ".")
-    elif text.startswith("torchvision:"):
-        rest = text[len("torchvision:"):]
-        cls_name, _, root = rest.partition(":")
-        if not cls_name:
-            raise argparse.ArgumentTypeError(f"{text!r}: write torchvision:NAME[:ROOT], e.g. torchvision:KMNIST:/data")
-        name = f"torchvision:{cls_name}"
-    else:
-        name, _, root = text.partition(":")
-        aliases = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist"}
-        name = aliases.get(name, name)
-        if name not in available_datasets():
-            raise argparse.ArgumentTypeError(f"unknown dataset {name!r}: choose one of {', '.join(available_datasets())}, "
-                                             "torchvision:NAME[:ROOT] or imagefolder:PATH")
-    return name, (directory_arg(root) if root else None)
+    try:
+        return parse_data(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def json_object_arg(text: str) -> dict:

@@ -231,3 +231,36 @@ def train_val_datasets(name: str, root: str | os.PathLike | None = None, augment
     """
     spec = get_dataset(name, root)
     return spec.torch_dataset("train", augment, image_size=image_size), spec.torch_dataset("val", image_size=image_size)
+
+
+def parse_data(text: str) -> tuple[str, str | None]:
+    """``"NAME[:ROOT]"`` -> ``(dataset name, root or None)``: what ``--data`` and the notebooks read.
+
+    ``NAME`` is a registered dataset (fashion-mnist, digits, cifar10, cifar100, svhn; ``fmnist`` is
+    an alias), optionally followed by ``:ROOT``, the folder holding its files;
+    ``torchvision:NAME[:ROOT]`` names any torchvision classification dataset; ``imagefolder:PATH`` is a
+    class-per-folder tree (its path is the whole rest, colons included). A given ROOT or PATH must be
+    an existing folder (the files in it are checked when they are read). ValueError saying what is
+    wrong otherwise.
+    """
+    def folder(path: str) -> str:
+        p = os.path.expanduser(path)
+        if not os.path.isdir(p):
+            raise ValueError(f"{p}: {'not a folder' if os.path.exists(p) else 'no such folder'}")
+        return p
+
+    text = str(text).strip()
+    if text.startswith("imagefolder:"):
+        folder(text[len("imagefolder:"):] or ".")
+        return text, None
+    if text.startswith("torchvision:"):
+        cls_name, _, root = text[len("torchvision:"):].partition(":")
+        if not cls_name:
+            raise ValueError(f"{text!r}: write torchvision:NAME[:ROOT], e.g. torchvision:KMNIST:/data")
+        return f"torchvision:{cls_name}", (folder(root) if root else None)
+    name, _, root = text.partition(":")
+    name = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist"}.get(name, name)
+    if name not in available_datasets():
+        raise ValueError(f"unknown dataset {name!r}: choose one of {', '.join(available_datasets())}, "
+                         "torchvision:NAME[:ROOT] or imagefolder:PATH")
+    return name, (folder(root) if root else None)
