@@ -57,8 +57,12 @@ def main(argv=None) -> int:
     summary = {"load_before": os.getloadavg(), "models": {}}
     for name in args.models.split(","):
         budget = final_budget(name)
-        runs = [one_run(name, budget, args) for _ in range(args.runs)]
-        key = f"batch{args.batch_size}"
+        key, runs = f"batch{args.batch_size}", []
+        for i in range(args.runs):
+            runs.append(one_run(name, budget, args))
+            print(f"  run {i + 1}: ratio {runs[-1]['timings'][key]['ratio_to_theoretical']:.3f} (best whole pass "
+                  f"{runs[-1]['timings'][key]['best_pass']['ratio_to_theoretical']:.3f}), load {os.getloadavg()}",
+                  flush=True)
         ratios = [r["timings"][key]["ratio_to_theoretical"] for r in runs]
         passes = [r["timings"][key]["best_pass"]["ratio_to_theoretical"] for r in runs]
         median = sorted(runs, key=lambda r: r["timings"][key]["ratio_to_theoretical"])[len(runs) // 2]
