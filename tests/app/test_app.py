@@ -311,3 +311,11 @@ def test_pyproject_lists_every_package_folder():
 def test_no_sys_path_edits_in_the_app_and_tools():
     for path in [*(ROOT / "app").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]:
         assert "sys.path" not in path.read_text(), path
+
+
+def test_streamlit_does_not_collect_garbage_after_every_run():
+    """Streamlit's gc.collect(2) after each run holds the GIL ~300 ms with torch loaded, delaying every slider
+    move's end (benchmarks/app_slider.py); the repository's config turns it off for `make app` and the tests."""
+    import tomllib
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["runner"]["postScriptGC"] is False
