@@ -44,6 +44,11 @@ def names() -> list[str]:
     return folder.entry_names() + list(_uploads())
 
 
+def skipped() -> list[str]:
+    """The folder's table files that are not part of an entry, and why (the sidebar says so)."""
+    return folder.skipped_files()
+
+
 def label(name: str) -> str:
     """How an entry is shown in the sidebar."""
     if is_upload(name):
@@ -65,9 +70,11 @@ def version(name: str) -> tuple:
     return (str(zoo.zoo_dir()), *(folder.modified_ns(f) for f in files))
 
 
-@st.cache_resource(show_spinner="Loading the ExitTable ...", max_entries=32)
-def _table(name: str, split: str, version: tuple):
-    return folder.load_table(name, split)
+@st.cache_resource(show_spinner="Loading the ExitTables ...", max_entries=32)
+def _pair(name: str, version: tuple):
+    val, test = folder.load_table(name, "val"), folder.load_table(name, "test")
+    folder.check_pair(val, test, name)  # thresholds fitted on val only mean something on test of the same model
+    return val, test
 
 
 def table(name: str, split: str = "test"):
@@ -77,7 +84,7 @@ def table(name: str, split: str = "test"):
         if name not in _uploads():
             raise ValueError(f"the uploaded tables {name} are no longer in this session; upload them again")
         return _uploads()[name][1 if split == "val" else 2]
-    return _table(name, split, version(name))
+    return _pair(name, version(name))[0 if split == "val" else 1]
 
 
 # ----------------------------------------------------------------------------- uploads
@@ -117,7 +124,10 @@ def add_upload(val_file, test_file) -> str:
     stem = Path(test_file.name).name.removesuffix(".npz").removesuffix(".test")
     store = _uploads()
     store.pop(name, None)
-    store[name] = (f"{stem} (uploaded)", val, test)
+    taken = {entry[0] for entry in store.values()}
+    label = next(f"{stem} (uploaded{'' if i == 1 else f' {i}'})" for i in range(1, len(taken) + 2)
+                 if f"{stem} (uploaded{'' if i == 1 else f' {i}'})" not in taken)
+    store[name] = (label, val, test)
     while len(store) > MAX_UPLOADS:
         store.pop(next(iter(store)))
     return name
@@ -162,14 +172,13 @@ def _source(name: str):
 def images_problem(name: str) -> str | None:
     """None when the entry's test images can be shown, else why not (in words, for a caption)."""
     test = table(name, "test")
-    if not test.meta.get("dataset"):
-        return "the table does not name its dataset (meta['dataset']), so only scores are shown"
+    problem = folder.dataset_problem(test)
+    if problem:
+        return f"{problem}, so only scores are shown"
     try:
         src = _source(name)
     except (ValueError, OSError) as err:  # DataNotFoundError is an OSError / ValueError with the root
         return f"the images of {test.meta['dataset']} are not on this machine ({err})"
-    if src is None:
-        return f"the dataset {test.meta['dataset']!r} is not one this machine can open"
     if len(test) and int(test.index.max()) >= len(src):
         return f"the table's image indices go past the {len(src):,} images of {test.meta['dataset']}"
     return None

@@ -39,6 +39,7 @@ class BudgetView:
     final_accuracy: float    # test accuracy of the last exit alone
     val_cost: float
     val_accuracy: float
+    unit: str = "MFLOPs"     # the tables' cost unit
 
     @property
     def accuracy(self) -> float:
@@ -68,7 +69,7 @@ class BudgetView:
     @property
     def spending_note(self) -> str | None:
         """Words when the fitted rule leaves budget unspent on val (see ``ExitResult.spending_note``)."""
-        return self.result.spending_note()
+        return self.result.spending_note(self.unit)
 
     @property
     def change_vs_final(self) -> float:
@@ -77,7 +78,7 @@ class BudgetView:
 
 
 def budget_view(val, test, solver: str, criterion: str, budget: float) -> BudgetView:
-    """Fit ``solver`` at ``budget`` (MFLOPs per image) on the val ExitTable, evaluate its rule on test.
+    """Fit ``solver`` at ``budget`` (per image, in the tables' cost unit) on the val ExitTable, evaluate its rule on test.
 
     A single-exit model needs no solver (its rule sends everyone to the one exit). ValueError when
     val and test have different numbers of exits, or from the solver (unknown name, bad budget).
@@ -96,7 +97,7 @@ def budget_view(val, test, solver: str, criterion: str, budget: float) -> Budget
     return BudgetView(float(budget), solver, criterion, np.asarray(rule.thresholds, dtype=np.float64), rule, result,
                       np.asarray(scores), metrics.confidence_at_exit(test, result),
                       metrics.easy_hard(test, result)["overthinking"], float(test.exit_accuracy()[-1]),
-                      val_cost, val_acc)
+                      val_cost, val_acc, test.cost_unit)
 
 
 def slider_steps(costs, n: int = 100) -> tuple[float, float, float]:

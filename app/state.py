@@ -25,6 +25,7 @@ MODEL, SOLVER, CRITERION, UNIT = "model", "solver", "criterion", "budget_unit"  
 BUDGETS = "budgets"  # {model name: budget in MFLOPs per image, "model [ms]": budget in ms per image}
 PICKED_ROW, INSPECT_HOW = "inspect_row", "inspect_how"  # the image a gallery sends to the inspector
 UPLOAD_VAL, UPLOAD_TEST, UPLOAD_ERROR = "upload_val_table", "upload_test_table", "upload_table_error"
+UPLOAD_ROUND = "upload_round"  # bumped after each opened pair: fresh, empty uploaders for the next one
 FROM_GALLERY = "from the gallery"
 INSPECTOR_PAGE = "views/inspector.py"
 
@@ -134,6 +135,10 @@ def sidebar() -> Choices:
         missing = common.missing_models()
         if missing:
             st.caption("Not in the zoo (yet): " + ", ".join(missing) + ". Build one with `dynexit zoo reproduce NAME`.")
+        left_out = entries.skipped()
+        if left_out:
+            st.caption("Left out of the folder: " + "; ".join(left_out[:4])
+                       + (f"; and {len(left_out) - 4} more" if len(left_out) > 4 else "") + ".")
         upload_tables()
     return choices()
 
@@ -143,13 +148,17 @@ def sidebar() -> Choices:
 def _tables_uploaded() -> None:
     """Both files of a pair are there: validate them, keep them in the session, open them."""
     st.session_state.pop(UPLOAD_ERROR, None)
-    val, test = st.session_state.get(UPLOAD_VAL), st.session_state.get(UPLOAD_TEST)
+    n = st.session_state.get(UPLOAD_ROUND, 0)
+    val, test = st.session_state.get(f"{UPLOAD_VAL}_{n}"), st.session_state.get(f"{UPLOAD_TEST}_{n}")
     if val is None or test is None:
         return
     try:
         st.session_state[MODEL] = entries.add_upload(val, test)
-    except ValueError as err:
+    except ValueError as err:  # the files stay in the uploaders: replacing either one tries the pair again
         st.session_state[UPLOAD_ERROR] = str(err)
+        return
+    # both uploaders start empty again, so that changing one file never pairs it with the last pair's other file
+    st.session_state[UPLOAD_ROUND] = n + 1
 
 
 def upload_tables(expanded: bool = False) -> None:
@@ -158,8 +167,9 @@ def upload_tables(expanded: bool = False) -> None:
     with st.expander("Open your own tables", expanded=expanded or UPLOAD_ERROR in st.session_state):
         st.caption(f"A val / test pair of ExitTable .npz files (up to {entries.MAX_UPLOAD_MB} MB each; README: \"Your "
                    "data, your tables\"). Thresholds are fitted on val, results measured on test.")
-        st.file_uploader("Validation table (.npz)", type=["npz"], key=UPLOAD_VAL, on_change=_tables_uploaded)
-        st.file_uploader("Test table (.npz)", type=["npz"], key=UPLOAD_TEST, on_change=_tables_uploaded)
+        n = st.session_state.get(UPLOAD_ROUND, 0)
+        st.file_uploader("Validation table (.npz)", type=["npz"], key=f"{UPLOAD_VAL}_{n}", on_change=_tables_uploaded)
+        st.file_uploader("Test table (.npz)", type=["npz"], key=f"{UPLOAD_TEST}_{n}", on_change=_tables_uploaded)
         if UPLOAD_ERROR in st.session_state:
             st.error(f"Cannot open these tables: {st.session_state[UPLOAD_ERROR]}", icon=":material/error:")
 
@@ -195,8 +205,12 @@ def budget_slider(name: str, costs, key: str, label: str | None = None, unit: st
                        help=f"The average {what}. Thresholds are fitted on the validation images to spend at most "
                             "this on average; the numbers below are measured on the test images.")
     full = float(costs[-1])
-    st.caption(f"Budget {budget:.{decimals}f} {unit} = **{min(budget / full, 1):.0%}** of the full model's "
-               f"{full:.{decimals}f} {unit}, an allowed speedup of **{max(full / budget, 1):.2f}x**.")
+    if budget >= full:  # the slider's top is rounded up onto its grid: every image may reach the last exit
+        st.caption(f"Budget {budget:.{decimals}f} {unit}: at least the full model's {full:.{decimals}f} {unit}, "
+                   "every image may go to the last exit (**100%**, no speedup required).")
+    else:
+        st.caption(f"Budget {budget:.{decimals}f} {unit} = **{budget / full:.0%}** of the full model's "
+                   f"{full:.{decimals}f} {unit}, an allowed speedup of **{full / budget:.2f}x**.")
     return float(budget)
 
 
@@ -208,6 +222,10 @@ def budget_control(name: str, test, key: str, unit: str = common.MFLOPS) -> floa
         st.info(f"**{name}** has a single exit: every image pays its full {test.costs[0]:.1f} {unit}, so there is no "
                 "budget to choose. It is the static reference the early-exit models are compared with.")
         return float(test.costs[0])
+    if test.costs[-1] <= test.costs[0]:  # a table whose exits all cost the same: leaving early saves nothing
+        st.info(f"Every exit of **{entries.label(name)}** costs the same {test.costs[0]:.3g} {unit} per image, so early exit "
+                "saves nothing and there is no budget to choose: the rule below is fitted for that cost.")
+        return float(test.costs[-1])
     return budget_slider(name, test.costs, key, unit=unit)
 
 

@@ -74,12 +74,16 @@ class ExitResult:
         span = float(self.costs[-1] - self.costs[0])
         return span > 0 and self.unspent > 0.01 * span
 
-    def spending_note(self) -> str | None:
-        """A sentence for users when the rule underspends (see :attr:`underspends`), else None."""
+    def spending_note(self, unit: str = "MFLOPs") -> str | None:
+        """A sentence for users when the rule underspends (see :attr:`underspends`), else None; costs
+        in ``unit`` (the table's), with enough digits to tell the two numbers apart."""
         if not self.underspends:
             return None
-        return (f"spends {self.fit_cost:.1f} of the {self.budget:.1f} MFLOPs allowed: spending more did not help "
-                "on the validation images")
+        digits = 3
+        while digits < 8 and f"{self.fit_cost:.{digits}g}" == f"{self.budget:.{digits}g}":
+            digits += 1
+        return (f"spends {self.fit_cost:.{digits}g} of the {self.budget:.{digits}g} {unit} allowed: spending more did "
+                "not help on the validation images")
 
     @property
     def histogram_wrong(self) -> np.ndarray:

@@ -24,8 +24,8 @@ import numpy as np
 
 from dynexit import criteria
 from dynexit.arrays import row_chunks, softmax_f32
-from dynexit.table_checks import (COST_UNITS, as_numpy, check_cost_unit, check_costs, check_exit_names, check_index,
-                                  check_labels, check_logits, check_meta)
+from dynexit.table_checks import (COST_UNITS, as_numpy, check_class_names, check_cost_unit, check_costs,
+                                  check_exit_names, check_index, check_labels, check_logits, check_meta)
 from dynexit.table_npz import FIX, TableFileError, describe, max_abs, read_npz
 
 FORMAT_VERSION = 1
@@ -66,6 +66,7 @@ class ExitTable:
         self.logits, self.labels, self.costs, self.index = logits, labels, costs, index
         self.exit_names = check_exit_names(exit_names, k)
         self.meta = check_meta(meta)
+        check_class_names(self.meta, c)
         self.meta["costs_unit"] = check_cost_unit(cost_unit, self.meta)
         # what the table computes about itself (probabilities, predictions, scores, fingerprint);
         # only its own methods write here. Solvers and the app keep their state themselves.
@@ -112,6 +113,8 @@ class ExitTable:
         if dataset is not None:
             if not isinstance(dataset, str) or not dataset.strip():
                 raise ValueError(f"dataset must be a dataset name (str), got {dataset!r}")
+            if meta.get("dataset", dataset) != dataset:
+                raise ValueError(f"dataset={dataset!r} contradicts meta['dataset']={meta['dataset']!r}; give one")
             meta["dataset"] = dataset
         meta.setdefault("source", "ExitTable.from_arrays")
         table = cls(logits, labels, costs, exit_names, indices, meta, cost_unit=cost_unit)
@@ -331,8 +334,11 @@ class ExitTable:
         if not path.is_file():
             raise ValueError(f"{path}: is {'a folder' if path.is_dir() else 'not a regular file'}, not an "
                              f"ExitTable .npz; {FIX}")
-        with open(path, "rb") as f:
-            magic = f.read(6)
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(6)
+        except OSError as err:  # permissions, a vanished file, an I/O error: not a traceback in a viewer
+            raise ValueError(f"{path}: cannot read the file ({err.strerror or err}); check its permissions") from None
         if not magic:
             raise ValueError(f"{path}: empty file, not an ExitTable .npz; {FIX}")
         if magic == b"\x93NUMPY":

@@ -103,6 +103,8 @@ def check_exit_names(exit_names, k: int) -> tuple:
                          f"and shape {names.shape}")
     if len(names) != k:
         raise ValueError(f"exit_names must have {k} entries, got {len(names)}")
+    if any(not s.strip() for s in names.tolist()):
+        raise ValueError(f"exit_names must not be empty, got {names.tolist()}")
     repeated = sorted({s for s in names.tolist() if names.tolist().count(s) > 1})
     if repeated:  # rules, profiles and plots find exits by name
         raise ValueError(f"exit_names must be distinct, got {', '.join(map(repr, repeated))} more than once")
@@ -159,4 +161,15 @@ def as_numpy(arr, name: str):
         except (TypeError, RuntimeError) as err:
             raise ValueError(f"{name}: cannot read this tensor ({err}); pass a numpy array") from None
     return arr
+
+
+def check_class_names(meta: dict, c: int) -> None:
+    """ValueError unless ``meta["class_names"]``, when recorded, holds C non-empty strings (viewers label
+    predictions with them: a wrong list would name every class wrongly)."""
+    names = meta.get("class_names")
+    if names is None:
+        return
+    if not isinstance(names, list) or len(names) != c or not all(isinstance(n, str) and n.strip() for n in names):
+        shown = f"{len(names)} entries" if isinstance(names, list) else type(names).__name__
+        raise ValueError(f"meta['class_names'] must be {c} non-empty strings, one per class, got {shown}")
 

@@ -156,14 +156,14 @@ def exit_shares_over_budgets(budgets: Sequence[float], histograms: Sequence[Sequ
 
 
 def per_exit_accuracy(models: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[str]]],
-                      title: str | None = None) -> go.Figure:
-    """The anytime view: each exit's accuracy (every image stops there) against its cost."""
+                      title: str | None = None, unit: str = "MFLOPs") -> go.Figure:
+    """The anytime view: each exit's accuracy (every image stops there) against its cost (in ``unit``)."""
     fig = go.Figure()
     for i, (label, (x, y, names)) in enumerate(models.items()):
         fig.add_trace(go.Scatter(x=list(x), y=100 * np.asarray(y), mode="lines+markers", name=label, text=list(names),
                                  line=dict(color=color(i)), marker=dict(size=8),
-                                 hovertemplate="%{text}: %{x:.2f} MFLOPs, %{y:.2f}%<extra>" + label + "</extra>"))
-    fig.update_xaxes(title="cumulative MFLOPs per image at the exit")
+                                 hovertemplate="%{text}: %{x:.2f} " + unit + ", %{y:.2f}%<extra>" + label + "</extra>"))
+    fig.update_xaxes(title=f"cumulative {unit} per image at the exit")
     fig.update_yaxes(title="accuracy when every image stops here (%)")
     return _layout(fig, title)
 

@@ -10,17 +10,17 @@ from dynexit_app import common, entries, logic, state
 
 
 def load_tests(names: list[str]) -> dict:
-    """{name: test table} of the models whose tables load; a damaged zoo file leaves its model out, in an
+    """{name: test table} of the models whose tables load; a damaged file leaves its model out, in an
     error box, and the others are still compared."""
     tests, damaged = {}, {}
     for n in names:
         try:
-            tests[n] = common.table(n, "test")
             common.table(n, "val")
+            tests[n] = common.table(n, "test")
         except ValueError as err:
             damaged[n] = err
     for n, err in damaged.items():
-        st.error(f"Cannot load zoo model **{n}**, left out: {err}", icon=":material/error:")
+        st.error(f"Cannot load **{entries.label(n)}**, left out: {err}", icon=":material/error:")
     return tests
 
 
@@ -34,7 +34,7 @@ def curves_plot(tests: dict, curves: dict):
     static = {n: exits(t) for n, t in tests.items() if common.is_static(t)}
     if st.toggle("Also show each exit on its own (every image stops there)", key="compare_exits"):
         static.update({f"{n}: single exits": exits(t) for n, t in tests.items() if not common.is_static(t)})
-    fig = viz.accuracy_vs_cost(multi, static)
+    fig = viz.accuracy_vs_cost(multi, static, unit=next(iter(tests.values())).cost_unit)
     zoom = st.selectbox("Accuracy axis", ["every model", *tests], key="compare_zoom",
                         format_func=lambda z: z if z == "every model" else f"zoomed to {z}",
                         help="The models span several points of accuracy, which flattens the curves of the close ones "
@@ -135,8 +135,9 @@ def measured_speedups(names: list[str]):
         st.caption("Measured on: " + ", ".join(sorted(m for m in machine if m)))
     missing = [n for n, b in benches.items() if not b]
     if missing:
-        st.info("No bench result for: " + ", ".join(missing) + " (single-exit models have nothing to speed up; "
-                "`dynexit zoo reproduce NAME` writes NAME.bench.json).")
+        st.info("No bench result for: " + ", ".join(entries.label(n) for n in missing) + " (single-exit models have "
+                "nothing to speed up; `dynexit zoo reproduce NAME` writes a zoo model's NAME.bench.json, "
+                "`dynexit bench --model NAME.safetensors ... --json NAME.bench.json` any other's).")
 
 
 def profiled_speedups(names: list[str]):

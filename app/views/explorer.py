@@ -57,18 +57,25 @@ def _inspect_button(rows, key):
         state.open_in_inspector(pick)
 
 
+def _cost(x: float, sign: bool = False) -> str:
+    """A cost for a metric: two decimals, or three significant digits for tiny ones (costs of 1e-6 are not 0.00)."""
+    fmt = ("+" if sign else "") + (".2f" if abs(x) >= 0.1 or x == 0 else ".3g")
+    return f"{x:{fmt}}"
+
+
 def _numbers(view):
     """The four headline numbers at this budget, and the notes that explain a surprising one."""
     c = st.columns(4)
-    points, saved = round(100 * view.change_vs_final, 2), round(view.mean_cost - view.full_cost, 2)
+    points, saved = round(100 * view.change_vs_final, 2), _cost(view.mean_cost - view.full_cost, sign=True)
+    saved = None if abs(view.mean_cost - view.full_cost) <= 1e-9 * view.full_cost else saved
     # a change that rounds to zero (always so for a single-exit model) is gray, without a sign or an arrow
     c[0].metric("Accuracy (test)", f"{view.accuracy:.2%}",
                 delta=f"{points:+.2f} points" if points else "same", delta_description="vs the final exit",
                 delta_color="normal" if points else "off", delta_arrow="auto" if points else "off",
                 help=f"Share of the {len(test):,} test images classified right, each at the exit it left. The change compares "
                      "with running every image through the whole model (the last exit).")
-    c[1].metric(f"Mean {unit} per image", f"{view.mean_cost:.2f}",
-                delta=f"{saved:+.2f}" if saved else "same", delta_description="vs the full model",
+    c[1].metric(f"Mean {unit} per image", _cost(view.mean_cost),
+                delta=saved or "same", delta_description="vs the full model",
                 delta_color="inverse" if saved else "off", delta_arrow="auto" if saved else "off",
                 help="Average compute actually spent per test image (the budget is met on the validation images).")
     c[2].metric("Speedup", f"{view.speedup:.2f}x", help=f"Full model's {unit} divided by the mean {unit} spent.")

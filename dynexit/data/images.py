@@ -310,7 +310,7 @@ def prepare_image(data: bytes, invert: bool | str = "auto", size: int = SIZE, ma
         raise ImageRejected("the file is empty: choose an image file (" + FORMATS + ")")
     if len(data) > max_bytes:
         raise ImageRejected(f"the file is {len(data) / 2**20:.1f} MB; images up to {max_bytes / 2**20:.0f} MB are "
-                            "accepted: save a smaller copy (a Fashion-MNIST image is only 28 x 28 pixels)")
+                            f"accepted: save a smaller copy (the model takes only {size} x {size} pixels)")
     notes: list[str] = []
     decoded = _decode(data, max_pixels, notes)
     gray, rgb = _fill_transparent(decoded, notes)
@@ -322,19 +322,19 @@ def prepare_image(data: bytes, invert: bool | str = "auto", size: int = SIZE, ma
         do_invert = bool(invert)
     if do_invert:
         arr, background = 1.0 - arr, 1.0 - background
-        notes.append("inverted: the object is darker than its background (Fashion-MNIST objects are light on black)"
+        notes.append("inverted: the object is darker than its background (the model was trained on light objects on black)"
                      if invert == "auto" else "inverted (your choice)")
     elif invert == "auto":
-        notes.append("not inverted: the object is already lighter than its background, as in Fashion-MNIST")
+        notes.append("not inverted: the object is already lighter than its background, as in the training images")
     if 0.02 < background < 0.98:  # a gray background would hide a dark object or dim a light one
         arr = np.clip((arr - background) / (1.0 - background), 0.0, 1.0)
-        notes.append(f"background level {background:.2f} set to black (as in Fashion-MNIST)")
+        notes.append(f"background level {background:.2f} set to black (as in the training images)")
     found = []
     spread = float(arr.std())
     if spread < MIN_SPREAD:
-        found.append(f"the image is blank or nearly uniform (pixel spread {spread:.3f}, a clothing photo has "
+        found.append(f"the image is blank or nearly uniform (pixel spread {spread:.3f}, a photo of one object has "
                      "0.2 or more): there is no object for the model to classify, so its answer means nothing; "
-                     "upload a photo of one item on a plain background")
+                     "upload a photo of one object on a plain background")
     notes.insert(0, f"read a {decoded.fmt} image, {decoded.size[0]} x {decoded.size[1]} pixels, mode {decoded.mode}")
     notes.extend(found)
     if not np.all(np.isfinite(arr)):  # a guard on our own arithmetic: never hand the model NaN / inf

@@ -70,19 +70,50 @@ def has_weights(name: str, folder=None) -> bool:
     return weights_path(name, folder).is_file()
 
 
+def _is_name(stem: str) -> bool:
+    try:
+        check_name(stem)
+    except ValueError:
+        return False
+    return True
+
+
+def _scan(root: Path) -> tuple[list[str], list[str]]:
+    """(entry names, one line per table file left out and why)."""
+    try:
+        files = {p.name: p.is_file() for p in root.iterdir() if p.name.endswith(".npz")}
+    except OSError:
+        return [], []
+    found, skipped = set(), []
+    for f in sorted(files):
+        split = next((s for s in SPLITS if f.endswith(f".{s}.npz")), None)
+        if split is None or f.endswith(".partial.npz"):
+            continue
+        stem = f.removesuffix(f".{split}.npz")
+        other = f"{stem}.{'test' if split == 'val' else 'val'}.npz"
+        if not _is_name(stem):
+            skipped.append(f"{f}: {stem!r} is not an entry name (letters, digits and . _ + -, not ending .val / .test)")
+        elif not files[f]:
+            skipped.append(f"{f}: not a regular file")
+        elif not files.get(other):
+            skipped.append(f"{f}: no {other} beside it" if other not in files else f"{f}: {other} is not a regular file")
+        else:
+            found.add(stem)
+    zoo_first = [n for n in catalog.ENTRIES if n in found]
+    return zoo_first + sorted(found - set(zoo_first)), skipped
+
+
 def entry_names(folder=None) -> list[str]:
     """The entries of ``folder`` (default ``zoo_dir()``) whose val and test tables are both there:
     the zoo's names first, in the catalogue's order, then every other name, sorted. An unreadable
     or missing folder has none."""
-    root = _folder(folder)
-    try:
-        files = {p.name for p in root.iterdir() if p.is_file()}
-    except OSError:
-        return []
-    stems = {f.removesuffix(".val.npz") for f in files if f.endswith(".val.npz")}
-    found = {s for s in stems if f"{s}.test.npz" in files and _NAME.match(s)}
-    zoo_first = [n for n in catalog.ENTRIES if n in found]
-    return zoo_first + sorted(found - set(zoo_first))
+    return _scan(_folder(folder))[0]
+
+
+def skipped_files(folder=None) -> list[str]:
+    """One line per ``*.val.npz`` / ``*.test.npz`` of ``folder`` that is not part of an entry, and why
+    (a name that cannot be an entry, a folder, a table without its pair), for viewers to show."""
+    return _scan(_folder(folder))[1]
 
 
 def _rebuild_hint(name: str, split: str, folder) -> str:
@@ -108,6 +139,12 @@ def check_pair(val, test, name: str = "") -> None:
     costs), classes and cost unit. Thresholds fitted on one and evaluated on the other mean nothing
     otherwise."""
     what = f" of {name!r}" if name else ""
+    if val.fingerprint == test.fingerprint:
+        raise ValueError(f"the val and test tables{what} are the same table: thresholds would be fitted on the test "
+                         "images and the accuracy shown would be optimistic; give the table of the validation split")
+    if val.meta.get("split") == "test" or test.meta.get("split") == "val":
+        raise ValueError(f"the tables{what} say they are of the {val.meta.get('split')!r} (as val) and "
+                         f"{test.meta.get('split')!r} (as test) splits: swapped? give the val table first")
     problems = []
     if list(val.exit_names) != list(test.exit_names):
         problems.append(f"exits {list(val.exit_names)} (val) vs {list(test.exit_names)} (test)")
@@ -117,6 +154,9 @@ def check_pair(val, test, name: str = "") -> None:
         problems.append(f"{val.num_classes} classes (val) vs {test.num_classes} (test)")
     if val.cost_unit != test.cost_unit:
         problems.append(f"costs in {val.cost_unit} (val) vs {test.cost_unit} (test)")
+    for key in ("dataset", "class_names"):  # compared only when both tables record it
+        if key in val.meta and key in test.meta and val.meta[key] != test.meta[key]:
+            problems.append(f"{key} {val.meta[key]!r} (val) vs {test.meta[key]!r} (test)")
     if problems:
         raise ValueError(f"the val and test tables{what} are not of one model: {'; '.join(problems)}; build both "
                          "with the same model (`dynexit table --split val` and `--split test`)")
@@ -164,8 +204,9 @@ def describe(test) -> str:
     meta = test.meta
     model = meta.get("model") or "a model"
     data = f" on {meta['dataset']}" if meta.get("dataset") else ""
-    return (f"{model}{data}: {test.num_exits} exits, {test.num_classes} classes, {test.num_samples:,} test images "
-            f"(costs in {test.cost_unit})")
+    n = test.num_samples
+    return (f"{model}{data}: {test.num_exits} exit{'s' * (test.num_exits != 1)}, {test.num_classes} classes, "
+            f"{n:,} test image{'s' * (n != 1)} (costs in {test.cost_unit})")
 
 
 def info(name: str, folder=None) -> dict:
@@ -219,6 +260,19 @@ def class_names(test) -> list[str]:
     if spec is not None and spec.num_classes == c:
         return list(spec.class_names)
     return [f"class {i}" for i in range(c)]
+
+
+def dataset_problem(test) -> str | None:
+    """None when :func:`dataset_spec` finds the table's dataset, else why not, in words."""
+    name = test.meta.get("dataset")
+    if not isinstance(name, str) or not name:
+        return "the table does not name its dataset (meta['dataset'])"
+    spec = _dataset_spec(test)
+    if spec is None:
+        return f"the dataset {name!r} is not one this machine can open (see dynexit.data.get_dataset)"
+    if spec.num_classes != test.num_classes:
+        return f"the table has {test.num_classes} classes, the dataset {name!r} {spec.num_classes}"
+    return None
 
 
 def dataset_spec(test):

@@ -173,3 +173,112 @@ def test_a_damaged_table_in_the_folder_is_an_error_box_not_a_crash(mixed_dir, tm
     monkeypatch.setenv("DYNEXIT_ZOO", str(broken))
     at = _open("digits_logits")
     assert "digits_logits.test.npz" in at.error[0].value and "damaged" in at.error[0].value
+
+
+# ----------------------------------------------------------------------------- what a reviewer broke
+
+def _folder_with(tmp_path, monkeypatch, **pairs) -> "Path":
+    """A folder holding the digits pair and the given {stem: (val table or bytes, test table or bytes)}."""
+    root = tmp_path / "odd"
+    root.mkdir()
+    for split in ("val", "test"):
+        digits_table(split).save(root / f"digits_logits.{split}.npz")
+    for stem, tables in pairs.items():
+        for split, t in zip(("val", "test"), tables):
+            path = root / f"{stem}.{split}.npz"
+            path.write_bytes(t) if isinstance(t, bytes) else t.save(path)
+    monkeypatch.setenv("DYNEXIT_ZOO", str(root))
+    return root
+
+
+def test_a_stem_that_cannot_be_a_name_is_left_out_and_said(tmp_path, monkeypatch):
+    root = _folder_with(tmp_path, monkeypatch, **{"x.test": (digits_table("val"), digits_table("test"))})
+    (root / "lonely.val.npz").write_bytes(b"")
+    (root / "dir_entry.val.npz").mkdir()
+    digits_table("test").save(root / "dir_entry.test.npz")
+    assert folder.entry_names(root) == ["digits_logits"]
+    notes = " | ".join(folder.skipped_files(root))
+    assert "'x.test' is not an entry name" in notes and "lonely.val.npz: no lonely.test.npz" in notes
+    assert "dir_entry.val.npz: not a regular file" in notes
+    at = AppTest.from_file(ENTRY, default_timeout=180).run()
+    ok(at)
+    assert any("Left out of the folder" in c.value for c in at.sidebar.caption)
+
+
+def test_a_pair_of_two_models_is_an_error_box_on_every_page(tmp_path, monkeypatch):
+    four = ExitTable.from_arrays(np.random.default_rng(0).normal(size=(len(digits_table("test")), 4, 10)),
+                                 digits_table("test").labels, [1, 2, 3, 4], dataset="digits")
+    _folder_with(tmp_path, monkeypatch, mismatch=(digits_table("val"), four))
+    for page in (None, "views/inspector.py", "views/deadlines.py"):
+        at = _open("mismatch", page) if page is None else _open("digits_logits", page)
+        if page:
+            at.sidebar.selectbox(key="model").select("mismatch").run()
+            ok(at)
+        assert "are not of one model: exits" in at.error[0].value
+
+
+def test_compare_leaves_out_an_entry_with_a_damaged_val_table(tmp_path, monkeypatch):
+    _folder_with(tmp_path, monkeypatch, garbage=(b"not a zip", digits_table("test", seed=1)))
+    at = _open("digits_logits", "views/compare.py")
+    assert any("Cannot load **garbage (tables only)**, left out" in e.value for e in at.error)
+    assert at.multiselect(key="compare_models").value == ["digits_logits", "garbage"]
+
+
+def test_exits_that_all_cost_the_same_leave_no_budget_to_choose(tmp_path, monkeypatch):
+    _folder_with(tmp_path, monkeypatch, flat=(digits_table("val", costs=[1.0, 1.0, 1.0]),
+                                              digits_table("test", costs=[1.0, 1.0, 1.0])))
+    for page in (None, "views/inspector.py", "views/deadlines.py", "views/compare.py"):
+        at = _open("flat", page)
+        assert page == "views/compare.py" or any("costs the same" in i.value for i in at.info)
+
+
+def test_an_unreadable_table_is_a_message(tmp_path, monkeypatch):
+    import dynexit.table as table_module
+    path = digits_table("val").save(tmp_path / "t.val.npz")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(table_module, "open", refuse, raising=False)
+    with pytest.raises(ValueError, match="t.val.npz: cannot read the file \\(Permission denied\\)"):
+        ExitTable.load(path)
+
+
+@pytest.mark.parametrize("val, test, message", [
+    (lambda: digits_table("test"), lambda: digits_table("test"), "are the same table"),
+    (lambda: digits_table("test", seed=3), lambda: digits_table("val"), "swapped"),
+    (lambda: digits_table("val"), lambda: digits_table("test", dataset="mnist-like"),
+     "dataset 'digits' \\(val\\) vs 'mnist-like' \\(test\\)"),
+])
+def test_a_pair_that_is_not_a_val_test_pair_is_refused(val, test, message):
+    with pytest.raises(ValueError, match=message):
+        folder.check_pair(val(), test(), "mine")
+
+
+def test_ms_tables_say_ms_everywhere(tmp_path, monkeypatch):
+    _folder_with(tmp_path, monkeypatch, timed=(digits_table("val", cost_unit="ms"), digits_table("test", cost_unit="ms")))
+    at = _open("timed")
+    assert any(m.label == "Mean ms per image" for m in at.metric)
+    assert not [i.value for i in at.info if "MFLOPs" in i.value]
+    at.switch_page("views/compare.py").run()
+    ok(at)
+    assert at.multiselect(key="compare_models").options == ["timed (tables only)"]  # MFLOPs tables are another unit
+
+
+def test_images_problem_says_the_class_count_differs(tmp_path, monkeypatch):
+    labels = DIGITS.load("test")[1] % 2
+    two = [ExitTable.from_arrays(np.random.default_rng(i).normal(size=(len(labels), 2, 2)), labels, [1, 2],
+                                 dataset="digits", meta={"split": s}) for i, s in enumerate(("val", "test"))]
+    _folder_with(tmp_path, monkeypatch, two=tuple(two))
+    at = _open("two")
+    assert any("the table has 2 classes, the dataset 'digits' 10" in i.value for i in at.info)
+
+
+def test_uploaders_start_empty_after_a_pair_is_opened_and_labels_stay_distinct(session, tmp_path):
+    from dynexit_app import entries, state
+    for i, seed in enumerate((0, 1)):
+        n = session.get(state.UPLOAD_ROUND, 0)
+        session[f"{state.UPLOAD_VAL}_{n}"] = _upload("mine.val.npz", digits_table("val", seed=seed), tmp_path)
+        session[f"{state.UPLOAD_TEST}_{n}"] = _upload("mine.test.npz", digits_table("test", seed=seed), tmp_path)
+        state._tables_uploaded()
+        assert session[state.UPLOAD_ROUND] == i + 1 and state.UPLOAD_ERROR not in session
+    assert [entries.label(n) for n in session[entries.UPLOADS]] == ["mine (uploaded)", "mine (uploaded 2)"]

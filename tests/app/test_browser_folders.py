@@ -44,7 +44,7 @@ def _slider_moves(page, accuracy_changes: bool):
 
     accuracy = page.locator(ACCURACY)
     accuracy.wait_for(timeout=120_000)
-    caption = page.locator("[data-testid=stCaptionContainer]", has_text="of the full model's").first
+    caption = page.locator("[data-testid=stCaptionContainer]", has_text="the full model's").first
     slider = page.get_by_role("slider").first
     slider.focus()
     page.keyboard.press("Home")

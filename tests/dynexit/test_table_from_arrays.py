@@ -74,3 +74,13 @@ def test_torch_tensors_of_any_kind_are_read():
 def test_repeated_exit_names_are_refused():
     with pytest.raises(ValueError, match="exit_names must be distinct, got 'a' more than once"):
         ExitTable.from_arrays(np.zeros((2, 2, 3)), [0, 1], [1.0, 2.0], exit_names=["a", "a"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"exit_names": ["a", " "]}, "exit_names must not be empty"),
+    ({"meta": {"class_names": ["x"]}}, r"meta\['class_names'\] must be 3 non-empty strings, one per class, got 1 entries"),
+    ({"dataset": "digits", "meta": {"dataset": "cifar10"}}, "dataset='digits' contradicts meta"),
+])
+def test_names_and_datasets_that_would_mislabel_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExitTable.from_arrays(np.zeros((2, 2, 3)), [0, 1], [1.0, 2.0], **kwargs)
