@@ -91,14 +91,17 @@ def budget_for_target(tests: dict, curves: dict):
 
 # short headers and rounded numbers, so the table fits a 1024 px screen (the keys are logic.bench_row's)
 BENCH_COLUMNS = {
-    "budget (MFLOPs)": st.column_config.NumberColumn("budget (MFLOPs)", format="%.1f"),
-    "theoretical speedup": st.column_config.NumberColumn("theoretical", format="%.2fx",
-                                                         help="full MFLOPs / mean MFLOPs spent"),
-    "measured speedup, batch 256": st.column_config.NumberColumn("batch 256", format="%.2fx",
+    "model": st.column_config.TextColumn("model", width=150),
+    "budget (MFLOPs)": st.column_config.NumberColumn("budget", format="%.1f", width=62,
+                                                     help="the budget in MFLOPs per image"),
+    "theoretical speedup": st.column_config.NumberColumn("FLOPs", format="%.2fx", width=62,
+                                                         help="theoretical speedup: full MFLOPs / mean MFLOPs spent"),
+    "measured speedup, batch 256": st.column_config.NumberColumn("b. 256", format="%.2fx", width=62,
                                                                  help="measured speedup at batch 256"),
-    "measured speedup, batch 1": st.column_config.NumberColumn("batch 1", format="%.2fx",
+    "measured speedup, batch 1": st.column_config.NumberColumn("b. 1", format="%.2fx", width=62,
                                                                help="measured speedup at batch 1"),
-    "accuracy": st.column_config.TextColumn("accuracy", help="test accuracy of the full model → with early exit"),
+    "accuracy": st.column_config.TextColumn("accuracy", width=140,
+                                            help="test accuracy of the full model → with early exit"),
 }
 
 
@@ -116,8 +119,8 @@ def measured_speedups(names: list[str]):
     st.subheader("Measured speedups (`dynexit bench`)")
     st.caption("MFLOPs are a proxy. `dynexit bench` times real early exit on CPU (images that leave stop being "
                "computed) against the full model, on the test images, at the budget where the model keeps its final "
-               "exit's validation accuracy. Theoretical = full MFLOPs / mean MFLOPs spent; measured at batch 256 and "
-               "batch 1; test accuracy of the full model → with early exit.")
+               "exit's validation accuracy. FLOPs = the theoretical speedup, full MFLOPs / mean MFLOPs spent; b. 256 and "
+               "b. 1 = measured at batch 256 and batch 1; test accuracy of the full model → with early exit.")
     benches = {}
     for n in names:
         try:
