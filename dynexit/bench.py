@@ -299,6 +299,7 @@ def _inference_lines(r: dict) -> list[str]:
                                                   if done.get("nchw_stages") else "on")
     return [f"timed: an optimized inference copy, for the full model AND early exit (BatchNorm folded into "
             f"{done['batchnorm_folded']} convs, {done.get('relu_fused', 0)} conv+ReLU fused, "
+            f"{done.get('linear_gelu_fused', 0)} linear+GELU fused, "
             f"{done['residual_dwconv_folded']} residual depthwise convs folded, {done['adaptive_pools']} pools "
             f"rewritten, channels-last {cl}); "
             f"max |logit difference| {how['max_abs_logit_difference']:.1e} on {how['checked_on']} test images; "
