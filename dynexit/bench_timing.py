@@ -63,17 +63,6 @@ def keep_freed_memory(mmap_threshold: int = 1 << 30) -> dict:
     return {"allocator": "glibc", "mmap_threshold": int(mmap), "trim_threshold": trim}
 
 
-def _timed(fn, batches, repeats: int) -> float:
-    """Best-of-``repeats`` wall seconds for running ``fn`` over all batches."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            fn(b)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def time_full_by_stage(model, batches, repeats: int) -> tuple[float, np.ndarray]:
     """Best-of-``repeats`` wall seconds of the full model over ``batches`` (list of (start, images)),
     and the seconds each stage took in that best run ((K,) float64; stage 0 includes ``init_state``:
