@@ -240,6 +240,10 @@ def run_bench(model, budget: float | None = None, solver: str | None = None, thr
     named = isinstance(model, (str, os.PathLike))
     name = model_name or (str(model) if named else getattr(model, "arch_name", "model"))
     model = zoo.resolve_model(model, untrained=untrained) if named else model.eval()
+    from dynexit.data import get_dataset
+    from dynexit.tables import check_trained_on
+
+    check_trained_on(model, get_dataset(dataset, data_root))  # also with --val-table / --thresholds: the right classes
     source = zoo.weights_source(model)
     if costs is None:  # an untrained architecture or a model object: now its costs are known
         check_model_costs(model.exit_costs(), budget, thresholds)

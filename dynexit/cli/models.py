@@ -117,7 +117,7 @@ def cmd_bench(args) -> int:
     request = dict(budget=args.budget, thresholds=args.thresholds, criterion=args.criterion, val_table=args.val_table,
                    limit=args.limit, batch_sizes=tuple(args.batch_sizes), batch1_limit=args.batch1_limit,
                    repeats=args.repeats, threads=args.threads, data_root=root, json_path=args.json,
-                   dataset=dataset, optimize=args.optimize)
+                   dataset=dataset, optimize=args.optimize, keep_memory=args.keep_memory)
     result = run_bench(args.model, solver=args.solver, untrained=args.untrained, **request)
     print(format_result(result))
     if args.json:
@@ -229,8 +229,11 @@ def _add_bench(sub) -> None:
     p.add_argument("--json", type=output_file_arg, default=None, help="write the results as JSON here (its folder must exist)")
     p.add_argument("--no-optimize", dest="optimize", action="store_false",
                    help="time the model as loaded (default: an optimized inference copy - BatchNorm folded, conv+ReLU "
-                        "fused, channels-last - for both the full model and early exit; logits within 1e-4, costs "
-                        "unchanged)")
+                        "fused, linear+GELU fused, channels-last - for both the full model and early exit; logits "
+                        "within 1e-4, costs unchanged)")
+    p.add_argument("--no-keep-memory", dest="keep_memory", action="store_false",
+                   help="leave the C allocator as the process started (default with the optimized copy: glibc keeps "
+                        "freed memory, so each batch reuses the last one's pages instead of page-faulting new ones)")
     p.set_defaults(func=cmd_bench)
 
 
