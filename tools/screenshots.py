@@ -112,7 +112,7 @@ def take(out: Path, full: bool = True) -> list[Path]:
         save("compare")
         page.goto(f"{url}/upload", wait_until="networkidle")
         browser.wait_idle(page)
-        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        page.locator('[data-testid="stMain"] [data-testid="stFileUploaderDropzoneInput"]').set_input_files(
             files=[{"name": "my_photo.png", "mimeType": "image/png", "buffer": sample_upload()}])
         page.get_by_text("It leaves at exit").wait_for(timeout=60_000)
         save("upload")

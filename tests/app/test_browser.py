@@ -103,7 +103,7 @@ def test_uploads_keep_the_budget_and_every_page_shows_it(chromium, tmp_path_fact
             page = chromium_browser.new_page(viewport={"width": 1280, "height": 800})
             page.goto(f"{url}/upload")
             page.get_by_role("heading", name="Your own image").wait_for(timeout=120_000)
-            chooser = page.locator("[data-testid=stFileUploader] input[type=file]")
+            chooser = page.locator("[data-testid=stMain] [data-testid=stFileUploader] input[type=file]")
             chooser.set_input_files(files=[{"name": "first.png", "mimeType": "image/png", "buffer": _png(10)}])
             slider = page.locator(SLIDER).first
             slider.wait_for(timeout=120_000)

@@ -68,7 +68,7 @@ def _upload(page):
     from tools.screenshots import sample_upload
     if page.get_by_text("It leaves at exit").count():
         return
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+    page.locator('[data-testid="stMain"] [data-testid="stFileUploaderDropzoneInput"]').set_input_files(
         files=[{"name": "my_photo.png", "mimeType": "image/png", "buffer": sample_upload()}])
     page.get_by_text("It leaves at exit").first.wait_for(timeout=60_000)
     browser.wait_idle(page, settle_ms=400)
