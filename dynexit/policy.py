@@ -42,12 +42,9 @@ import numpy as np
 from dynexit import criteria
 from dynexit.criteria import ExitScorer
 from dynexit.result import ExitResult, assign_exits, evaluate_thresholds  # noqa: F401 - part of the policy's API
+from dynexit.result import json_threshold as _encode
 
 FORMAT, FORMAT_VERSION = "dynexit.ExitRule", 1
-
-
-def _encode(t: float):
-    return float(t) if math.isfinite(t) else ("inf" if t > 0 else "-inf")  # JSON has no infinity
 
 
 def _decode(t) -> float:

@@ -95,12 +95,18 @@ class ExitResult:
             "accuracy": self.accuracy,
             "mean_cost": self.mean_cost,
             "speedup": self.speedup,
-            "thresholds": [float(t) for t in self.thresholds],
+            "thresholds": [json_threshold(t) for t in self.thresholds],  # "inf" / "-inf": JSON has no infinity
             "histogram": self.histogram.tolist(),
             "histogram_correct": self.histogram_correct.tolist(),
             "budget": self.budget,
             "unspent_on_fit": self.unspent,
         }
+
+
+def json_threshold(t: float):
+    """A threshold as JSON holds it: the number, or ``"inf"`` / ``"-inf"`` (nobody / everyone leaves there)."""
+    t = float(t)
+    return t if np.isfinite(t) else ("inf" if t > 0 else "-inf")
 
 
 def evaluate_thresholds(table, scores: np.ndarray, thresholds: np.ndarray) -> ExitResult:

@@ -83,7 +83,9 @@ def cmd_solve(args) -> int:
         print(f"  {name:>12s}  {cost:10.4g} {unit}  {count:6d} samples  {right:6d} right")
     if args.json:
         Path(args.json).write_text(json.dumps(dict(result.summary(), solver=args.solver, score=score,
-                                                   budget=args.budget), indent=2))
+                                                   budget=args.budget), indent=2, allow_nan=False))
+    if args.rule:
+        print(f"exit rule    {solver.rule_.save(args.rule)}")
     return 0
 
 
@@ -239,8 +241,11 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("solve", help="fit thresholds for a budget and evaluate them")
     table_pair(p)
-    p.add_argument("--budget", type=budget_arg, required=True, help="average MFLOPs per image")
+    p.add_argument("--budget", type=budget_arg, required=True, help="average cost per image (in the tables' unit)")
     p.add_argument("--json", type=output_file_arg, help="write the result as JSON here")
+    p.add_argument("--rule", type=output_file(".json"), default=None,
+                   help="save the fitted exit rule here (thresholds + the score they apply to, and the model and exit "
+                        "costs it was fitted on): dynexit.policy.ExitRule.load(PATH).apply(...) deploys it")
     p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("curve", help="accuracy vs budget over a sweep of budgets")

@@ -23,6 +23,19 @@ def test_solve(table_files, capsys, tmp_path, digits):
     assert sum(result["histogram"]) == 360
 
 
+def test_solve_writes_strict_json_and_the_deployable_rule(table_files, capsys, tmp_path, digits):
+    from dynexit.policy import ExitRule
+    val, test = digits
+    out, rule = tmp_path / "r.json", tmp_path / "rule.json"
+    assert main(["solve", *table_files, "--budget", str(val.costs[0] * 1.01), "--json", str(out),
+                 "--rule", str(rule)]) == 0
+    text = out.read_text()
+    assert "Infinity" not in text and "NaN" not in text  # strict JSON: infinite thresholds are "inf" / "-inf"
+    assert json.loads(text)["thresholds"][-1] == "-inf"  # the last exit takes everyone left
+    loaded = ExitRule.load(rule)
+    assert loaded.evaluate(test).accuracy == pytest.approx(json.loads(text)["accuracy"])
+
+
 def test_curve(table_files, capsys, tmp_path):
     assert main(["curve", *table_files, "--points", "5", "--csv", str(tmp_path / "c.csv"),
                  "--json", str(tmp_path / "c.json")]) == 0
