@@ -28,7 +28,9 @@ def test_profile_writes_beside_the_weights_and_prints_every_exit(checkpoint, cap
     prof = profile.load(written)  # a valid profile: the round trip
     assert set(prof["batches"]) == {"1", "4"} and prof["threads"] == 1 and prof["device"] == "cpu"
     assert prof["mflops"] == pytest.approx(list(model.exit_costs()))
-    assert profile.exit_costs_ms(prof, 1).shape == (model.num_exits,)
+    # one latency per exit at each batch size; whether they rise with depth is the machine's business here
+    # (a tiny model timed for 10 ms on a busy CI box may not: exit_costs_ms refuses that, tests/dynexit/test_profile.py)
+    assert all(len(prof["batches"][b]["median_ms"]) == model.num_exits for b in ("1", "4"))
 
 
 def test_profile_out_and_untrained(tmp_path, capsys):
