@@ -178,7 +178,7 @@ def model_key(name: str) -> tuple:
 def model(name: str):
     """The zoo model in eval mode (loaded once per file version)."""
     if not entries.has_weights(name):
-        raise ValueError(f"{entries.label(name)} has tables only, no weights: attention maps, attributions and your "
+        raise ValueError(f"{entries.title(name)} has tables only, no weights: attention maps, attributions and your "
                          "own images need the model (NAME.safetensors + NAME.json beside its tables)")
     return _model(name, model_key(name))
 

@@ -56,6 +56,11 @@ def label(name: str) -> str:
     return name if folder.has_weights(name) or name in zoo.ENTRIES else f"{name} (tables only)"
 
 
+def title(name: str) -> str:
+    """The entry's name in sentences: its file stem, or an upload's file name (no "(tables only)")."""
+    return label(name) if is_upload(name) else name
+
+
 def has_weights(name: str) -> bool:
     """Whether the entry has a model to run (attention maps, attributions, your own image)."""
     return not is_upload(name) and folder.has_weights(name)
@@ -91,6 +96,7 @@ def table(name: str, split: str = "test"):
 
 def _read_upload(data: bytes, what: str):
     from dynexit.table import ExitTable
+    from dynexit.table_npz import FIX
 
     if len(data) > MAX_UPLOAD_MB * 2**20:
         raise ValueError(f"{what} is {len(data) / 2**20:.0f} MB, over the {MAX_UPLOAD_MB} MB upload limit: put the "
@@ -101,7 +107,8 @@ def _read_upload(data: bytes, what: str):
         try:
             table = ExitTable.load(path)
         except ValueError as err:
-            raise ValueError(f"{what}: {str(err).removeprefix(f'{path}: ')}") from None
+            text = str(err).removeprefix(f"{path}: ").replace(FIX, "save it with ExitTable.save (or `dynexit table`)")
+            raise ValueError(f"{what}: {text}") from None
         # a memory map of a file about to be deleted stays valid on POSIX, but a copy keeps it simple
         if isinstance(table.logits, np.memmap):
             table = ExitTable(np.array(table.logits), table.labels, table.costs, table.exit_names, table.index,

@@ -110,7 +110,9 @@ def sidebar() -> Choices:
     """Draw the sidebar's model, solver and criterion selectors; the choices they hold."""
     names = common.available_models()
     if st.session_state.get(MODEL) not in names:  # first run, or its upload / files are gone
-        st.session_state[MODEL] = common.PREFERRED_MODEL if common.PREFERRED_MODEL in names else names[0]
+        with_weights = [n for n in names if entries.has_weights(n)]
+        st.session_state[MODEL] = (common.PREFERRED_MODEL if common.PREFERRED_MODEL in names
+                                   else (with_weights or names)[0])
     with st.sidebar:
         st.header("Choices")
         name = st.selectbox("Model", names, key=MODEL, format_func=entries.label,
@@ -223,7 +225,7 @@ def budget_control(name: str, test, key: str, unit: str = common.MFLOPS) -> floa
                 "budget to choose. It is the static reference the early-exit models are compared with.")
         return float(test.costs[0])
     if test.costs[-1] <= test.costs[0]:  # a table whose exits all cost the same: leaving early saves nothing
-        st.info(f"Every exit of **{entries.label(name)}** costs the same {test.costs[0]:.3g} {unit} per image, so early exit "
+        st.info(f"Every exit of **{entries.title(name)}** costs the same {test.costs[0]:.3g} {unit} per image, so early exit "
                 "saves nothing and there is no budget to choose: the rule below is fitted for that cost.")
         return float(test.costs[-1])
     return budget_slider(name, test.costs, key, unit=unit)

@@ -113,6 +113,17 @@ def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
 
 # ----------------------------------------------------------------------------- where samples leave
 
+def cost_text(x: float, decimals: int = 1) -> str:
+    """A cost for labels: ``decimals`` decimals from 1 up, thousands separated from 10,000, three
+    significant digits below 1 (a table's costs may be 0.002 ms or 350,000 MFLOPs)."""
+    x = float(x)
+    if x == 0 or not np.isfinite(x):
+        return f"{x:g}"
+    if abs(x) >= 10_000:
+        return f"{x:,.0f}"
+    return f"{x:.{decimals}f}" if abs(x) >= 1 else f"{x:.3g}"
+
+
 def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[int], exit_names: Sequence[str],
                    costs: Sequence[float] | None = None, title: str | None = None, unit: str = "MFLOPs") -> go.Figure:
     """Samples leaving at each exit (K counts each), split into right and wrong (stacked bars).
@@ -124,10 +135,10 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
     With no ``costs`` the labels are the exit names, wrapped.
     """
     if costs is not None:
-        names = [f"{k + 1}<br>{c:.1f}" for k, c in enumerate(costs)]
+        names = [f"{k + 1}<br>{cost_text(c)}" for k, c in enumerate(costs)]
     else:
         names = ["<br>".join(textwrap.wrap(str(n).replace("_", " "), 12)) or str(n) for n in exit_names]
-    full = [f"{n} ({c:.2f} {unit})" for n, c in zip(exit_names, costs)] if costs is not None else list(exit_names)
+    full = [f"{n} ({cost_text(c, 2)} {unit})" for n, c in zip(exit_names, costs)] if costs is not None else list(exit_names)
     hover = "%{customdata}: %{y:,} images %{fullData.name}<extra></extra>"
     fig = go.Figure([
         go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT, customdata=full,

@@ -53,7 +53,7 @@ def accuracy_at_budgets(tests: dict, curves: dict):
                "(read off its curve; – where the model cannot run that cheaply).")
     lo = min(float(t.costs[0]) for t in tests.values())
     hi = max(float(t.costs[-1]) for t in tests.values())
-    default = ", ".join(f"{b:.1f}" for b in np.linspace(lo, hi, 4)[1:])
+    default = ", ".join(f"{b:.3g}" for b in np.linspace(lo, hi, 4)[1:])
     text = st.text_input(f"Budgets in {unit} per image, separated by commas", default, key="compare_budgets")
     try:
         budgets = sorted({float(b) for b in text.replace(";", ",").split(",") if b.strip()})
@@ -82,7 +82,7 @@ def budget_for_target(tests: dict, curves: dict):
         need = logic.budget_for_accuracy(curves[n], target)
         full = float(t.costs[-1])
         never = np.isnan(need)
-        out.append({"model": n, t.cost_unit: "–" if never else f"{need:.2f}",
+        out.append({"model": n, t.cost_unit: "–" if never else viz.cost_text(need, 2),
                     "of its full cost": "–" if never else f"{need / full:.0%}",
                     "speedup": "–" if never else f"{full / need:.2f}x"})
     st.dataframe(pd.DataFrame(out), hide_index=True, width="stretch")
@@ -115,7 +115,9 @@ def bench_table(rows: list[dict]) -> pd.DataFrame:
 
 
 def measured_speedups(names: list[str]):
-    """The zoo's `dynexit bench` results of these models: a table and bars."""
+    """The `dynexit bench` results of these models (those with weights): a table and bars; nothing without any."""
+    if not names:
+        return
     st.subheader("Measured speedups (`dynexit bench`)")
     st.caption("MFLOPs are a proxy. `dynexit bench` times real early exit on CPU (images that leave stop being "
                "computed) against the full model, on the test images, at the budget where the model keeps its final "
@@ -128,7 +130,7 @@ def measured_speedups(names: list[str]):
         except ValueError as err:  # a damaged bench file: say which and how to rebuild it, show the rest
             st.error(str(err), icon=":material/error:")
             benches[n] = None
-    rows = [logic.bench_row(n, b) for n, b in benches.items() if b]
+    rows = [logic.bench_row(entries.label(n), b) for n, b in benches.items() if b]
     if rows:
         st.dataframe(bench_table(rows), hide_index=True, width="stretch", column_config=BENCH_COLUMNS)
         series = {k: [r[k] if r[k] is not None else np.nan for r in rows]
@@ -157,7 +159,7 @@ def profiled_speedups(names: list[str]):
             continue
         flops, ms = common.table(n, "test").costs, common.table(n, "test", common.MS).costs
         machines.add(common.machine(n))
-        rows += [{"model": n, "exit": e, "ms per image": round(float(m), 3), "MFLOPs": round(float(f), 2),
+        rows += [{"model": entries.label(n), "exit": e, "ms per image": round(float(m), 3), "MFLOPs": round(float(f), 2),
                   "measured speedup": round(float(ms[-1] / m), 2), "FLOPs speedup": round(float(flops[-1] / f), 2),
                   "measured / FLOPs": round(float((ms[-1] / m) / (flops[-1] / f)), 2)}
                  for e, m, f in zip(common.table(n, "test").exit_names, ms, flops)]
@@ -193,7 +195,7 @@ st.markdown("Every model of the sidebar model's dataset on the same axes. A mode
             + (f", {criterion}" if choice.uses_criterion else "") + "), fitted on validation images, measured on test.")
 
 if choice.budget is not None:  # the sidebar model's budget, as set on the other pages (the curves span every budget)
-    st.caption(f"Your budget for **{choice.model}**: **{choice.budget:g} {choice.unit}** per image "
+    st.caption(f"Your budget for **{entries.label(choice.model)}**: **{choice.budget:g} {choice.unit}** per image "
                "(set with the slider of the budget explorer, the inspector or your own image).")
 if others:
     st.caption(f"{others} other model(s) of the folder were trained on other data (or count costs in another unit): "
@@ -209,8 +211,12 @@ tests = load_tests(chosen)
 if not tests:
     st.stop()
 curves = {n: common.solver_curve(n, solver, criterion) for n in tests}
-curves_plot(tests, curves)
-accuracy_at_budgets(tests, curves)  # one under the other: side by side, a 1024 px screen cut their columns
-budget_for_target(tests, curves)
-measured_speedups(list(tests))
-profiled_speedups(list(tests))
+# what the plots and tables show: labels ("mine (uploaded)", "digits_cnn (tables only)"), never internal names
+shown_tests = {entries.label(n): t for n, t in tests.items()}
+shown_curves = {entries.label(n): c for n, c in curves.items()}
+curves_plot(shown_tests, shown_curves)
+accuracy_at_budgets(shown_tests, shown_curves)  # one under the other: side by side, a 1024 px screen cut their columns
+budget_for_target(shown_tests, shown_curves)
+if next(iter(tests.values())).cost_unit == common.MFLOPS:  # tables in measured ms need neither bench nor profile
+    measured_speedups([n for n in tests if entries.has_weights(n)])
+    profiled_speedups(list(tests))

@@ -52,8 +52,9 @@ def _deadline_inputs() -> tuple[Deadline, str]:
     for col, (p, (lo, hi, default)) in zip(cols, ranges.items()):
         lo, hi = round(lo, 10), round(max(hi, lo + step), 10)
         value = float(np.clip(round(default / step) * step, lo, hi))
+        decimals = max(0, int(-np.floor(np.log10(step))))  # as many as the step has: 0.0025 is not 0.00
         params[p] = col.slider(f"{p} ({unit})", min_value=lo, max_value=hi, value=value, step=step,
-                               key=f"deadline_{kind}_{p}_{name}_{unit}")
+                               format=f"%.{decimals}f", key=f"deadline_{kind}_{p}_{name}_{unit}")
     if kind == "uniform" and params["low"] > params["high"]:
         st.warning("low is above high: swapped.")
         params["low"], params["high"] = params["high"], params["low"]
@@ -70,7 +71,7 @@ def _numbers(results: dict, deadline: Deadline, how: str, budget: float):
              f"{np.mean(test.labels == np.bincount(val.labels).argmax()):.1%} of the test images")
     none = results["anytime"].answer_share[0]
     st.caption(f"Deadline {deadline.describe(unit)}. With probability {none:.1%} no exit has finished "
-               f"({costs[0]:.2f} {unit} for the first); such an image "
+               f"({viz.cost_text(costs[0], 2)} {unit} for the first); such an image "
                + ("counts as **wrong**." if how == "wrong" else f"answers with a **prior guess**: {prior}.")
                + f" Budgeted rule: {solver} at {budget:g} {unit} per image (the sidebar's budget).")
 
@@ -113,7 +114,7 @@ def _fixed_curves(exits, deadline: Deadline):
 def deadline_dependent():
     """Reruns alone when a deadline control moves: exact expectations, numpy over the cached tables."""
     if common.is_static(test):
-        st.info(f"**{name}** has a single exit: it answers only when its {costs[0]:.1f} {unit} are done, so every "
+        st.info(f"**{name}** has a single exit: it answers only when its {viz.cost_text(costs[0])} {unit} are done, so every "
                 "policy is the same. Pick a multi-exit model in the sidebar to compare them.")
     budget = state.budget_control(name, test, key="deadline_budget", unit=unit)
     deadline, how = _deadline_inputs()

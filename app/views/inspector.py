@@ -83,8 +83,8 @@ def budget_dependent():
         view = common.budget_view(name, solver, criterion, budget, unit)
         k = int(view.result.exits[row])
         right = bool(test.correct[row, k])
-        st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{test.costs[k]:.1f} {unit}** of "
-                    f"{test.costs[-1]:.1f}, predicting **{CLASSES[test.predictions[row, k]]}**: "
+        st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{viz.cost_text(test.costs[k])} {unit}** "
+                    f"of {viz.cost_text(test.costs[-1])}, predicting **{CLASSES[test.predictions[row, k]]}**: "
                     f"**{'right' if right else 'wrong'}**.")
         if common.is_static(test):
             st.caption(f"{name} has a single exit: no exit score, no threshold; every image runs the whole network.")
@@ -103,28 +103,38 @@ def budget_dependent():
 def _threshold_words(t: float, last: bool) -> str:
     """A threshold for the table: the number, or what an infinite one means (the last exit has none)."""
     if last:
-        return "none: takes everyone left"
+        return "none (last)"
     if np.isfinite(t):
         return f"{t:.3f}"
-    return "closed: nobody leaves" if t > 0 else "open: everyone leaves"
+    return "closed" if t > 0 else "open"
 
 
 def _exit_table(view, k: int):
-    """One row per exit: cost so far, prediction, probabilities, score and threshold, where it leaves."""
+    """One row per exit: cost so far, prediction, probabilities, score and threshold; ▶ marks where it leaves."""
     table = pd.DataFrame({
-        "exit": [f"{j + 1}. {n}" for j, n in enumerate(names)],
-        f"{unit} so far": np.round(test.costs, 2),
+        "exit": [f"{'▶ ' if j == k else ''}{j + 1}. {n}" for j, n in enumerate(names)],
+        unit: [viz.cost_text(c, 2) for c in test.costs],
         "prediction": [CLASSES[p] for p in test.predictions[row]],
-        "probability": np.round(probs.max(axis=1), 3),
-        f"P({CLASSES[label]})": np.round(probs[:, label], 3),
+        "p(top)": np.round(probs.max(axis=1), 3),
+        "p(true)": np.round(probs[:, label], 3),
         "right": test.correct[row],
         "score": np.round(view.scores[row], 3),
-        # the last exit takes everyone left (no threshold): say so in words, not "None"
         "threshold": [_threshold_words(t, j == K - 1) for j, t in enumerate(view.thresholds)],
-        "leaves here": [j == k for j in range(K)],
     })
+    # widths in pixels, headers short and explained on hover: the columns fit a 1024 px screen without scrolling
+    col = st.column_config
     st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "exit": st.column_config.TextColumn(width="medium"), "threshold": st.column_config.TextColumn(width="medium")})
+        "exit": col.TextColumn(width=130, help="▶: the exit this image leaves at, at this budget"),
+        unit: col.TextColumn(width=56, help=f"{unit} per image spent to reach this exit (cumulative)"),
+        "prediction": col.TextColumn(width=92),
+        "p(top)": col.NumberColumn(width=54, help="the probability of the exit's prediction"),
+        "p(true)": col.NumberColumn(width=56, help=f"the probability of the true class, {CLASSES[label]}"),
+        "right": col.CheckboxColumn(width=44),
+        "score": col.NumberColumn(width=54, help=f"the image's {view.score_name} at this exit"),
+        "threshold": col.TextColumn(width=84, help="the image leaves at the first exit whose score reaches this; "
+                                                   "open: everyone leaves, closed: nobody does; the last exit takes "
+                                                   "everyone left"),
+    })
 
 
 budget_dependent()
@@ -149,7 +159,7 @@ def where_it_looks():
     """The model's attention on this image (nothing for a CNN: the attribution below still works)."""
     st.subheader("Where the model looks")
     if not entries.has_weights(name):
-        st.info(f"{entries.label(name)} has tables only: attention maps and attributions need its weights "
+        st.info(f"{entries.title(name)} has tables only: attention maps and attributions need its weights "
                 "(NAME.safetensors + NAME.json beside the tables).", icon=":material/info:")
         st.stop()
     if img is None:

@@ -15,7 +15,7 @@ with common.zoo_guard(name):
     common.table(name, "val", unit)  # the solvers fit on it
 st.title("Your own image")
 if not entries.has_weights(name):
-    st.info(f"{entries.label(name)} has tables only: running your own image needs the model's weights "
+    st.info(f"{entries.title(name)} has tables only: running your own image needs the model's weights "
             "(NAME.safetensors + NAME.json beside its tables). Pick a model with weights in the sidebar.",
             icon=":material/info:")
     st.stop()
@@ -25,7 +25,7 @@ model = common.model(name)
 SIZE = int(model.input_size[0])
 CLASSES, SHORT = entries.class_names(name), entries.short_names(name)
 if model.in_chans != 1 or model.input_size[0] != model.input_size[1]:
-    st.info(f"Your own image is converted to a square gray image; {entries.label(name)} takes {model.in_chans} x "
+    st.info(f"Your own image is converted to a square gray image; {entries.title(name)} takes {model.in_chans} x "
             f"{model.input_size[0]} x {model.input_size[1]} images. Pick a gray-image model in the sidebar.",
             icon=":material/info:")
     st.stop()

@@ -282,3 +282,31 @@ def test_uploaders_start_empty_after_a_pair_is_opened_and_labels_stay_distinct(s
         state._tables_uploaded()
         assert session[state.UPLOAD_ROUND] == i + 1 and state.UPLOAD_ERROR not in session
     assert [entries.label(n) for n in session[entries.UPLOADS]] == ["mine (uploaded)", "mine (uploaded 2)"]
+
+
+def test_compare_shows_an_uploads_label_never_its_internal_name(app_dir):
+    from dynexit_app import entries
+    at = AppTest.from_file(ENTRY, default_timeout=180)
+    name = "upload:0123456789abcdef"
+    at.session_state[entries.UPLOADS] = {name: ("mine (uploaded)", digits_table("val", seed=5),
+                                                digits_table("test", seed=5))}
+    at.run()
+    ok(at)
+    at.sidebar.selectbox(key="model").select("digits_logits").run()  # the upload is of the same dataset
+    at.switch_page("views/compare.py").run()
+    ok(at)
+    assert at.multiselect(key="compare_models").value == ["digits_logits", name]
+    shown = " ".join([c.value for c in at.caption] + [m.value for m in at.markdown]
+                     + [str(d.value) for d in at.dataframe])
+    assert "mine (uploaded)" in shown and "upload:" not in shown
+
+
+def test_tiny_costs_are_not_shown_as_zero(tmp_path, monkeypatch):
+    costs = [0.001, 0.002, 0.004]
+    _folder_with(tmp_path, monkeypatch, tiny=(digits_table("val", costs=costs, dataset=None),  # compared alone
+                                              digits_table("test", costs=costs, dataset=None)))
+    at = _open("tiny", "views/compare.py")
+    assert not at.error and at.text_input(key="compare_budgets").value == "0.002, 0.003, 0.004"
+    at.switch_page("views/inspector.py").run()
+    ok(at)
+    assert " 0.0 MFLOPs" not in " ".join(m.value for m in at.markdown)
