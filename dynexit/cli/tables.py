@@ -10,6 +10,7 @@ that is the test split is refused (:func:`dynexit.bench.check_fit_table`).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +203,12 @@ def cmd_import_table(args) -> int:
     print(f"wrote {path}: {table.num_samples} samples, {table.num_exits} exits {list(table.exit_names)}, "
           f"{table.num_classes} classes, costs {table.costs.tolist()} {table.cost_unit}, "
           f"accuracy {[round(a, 4) for a in table.exit_accuracy().tolist()]}")
+    if args.dataset:  # recorded as given; say now what a viewer would find out later
+        from dynexit.zoo.folder import dataset_problem
+
+        problem = dataset_problem(table)
+        if problem:
+            print(f"warning: {problem}: viewers will show scores but not the images", file=sys.stderr)
     return 0
 
 

@@ -54,3 +54,11 @@ def test_bad_input_is_one_clear_line(files, capsys, logits, labels, extra, messa
     assert err.count("\n") == 1 and "Traceback" not in err
     assert __import__("re").search(message, err), err
     assert not (files / "t.npz").exists()
+
+
+def test_a_dataset_that_viewers_cannot_use_is_warned_about(files, capsys):
+    # 4 classes recorded as digits (10): the table is written as asked, and the user hears why images won't show
+    assert main(["import-table", str(files / "logits.npy"), str(files / "labels.npy"), "--costs", "1,2,3",
+                 "--dataset", "digits", "--out", str(files / "w.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the table has 4 classes, the dataset 'digits' 10" in err
