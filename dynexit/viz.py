@@ -96,7 +96,7 @@ def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
                                  hovertemplate="%{x:.2f} " + unit + "<br>%{y:.2f}%<extra>" + label + "</extra>"))
     for i, (label, (x, y, names)) in enumerate((anytime or {}).items()):
         fig.add_trace(go.Scatter(x=list(x), y=np.asarray(y) * scale, mode="markers+text", name=label,
-                                 text=list(names), textfont=dict(size=10),
+                                 text=[plain(n) for n in names], textfont=dict(size=10),
                                  textposition=["bottom left" if v > middle else "bottom right" for v in x],
                                  marker=dict(symbol="diamond", size=10, color=color(i), line=dict(width=1, color="white")),
                                  hovertemplate="%{text}: %{x:.2f} " + unit + ", %{y:.2f}%<extra>" + label + "</extra>"))
@@ -112,6 +112,12 @@ def accuracy_vs_cost(curves: Mapping[str, tuple[Sequence[float], Sequence[float]
 
 
 # ----------------------------------------------------------------------------- where samples leave
+
+def plain(text) -> str:
+    """A user's string (class or exit name) for plotly text, shown as written: plotly reads ``<b>``,
+    ``<br>`` and other tags in labels, so ``<``, ``>`` and ``&`` are escaped."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
 
 def cost_text(x: float, decimals: int = 1) -> str:
     """A cost for labels: ``decimals`` decimals from 1 up, thousands separated from 10,000, three
@@ -137,8 +143,10 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
     if costs is not None:
         names = [f"{k + 1}<br>{cost_text(c)}" for k, c in enumerate(costs)]
     else:
-        names = ["<br>".join(textwrap.wrap(str(n).replace("_", " "), 12)) or str(n) for n in exit_names]
-    full = [f"{n} ({cost_text(c, 2)} {unit})" for n, c in zip(exit_names, costs)] if costs is not None else list(exit_names)
+        names = ["<br>".join(plain(w) for w in textwrap.wrap(str(n).replace("_", " "), 12)) or plain(n)
+                 for n in exit_names]
+    full = ([f"{plain(n)} ({cost_text(c, 2)} {unit})" for n, c in zip(exit_names, costs)] if costs is not None
+            else [plain(n) for n in exit_names])
     hover = "%{customdata}: %{y:,} images %{fullData.name}<extra></extra>"
     fig = go.Figure([
         go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT, customdata=full,
@@ -171,8 +179,8 @@ def per_exit_accuracy(models: Mapping[str, tuple[Sequence[float], Sequence[float
     """The anytime view: each exit's accuracy (every image stops there) against its cost (in ``unit``)."""
     fig = go.Figure()
     for i, (label, (x, y, names)) in enumerate(models.items()):
-        fig.add_trace(go.Scatter(x=list(x), y=100 * np.asarray(y), mode="lines+markers", name=label, text=list(names),
-                                 line=dict(color=color(i)), marker=dict(size=8),
+        fig.add_trace(go.Scatter(x=list(x), y=100 * np.asarray(y), mode="lines+markers", name=label,
+                                 text=[plain(n) for n in names], line=dict(color=color(i)), marker=dict(size=8),
                                  hovertemplate="%{text}: %{x:.2f} " + unit + ", %{y:.2f}%<extra>" + label + "</extra>"))
     fig.update_xaxes(title=f"cumulative {unit} per image at the exit")
     fig.update_yaxes(title="accuracy when every image stops here (%)")
@@ -189,12 +197,12 @@ def confidence_trace(confidence: Sequence[float], thresholds: Sequence[float], e
     ``right[k]``: True (blue), False (vermillion, "(wrong)"), or None when the label is unknown (gray).
     """
     # the exit it leaves at: bold tick label and a black outline (no arrow to collide with the bar texts)
-    names = [f"<b>{n}</b><br><b>leaves here</b>" if k == exit_taken else str(n) for k, n in enumerate(exit_names)]
+    names = [f"<b>{plain(n)}</b><br><b>leaves here</b>" if k == exit_taken else plain(n) for k, n in enumerate(exit_names)]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=names, y=list(confidence), name=criterion,
                          marker_color=[ORACLE if r is None else RIGHT if r else WRONG for r in right],
                          marker_line=dict(color=CURRENT, width=[3 if k == exit_taken else 0 for k in range(len(names))]),
-                         text=[f"{p}{'' if r is None or r else ' (wrong)'}" for p, r in zip(predictions, right)],
+                         text=[f"{plain(p)}{'' if r is None or r else ' (wrong)'}" for p, r in zip(predictions, right)],
                          # inside the bar, at its foot: above the bar or at its top, the label collided with
                          # the threshold marks, which sit near the bars' tops
                          textposition="inside", insidetextanchor="start", textangle=0,
@@ -337,7 +345,7 @@ def gallery(images: np.ndarray, captions: Sequence[str] | None = None, right: Se
     hgt, wid = mosaic.shape[:2]
     traces = [go.Image(source=png_data_uri(mosaic), hoverinfo="skip")]
     if captions is not None:  # one text trace: much cheaper than one annotation per image
-        traces.append(go.Scatter(x=[x for x, _ in spots], y=[y for _, y in spots], text=list(captions), mode="text",
+        traces.append(go.Scatter(x=[x for x, _ in spots], y=[y for _, y in spots], text=[plain(c) for c in captions], mode="text",
                                  textfont=dict(size=10, color="#2a3f5f"), hoverinfo="skip"))
     return go.Figure(traces, layout=dict(
         template=TEMPLATE, title=title, height=hgt + (50 if title else 20), showlegend=False,

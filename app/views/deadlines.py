@@ -113,10 +113,12 @@ def _fixed_curves(exits, deadline: Deadline):
 @st.fragment
 def deadline_dependent():
     """Reruns alone when a deadline control moves: exact expectations, numpy over the cached tables."""
-    if common.is_static(test):
-        st.info(f"**{name}** has a single exit: it answers only when its {viz.cost_text(costs[0])} {unit} are done, so every "
-                "policy is the same. Pick a multi-exit model in the sidebar to compare them.")
-    budget = state.budget_control(name, test, key="deadline_budget", unit=unit)
+    if common.is_static(test):  # one note, not the budget control's too: there is neither a budget nor a policy
+        st.info(f"**{entries.title(name)}** has a single exit: it answers only when its {viz.cost_text(costs[0])} {unit} "
+                "are done, so every policy is the same. Pick a multi-exit model in the sidebar to compare them.")
+        budget = float(costs[0])
+    else:
+        budget = state.budget_control(name, test, key="deadline_budget", unit=unit)
     deadline, how = _deadline_inputs()
     view = common.budget_view(name, solver, criterion, budget, unit)
     results = logic.deadline_results(test, view.result.exits, deadline, costs, how, val.labels)

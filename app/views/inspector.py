@@ -83,7 +83,8 @@ def budget_dependent():
         view = common.budget_view(name, solver, criterion, budget, unit)
         k = int(view.result.exits[row])
         right = bool(test.correct[row, k])
-        st.markdown(f"At this budget it leaves at exit **{k + 1} ({names[k]})** after **{viz.cost_text(test.costs[k])} {unit}** "
+        when = "At this budget it" if test.costs[-1] > test.costs[0] else "It"  # equal costs: no budget to speak of
+        st.markdown(f"{when} leaves at exit **{k + 1} ({names[k]})** after **{viz.cost_text(test.costs[k])} {unit}** "
                     f"of {viz.cost_text(test.costs[-1])}, predicting **{CLASSES[test.predictions[row, k]]}**: "
                     f"**{'right' if right else 'wrong'}**.")
         if common.is_static(test):

@@ -113,3 +113,12 @@ def test_class_names_come_from_the_dataset_registry():
     assert viz.class_names("digits") == tuple("0123456789")
     with pytest.raises(ValueError, match="unknown dataset"):
         viz.class_names("no-such-dataset")
+
+
+def test_user_names_are_shown_as_written_not_read_as_markup():
+    fig = viz.confidence_trace(np.array([0.5, 0.9]), np.array([0.6, -np.inf]), ["<b>a</b>", "b&c"], 1,
+                               ["<i>cat</i>", "dog"], [True, False])
+    bar = fig.data[0]
+    assert list(bar.x) == ["&lt;b&gt;a&lt;/b&gt;", "<b>b&amp;c</b><br><b>leaves here</b>"]
+    assert bar.text[0] == "&lt;i&gt;cat&lt;/i&gt;"
+    assert viz.plain("x<y") == "x&lt;y"
