@@ -20,6 +20,7 @@ the missing or damaged file. Read-only, like the catalogue: nothing here imports
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -235,16 +236,25 @@ def modified_ns(path: str | os.PathLike) -> int:
         return 0
 
 
+@functools.lru_cache(maxsize=16)
+def _spec(name: str, root: str | None):
+    """``get_dataset(name, root)``, once per process: viewers ask on every rerun, and an ImageFolder tree
+    or a torchvision file is scanned to answer. Failures are not cached (the data may appear later)."""
+    from dynexit.data import get_dataset
+
+    return get_dataset(name, root)
+
+
 def _dataset_spec(test):
     """The registry spec of the dataset the table names (``meta["dataset"]``), None when it names
     none or the registry cannot open it here (an ImageFolder tree that is not on this machine)."""
-    from dynexit.data import get_dataset
-
     name, root = test.meta.get("dataset"), test.meta.get("data_root")
     if not isinstance(name, str) or not name:
         return None
+    # an ImageFolder name holds its path and takes no root, though the tables record it as data_root
+    root = root if isinstance(root, str) and not name.startswith("imagefolder:") else None
     try:
-        return get_dataset(name, root if isinstance(root, str) else None)
+        return _spec(name, root)
     except (ValueError, OSError):
         return None
 

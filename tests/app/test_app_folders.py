@@ -310,3 +310,20 @@ def test_tiny_costs_are_not_shown_as_zero(tmp_path, monkeypatch):
     at.switch_page("views/inspector.py").run()
     ok(at)
     assert " 0.0 MFLOPs" not in " ".join(m.value for m in at.markdown)
+
+
+def test_a_table_built_on_an_imagefolder_tree_shows_its_images(tmp_path):
+    """`dynexit table --data imagefolder:TREE` records the tree as data_root too; the viewer must still open it."""
+    from PIL import Image
+    x, y = get_dataset("fashion-mnist").load("test")
+    for split in ("train", "test"):
+        for i in range(6):
+            d = tmp_path / "tree" / split / f"c{y[i] % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((x[i, 0] * 255).astype(np.uint8)).save(d / f"{i}.png")
+    tree = tmp_path / "tree"
+    spec = get_dataset(f"imagefolder:{tree}")
+    labels = np.array([spec.torch_dataset("test")[i][1] for i in range(6)])
+    table = ExitTable.from_arrays(np.zeros((6, 2, 2)), labels, [1.0, 2.0], dataset=f"imagefolder:{tree}",
+                                  meta={"data_root": str(tree)})
+    assert folder.dataset_problem(table) is None and folder.class_names(table) == ["c0", "c1"]
