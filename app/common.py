@@ -12,6 +12,8 @@ What the user chose lives in ``state``.
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -25,6 +27,29 @@ PREFERRED_MODEL = "dynperceiver_fmnist"
 MFLOPS, MS = "MFLOPs", "ms"  # budget units: counted compute, or latency measured by `dynexit profile`
 PROFILE_BATCH = 1  # ms per image at batch 1: one image at a time, as an edge device answers
 _mtime = folder.modified_ns
+NUMBERS_FIRST_MS = 30.0
+
+
+def numbers_first_s() -> float:
+    """The explorer's pause between its numbers and its figures after a slider move, in seconds.
+
+    The numbers are sent first; the figures below them take ~45 ms of Python to build, and arrive ~10 ms
+    apart. Pausing first lets the browser draw the numbers alone, while the CPU is free (on a 2-core machine
+    the server and the browser share it), instead of in the same redraws as the figures.
+    ``python benchmarks/app_slider.py --ab`` measures both ways side by side, setting
+    ``DYNEXIT_NUMBERS_FIRST_MS=0`` for the way without the pause. A value that is not a number >= 0 is
+    logged and the default (30 ms) used.
+    """
+    raw = os.environ.get("DYNEXIT_NUMBERS_FIRST_MS")
+    try:
+        ms = NUMBERS_FIRST_MS if raw is None else float(raw)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms < float("inf"):
+        logging.getLogger(__name__).warning("DYNEXIT_NUMBERS_FIRST_MS=%r is not a number of ms >= 0: using %g",
+                                            raw, NUMBERS_FIRST_MS)
+        ms = NUMBERS_FIRST_MS
+    return ms / 1000
 
 
 # ----------------------------------------------------------------------------- the entries

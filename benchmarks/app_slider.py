@@ -5,8 +5,8 @@ Serves the app (tools/browser.py: ``streamlit run`` on a free loopback port) on 
 budget explorer in the system Chromium at 1280 x 800, waits until everything is drawn, then moves the
 budget slider one step with the keyboard (ArrowRight / ArrowLeft, alternating directions in runs so
 every move asks for a budget whose result is cached by neither Streamlit nor the browser only at the
-first pass) and times each move in the page itself (``performance.now()``, polled every animation
-frame and on every DOM change):
+first pass) and times each move in the page itself (``performance.now()`` from the keydown event,
+checked on every DOM change and animation frame, reading ``textContent`` so the check forces no layout):
 
 - *shown*: from the key press to the moment the budget caption shows the new budget and the
   accuracy metric has been redrawn by this run (its element is no longer marked stale);
@@ -15,8 +15,13 @@ frame and on every DOM change):
 
     .venv/bin/python benchmarks/app_slider.py                    # the app's default model
     .venv/bin/python benchmarks/app_slider.py --model mevit_fmnist --moves 30
+    .venv/bin/python benchmarks/app_slider.py --ab               # with and without the numbers-first pause
 
-Prints both medians next to their targets, the machine's load average before and after, and one JSON
+``--ab`` serves the app twice, as shipped and with ``DYNEXIT_NUMBERS_FIRST_MS=0`` (the explorer draws its
+figures right after its numbers), and moves both sliders in one browser, four moves each in turn, so the two
+medians are measured side by side under the same load.
+
+Prints the medians next to their targets, the machine's load average before and after, and one JSON
 line. The machine's load matters (a shared 2-core box is several times slower): report it with the numbers.
 """
 
@@ -37,15 +42,19 @@ CAPTION = "[data-testid=stCaption], [data-testid=stCaptionContainer]"
 
 # Runs in the page, returns at once: fills window.__move with {shown, finished}, in ms after the key press
 # that follows it (done: true when the run is over, or after 30 s).
-WATCH = """([caption, before]) => {
-  const t0 = performance.now(); const out = {shown: null, finished: null, done: false}; let running = false;
+WATCH = """([caption]) => {
+  const read = () => { for (const e of document.querySelectorAll(caption)) { const t = e.textContent;
+                         if (t.startsWith('Budget ')) return t; } return null; };
+  const before = read(); let t0 = performance.now();
+  document.addEventListener('keydown', () => { t0 = performance.now(); }, {capture: true, once: true});
+  const out = {shown: null, finished: null, done: false}; let running = false;
   window.__move = out; const resolve = () => { out.done = true; };
   const app = document.querySelector('[data-testid="stApp"]');
   const check = () => {
     const state = app.dataset.testScriptState;
     if (state === 'running') running = true;
     if (out.shown === null && running) {
-      const cap = Array.from(document.querySelectorAll(caption)).map(e => e.innerText).find(t => t.startsWith('Budget '));
+      const cap = read();
       const metric = document.querySelector('[data-testid="stMetric"]');
       const box = metric && metric.closest('[data-testid="stElementContainer"]');
       if (cap && cap !== before && box && box.dataset.stale !== 'true') out.shown = performance.now() - t0;
@@ -63,67 +72,103 @@ WATCH = """([caption, before]) => {
   setTimeout(() => { observer.disconnect(); resolve(out); }, 30000);
 }"""
 
-
-def _caption(page) -> str:
-    texts = page.locator(CAPTION).all_inner_texts()
-    return next((t for t in texts if t.startswith("Budget ")), "")
+# --ab: the app as shipped, and without the explorer's pause between its numbers and its figures
+VARIANTS = {"as shipped": {}, "no numbers-first pause": {"DYNEXIT_NUMBERS_FIRST_MS": "0"}}
 
 
-def measure(moves: int = 24, model: str | None = None) -> dict:
-    """Serve the app, move the explorer's slider ``moves`` times; per-move times (ms) and their medians."""
+def _open(chromium, url: str, model: str | None):
+    from tools import browser
+
+    page = chromium.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url)
+    page.get_by_role("heading", name="Budget explorer").wait_for(timeout=120_000)
+    browser.wait_idle(page)
+    if model:
+        box = page.locator("[data-testid=stSidebar] .st-key-model input[role=combobox]")
+        box.click()
+        page.get_by_role("option", name=model, exact=True).click()
+        browser.wait_idle(page)
+    return page
+
+
+def _move(page, key: str) -> dict:
+    """One slider step with the keyboard; {shown, finished} in ms (None when the run never ended)."""
+    from tools import browser
+
+    page.bring_to_front()
+    page.get_by_role("slider").first.focus()
+    page.evaluate(WATCH, [CAPTION])
+    page.keyboard.press(key)
+    page.wait_for_function("() => window.__move.done", timeout=60_000)
+    times = page.evaluate("() => window.__move")
+    browser.wait_idle(page, settle_ms=300)
+    return times
+
+
+def measure(moves: int = 24, model: str | None = None, variants: dict | None = None, block: int = 4) -> dict:
+    """Serve the app once per variant (name -> extra environment), move each explorer's slider ``moves``
+    times, ``block`` moves per variant in turn; per variant, per-move times (ms) and their medians."""
+    import contextlib
+
     from playwright.sync_api import sync_playwright
 
     from tools import browser
 
-    shown, finished = [], []
-    with browser.serve() as url, sync_playwright() as p:
+    variants = variants or {"as shipped": {}}
+    times = {v: {"shown_ms": [], "finished_ms": []} for v in variants}
+    with contextlib.ExitStack() as stack, sync_playwright() as p:
+        urls = {v: stack.enter_context(browser.serve(env=env)) for v, env in variants.items()}
         chromium = browser.launch(p)
         try:
-            page = chromium.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(url)
-            page.get_by_role("heading", name="Budget explorer").wait_for(timeout=120_000)
-            browser.wait_idle(page)
-            if model:
-                box = page.locator("[data-testid=stSidebar] .st-key-model input[role=combobox]")
-                box.click()
-                page.get_by_role("option", name=model, exact=True).click()
-                browser.wait_idle(page)
-            slider = page.get_by_role("slider").first
-            for i in range(moves + 2):  # the first two moves warm up (curve, caches): not counted
-                before = _caption(page)
-                slider.focus()
-                page.evaluate(WATCH, [CAPTION, before])
-                page.keyboard.press("ArrowRight" if (i // 6) % 2 == 0 else "ArrowLeft")
-                page.wait_for_function("() => window.__move.done", timeout=60_000)
-                times = page.evaluate("() => window.__move")
-                browser.wait_idle(page, settle_ms=300)
-                if i >= 2 and times["finished"] is not None:
-                    shown.append(times["shown"])
-                    finished.append(times["finished"])
+            pages = {v: _open(chromium, url, model) for v, url in urls.items()}
+            for v, page in pages.items():  # two warm-up moves each (curve, caches): not counted
+                for key in ("ArrowRight", "ArrowLeft"):
+                    _move(page, key)
+            done = 0
+            while done < moves:
+                n = min(block, moves - done)
+                key = "ArrowRight" if (done // 6) % 2 == 0 else "ArrowLeft"  # the same budgets for every variant
+                for v, page in pages.items():
+                    for _ in range(n):
+                        t = _move(page, key)
+                        if t["finished"] is not None:
+                            times[v]["shown_ms"].append(t["shown"])
+                            times[v]["finished_ms"].append(t["finished"])
+                done += n
         finally:
             chromium.close()
-    return {"moves": len(shown), "shown_ms": shown, "finished_ms": finished,
-            "shown_median_ms": statistics.median(shown), "finished_median_ms": statistics.median(finished)}
+    for t in times.values():
+        t["moves"] = len(t["shown_ms"])
+        t["shown_median_ms"] = statistics.median(t["shown_ms"]) if t["shown_ms"] else None
+        t["finished_median_ms"] = statistics.median(t["finished_ms"]) if t["finished_ms"] else None
+    return times
 
 
 def main(argv=None):
-    """Command line: ``python benchmarks/app_slider.py [--moves N] [--model NAME]``."""
+    """Command line: ``python benchmarks/app_slider.py [--moves N] [--model NAME] [--ab]``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moves", type=int, default=24, help="timed slider moves (at least 20 for the issue's medians)")
     ap.add_argument("--model", default=None, help="zoo model to select first (default: the app's default)")
+    ap.add_argument("--ab", action="store_true", help="also measure the app without the numbers-first pause, "
+                                                      "interleaved with the shipped app in one browser")
     args = ap.parse_args(argv)
     load_before = os.getloadavg()
-    r = measure(args.moves, args.model)
+    r = measure(args.moves, args.model, VARIANTS if args.ab else None)
     load_after = os.getloadavg()
-    print(f"{r['moves']} slider moves in Chromium, {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
+    print(f"slider moves in Chromium, {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")
-    print(f"{'':24}{'median':>10}{'target':>10}{'min':>8}{'max':>8}")
-    for label, key, target in (("new numbers shown", "shown", SHOWN_TARGET_MS),
-                               ("rerun finished", "finished", FINISHED_TARGET_MS)):
-        values = r[f"{key}_ms"]
-        ok = "ok" if r[f"{key}_median_ms"] <= target else "OVER"
-        print(f"{label:24}{r[f'{key}_median_ms']:8.0f}ms{'<= %.0f' % target:>10}{min(values):8.0f}{max(values):8.0f}  {ok}")
-    print(json.dumps({k: v for k, v in r.items() if not k.endswith("_ms") or "median" in k}
+    print(f"{'':48}{'moves':>6}{'median':>10}{'target':>10}{'min':>8}{'max':>8}")
+    for variant, t in r.items():
+        for label, key, target in (("new numbers shown", "shown", SHOWN_TARGET_MS),
+                                   ("rerun finished", "finished", FINISHED_TARGET_MS)):
+            values, median = t[f"{key}_ms"], t[f"{key}_median_ms"]
+            if not values:
+                print(f"{variant + ': ' + label:48}{0:6}  no move finished")
+                continue
+            ok = "ok" if median <= target else "OVER"
+            print(f"{variant + ': ' + label:48}{len(values):6}{median:8.0f}ms{'<= %.0f' % target:>10}"
+                  f"{min(values):8.0f}{max(values):8.0f}  {ok}")
+    print(json.dumps({v: {k: x for k, x in t.items() if not k.endswith("_ms") or "median" in k} for v, t in r.items()}
                      | {"load_before": load_before[0], "load_after": load_after[0]}))
 
 

@@ -1,5 +1,7 @@
 """Budget explorer: one slider, the compute budget; everything below follows it."""
 
+import time
+
 import numpy as np
 import streamlit as st
 
@@ -186,6 +188,7 @@ def budget_dependent():
         st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
     view = common.budget_view(name, solver, criterion, budget, unit)
     _numbers(view)
+    time.sleep(common.numbers_first_s())  # the browser draws the numbers alone (issue 18)
     _curve_and_histogram(view)
     _exit_galleries(view)
     _overthinking(view)

@@ -319,3 +319,18 @@ def test_streamlit_does_not_collect_garbage_after_every_run():
     import tomllib
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["runner"]["postScriptGC"] is False
+
+
+@pytest.mark.parametrize("raw, expected", [(None, 0.03), ("0", 0.0), ("12.5", 0.0125), ("fast", 0.03),
+                                           ("-5", 0.03), ("nan", 0.03), ("inf", 0.03)])
+def test_the_numbers_first_pause_reads_its_variable(raw, expected, monkeypatch, caplog):
+    """The explorer's pause between numbers and figures (benchmarks/app_slider.py --ab switches it off):
+    a bad value is logged and the default used, never an exception in the page."""
+    from dynexit_app import common
+    if raw is None:
+        monkeypatch.delenv("DYNEXIT_NUMBERS_FIRST_MS", raising=False)
+    else:
+        monkeypatch.setenv("DYNEXIT_NUMBERS_FIRST_MS", raw)
+    assert common.numbers_first_s() == pytest.approx(expected)
+    bad = raw in ("fast", "-5", "nan", "inf")
+    assert ("DYNEXIT_NUMBERS_FIRST_MS" in caplog.text) == bad
