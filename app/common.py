@@ -12,6 +12,7 @@ What the user chose lives in ``state``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -30,24 +31,26 @@ _mtime = folder.modified_ns
 NUMBERS_FIRST_MS = 30.0
 
 
+@functools.cache
 def numbers_first_s() -> float:
-    """The explorer's pause between its numbers and its figures after a slider move, in seconds.
+    """The explorer's pause between its numbers and its figures, in seconds (on every run of its fragment).
 
-    The numbers are sent first; the figures below them take ~45 ms of Python to build, and arrive ~10 ms
-    apart. Pausing first lets the browser draw the numbers alone, while the CPU is free (on a 2-core machine
-    the server and the browser share it), instead of in the same redraws as the figures.
-    ``python benchmarks/app_slider.py --ab`` measures both ways side by side, setting
-    ``DYNEXIT_NUMBERS_FIRST_MS=0`` for the way without the pause. A value that is not a number >= 0 is
-    logged and the default (30 ms) used.
+    The numbers are sent first; the figures below them take ~45 ms of Python to build and arrive ~10 ms
+    apart. Pausing first lets the browser draw and paint the numbers alone while the CPU is free, instead
+    of in the same redraws as the figures: it matters when the server and the browser share a small
+    machine (`make app` on a 2-core laptop), and only delays the figures by the pause elsewhere.
+    ``DYNEXIT_NUMBERS_FIRST_MS`` sets it (0 turns it off; unset or empty: 30); a value that is not a
+    number of ms from 0 to 1000 is logged once and the default used. ``python benchmarks/app_slider.py
+    --ab`` measures the app with and without it side by side.
     """
-    raw = os.environ.get("DYNEXIT_NUMBERS_FIRST_MS")
+    raw = os.environ.get("DYNEXIT_NUMBERS_FIRST_MS", "").strip()
     try:
-        ms = NUMBERS_FIRST_MS if raw is None else float(raw)
+        ms = float(raw) if raw else NUMBERS_FIRST_MS
     except ValueError:
         ms = -1.0
-    if not 0 <= ms < float("inf"):
-        logging.getLogger(__name__).warning("DYNEXIT_NUMBERS_FIRST_MS=%r is not a number of ms >= 0: using %g",
-                                            raw, NUMBERS_FIRST_MS)
+    if not 0 <= ms <= 1000:
+        logging.getLogger(__name__).warning("DYNEXIT_NUMBERS_FIRST_MS=%r is not a number of ms from 0 to 1000: "
+                                            "using %g", raw, NUMBERS_FIRST_MS)
         ms = NUMBERS_FIRST_MS
     return ms / 1000
 

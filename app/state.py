@@ -240,6 +240,31 @@ def open_in_inspector(row: int):
     st.switch_page(INSPECTOR_PAGE)
 
 
+def _gallery_picked(key: str):
+    """A gallery's "open in the inspector" box changed: remember the row and empty the box (so it does not
+    send the user back to the inspector when they return); the page switches in :func:`follow_gallery_pick`
+    (st.switch_page does nothing inside a callback)."""
+    if st.session_state.get(key) is not None:
+        st.session_state[_GALLERY_PICK] = int(st.session_state[key])
+        st.session_state[key] = None
+
+
+_GALLERY_PICK = "gallery_pick"
+
+
+def gallery_picker(rows, key: str, label) -> None:
+    """One box under a gallery: choosing one of its images (test-table ``rows``) opens it in the image
+    inspector. ``label(row)`` is what the box shows for a row."""
+    st.selectbox("Open one of these images in the inspector", [int(r) for r in rows], index=None, key=key,
+                 placeholder="choose an image", format_func=label, on_change=_gallery_picked, args=(key,))
+
+
+def follow_gallery_pick() -> None:
+    """Open the inspector when a :func:`gallery_picker` was just used (call before drawing the page's galleries)."""
+    if (row := st.session_state.pop(_GALLERY_PICK, None)) is not None:
+        open_in_inspector(row)
+
+
 def picked_row() -> int | None:
     """The test-table row last sent by :func:`open_in_inspector`; None before any."""
     return st.session_state.get(PICKED_ROW)

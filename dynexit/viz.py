@@ -130,6 +130,9 @@ def cost_text(x: float, decimals: int = 1) -> str:
     return f"{x:.{decimals}f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
+_TICK_CHARS = 40  # characters of costs that fit under a histogram's bars on a ~300 px plot (7 exits x "145.2")
+
+
 def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[int], exit_names: Sequence[str],
                    costs: Sequence[float] | None = None, title: str | None = None, unit: str = "MFLOPs") -> go.Figure:
     """Samples leaving at each exit (K counts each), split into right and wrong (stacked bars).
@@ -137,16 +140,24 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
     ``costs``: the K cumulative costs per image in ``unit`` ("MFLOPs", or "ms" from a latency profile).
     Each bar is labelled with the exit's number and, under it, its cost (the unit is in the axis title):
     short labels that stay horizontal and apart for 7 exits on a 300 px plot, where names (up to 20
-    characters, e.g. ``block3_cnn_project``) overlapped. The hover gives the exit's full name and cost.
-    With no ``costs`` the labels are the exit names, wrapped.
+    characters, e.g. ``block3_cnn_project``) overlapped. When the costs would not fit under the bars
+    (more than ``_TICK_CHARS`` characters of them: 12 exits, or costs like 350,000), the labels are the
+    exit numbers alone. The hover gives the exit's full name and cost. With no ``costs`` the labels are
+    the exit names, wrapped.
     """
     if costs is not None:
-        names = [f"{k + 1}<br>{cost_text(c)}" for k, c in enumerate(costs)]
+        texts = [cost_text(c) for c in costs]
+        fits = len(texts) * max(map(len, texts)) <= _TICK_CHARS
+        names = [f"{k + 1}<br>{t}" if fits else str(k + 1) for k, t in enumerate(texts)]
     else:
         names = ["<br>".join(plain(w) for w in textwrap.wrap(str(n).replace("_", " "), 12)) or plain(n)
                  for n in exit_names]
     full = ([f"{plain(n)} ({cost_text(c, 2)} {unit})" for n, c in zip(exit_names, costs)] if costs is not None
             else [plain(n) for n in exit_names])
+    if costs is None:
+        axis = "exit"
+    else:
+        axis = f"exit and its cumulative {unit}" if fits else f"exit (hover a bar for its cumulative {unit})"
     hover = "%{customdata}: %{y:,} images %{fullData.name}<extra></extra>"
     fig = go.Figure([
         go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT, customdata=full,
@@ -155,8 +166,7 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
                customdata=full, hovertemplate=hover),
     ])
     fig.update_layout(barmode="stack")
-    fig.update_xaxes(title=f"exit and its cumulative {unit}" if costs is not None else "exit",
-                     tickfont=dict(size=11))  # tickangle left unset: plotly's "auto" tilts overlapping labels
+    fig.update_xaxes(title=axis, tickfont=dict(size=11))  # tickangle left unset: plotly's "auto" tilts overlapping labels
     fig.update_yaxes(title="images leaving here")
     return _layout(fig, title, height=360)
 

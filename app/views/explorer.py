@@ -49,14 +49,10 @@ def _scale(imgs) -> int:
 
 
 def _inspect_button(rows, key):
-    """Pick one image of a gallery and open it in the image inspector."""
-    if not len(rows):
-        return
-    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-    pick = c1.selectbox("Inspect one of these images", list(rows), key=key,
-                        format_func=lambda r: f"test image #{int(test.index[r])}: {CLASSES[test.labels[r]]}")
-    if c2.button("Open in the inspector", key=key + "_go", icon=":material/image_search:"):
-        state.open_in_inspector(pick)
+    """Choosing one image of a gallery opens it in the image inspector: one box, no button (fewer elements
+    for the browser to redraw on each slider move: benchmarks/app_slider.py, issue 18)."""
+    if len(rows):
+        state.gallery_picker(rows, key, lambda r: f"test image #{int(test.index[r])}: {CLASSES[test.labels[r]]}")
 
 
 def _cost(x: float, sign: bool = False) -> str:
@@ -183,6 +179,7 @@ def _overthinking(view):
 @st.fragment
 def budget_dependent():
     """Reruns alone when the slider moves: a solver fit and an evaluation on the cached tables."""
+    state.follow_gallery_pick()  # an image was chosen under a gallery: to the inspector
     budget = state.budget_control(name, test, key="explorer_budget", unit=unit)
     if solver == "genetic" and not static:
         st.caption("The genetic search takes seconds per budget: expect a wait after each move (and for the curve).")
@@ -190,8 +187,11 @@ def budget_dependent():
     _numbers(view)
     time.sleep(common.numbers_first_s())  # the browser draws the numbers alone (issue 18)
     _curve_and_histogram(view)
-    _exit_galleries(view)
-    _overthinking(view)
+    # below the fold at 1280 x 800: the browser skips its style, layout and paint while it is off screen
+    # (CSS content-visibility in streamlit_app.py), so the numbers are painted sooner after a move
+    with st.container(key="galleries"):
+        _exit_galleries(view)
+        _overthinking(view)
 
 
 budget_dependent()

@@ -126,13 +126,16 @@ def test_selectors_solver_criterion_and_model(app_zoo):
 def test_gallery_opens_the_image_in_the_inspector(app_zoo):
     at = start()
     pick = at.selectbox(key="pick_0")
-    row = pick.value
-    at.button(key="pick_0_go").click().run()
+    assert pick.value is None and len(pick.options) > 1  # nothing chosen yet: no page switch
+    index = int(pick.options[1].split("#")[1].split(":")[0])  # the box shows "test image #i: class"
+    pick.select_index(1).run()
     ok(at)
     assert at.title[0].value == "Image inspector"
     assert at.radio(key="inspect_how").value == "from the gallery"
-    test = zoo.load_table("dynperceiver_fmnist", "test")
-    assert f"test image #{int(test.index[row])}," in captions(at)
+    assert f"test image #{index}," in captions(at)
+    at.switch_page("views/explorer.py").run()  # back: the box is empty again, the explorer stays
+    ok(at)
+    assert at.title[0].value == "Budget explorer" and at.selectbox(key="pick_0").value is None
 
 
 # ----------------------------------------------------------------------------- image inspector
@@ -321,8 +324,8 @@ def test_streamlit_does_not_collect_garbage_after_every_run():
     assert config["runner"]["postScriptGC"] is False
 
 
-@pytest.mark.parametrize("raw, expected", [(None, 0.03), ("0", 0.0), ("12.5", 0.0125), ("fast", 0.03),
-                                           ("-5", 0.03), ("nan", 0.03), ("inf", 0.03)])
+@pytest.mark.parametrize("raw, expected", [(None, 0.03), ("", 0.03), ("0", 0.0), ("12.5", 0.0125), ("1000", 1.0),
+                                           ("fast", 0.03), ("-5", 0.03), ("nan", 0.03), ("inf", 0.03), ("5000", 0.03)])
 def test_the_numbers_first_pause_reads_its_variable(raw, expected, monkeypatch, caplog):
     """The explorer's pause between numbers and figures (benchmarks/app_slider.py --ab switches it off):
     a bad value is logged and the default used, never an exception in the page."""
@@ -331,6 +334,8 @@ def test_the_numbers_first_pause_reads_its_variable(raw, expected, monkeypatch, 
         monkeypatch.delenv("DYNEXIT_NUMBERS_FIRST_MS", raising=False)
     else:
         monkeypatch.setenv("DYNEXIT_NUMBERS_FIRST_MS", raw)
+    common.numbers_first_s.cache_clear()  # read once per process
     assert common.numbers_first_s() == pytest.approx(expected)
-    bad = raw in ("fast", "-5", "nan", "inf")
+    common.numbers_first_s.cache_clear()
+    bad = raw in ("fast", "-5", "nan", "inf", "5000")
     assert ("DYNEXIT_NUMBERS_FIRST_MS" in caplog.text) == bad

@@ -47,6 +47,18 @@ def test_exit_histogram_and_shares_name_every_exit():
     assert list(shares.data[0].y) == pytest.approx([75, 25]) and shares.layout.yaxis.range == (0, 100)
 
 
+def test_exit_histogram_drops_costs_that_would_crowd_its_labels():
+    """12 exits, or costs like 350,000: the tick labels are the exit numbers, the costs in the hover."""
+    many = viz.exit_histogram([1] * 12, [0] * 12, [f"e{k}" for k in range(12)], costs=np.arange(1.0, 13.0))
+    assert list(many.data[0].x) == [str(k) for k in range(1, 13)]
+    assert _titles(many)[0] == "exit (hover a bar for its cumulative MFLOPs)"
+    assert many.data[0].customdata[11] == "e11 (12.00 MFLOPs)"
+    huge = viz.exit_histogram([1] * 7, [0] * 7, list("abcdefg"), costs=np.linspace(5e4, 3.5e5, 7))
+    assert huge.data[0].x[0] == "1"
+    seven = viz.exit_histogram([1] * 7, [0] * 7, list("abcdefg"), costs=np.linspace(100.5, 145.2, 7))
+    assert seven.data[0].x[6] == "7<br>145.2"  # the zoo's models keep their costs under the bars
+
+
 def test_cost_figures_speak_the_unit_they_are_given():
     fig = viz.accuracy_vs_cost({"g": ([1, 2], [0.8, 0.9])}, anytime={"exits": ([1, 2], [0.7, 0.9], ["a", "b"])},
                                unit="ms")
