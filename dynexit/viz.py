@@ -147,7 +147,7 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
     """
     if costs is not None:
         texts = [cost_text(c) for c in costs]
-        fits = len(texts) * max(map(len, texts)) <= _TICK_CHARS
+        fits = len(texts) * max(map(len, texts), default=0) <= _TICK_CHARS
         names = [f"{k + 1}<br>{t}" if fits else str(k + 1) for k, t in enumerate(texts)]
     else:
         names = ["<br>".join(plain(w) for w in textwrap.wrap(str(n).replace("_", " "), 12)) or plain(n)
@@ -157,7 +157,7 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
     if costs is None:
         axis = "exit"
     else:
-        axis = f"exit and its cumulative {unit}" if fits else f"exit (hover a bar for its cumulative {unit})"
+        axis = f"exit and its cumulative {unit}" if fits else "exit (hover: its cost)"
     hover = "%{customdata}: %{y:,} images %{fullData.name}<extra></extra>"
     fig = go.Figure([
         go.Bar(x=names, y=list(histogram_correct), name="right", marker_color=RIGHT, customdata=full,
@@ -166,7 +166,8 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
                customdata=full, hovertemplate=hover),
     ])
     fig.update_layout(barmode="stack")
-    fig.update_xaxes(title=axis, tickfont=dict(size=11))  # tickangle left unset: plotly's "auto" tilts overlapping labels
+    # category: labels "1" ... "12" would otherwise make a numeric axis that labels only some bars
+    fig.update_xaxes(title=axis, tickfont=dict(size=11), type="category")  # tickangle left unset: plotly's "auto" tilts overlapping labels
     fig.update_yaxes(title="images leaving here")
     return _layout(fig, title, height=360)
 

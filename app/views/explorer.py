@@ -34,7 +34,7 @@ def _caption(row: int, k: int, view) -> str:
 def _gallery_figure(most, least, k, view, title):
     """Most confident on the first row(s), least confident starting on a new row."""
     n = logic.GALLERY_SIZE
-    pad = (-len(most)) % n if len(least) else 0
+    pad = (-len(most)) % n if len(least) else 0  # as _places
     rows = np.concatenate([most, least]).astype(int)
     imgs = entries.images(name, rows)
     imgs = np.concatenate([imgs[:len(most)], np.full((pad, *imgs.shape[1:]), np.nan), imgs[len(most):]])
@@ -48,11 +48,22 @@ def _scale(imgs) -> int:
     return max(1, 84 // max(imgs.shape[1:3]))
 
 
-def _inspect_button(rows, key):
+def _places(n_most: int, n_least: int) -> list[int]:
+    """Tile positions in a gallery: the most confident first, the least confident from a new row."""
+    pad = (-n_most) % logic.GALLERY_SIZE if n_least else 0
+    return list(range(n_most)) + [n_most + pad + j for j in range(n_least)]
+
+
+def _inspect_button(rows, captions, places, key):
     """Choosing one image of a gallery opens it in the image inspector: one box, no button (fewer elements
-    for the browser to redraw on each slider move: benchmarks/app_slider.py, issue 18)."""
-    if len(rows):
-        state.gallery_picker(rows, key, lambda r: f"test image #{int(test.index[r])}: {CLASSES[test.labels[r]]}")
+    for the browser to redraw on each slider move: benchmarks/app_slider.py, issue 18). Each choice names
+    its tile as the gallery shows it (row, place, caption), so two tiles with the same caption differ."""
+    if not len(rows):
+        return
+    n = logic.GALLERY_SIZE
+    labels = {int(r): f"row {p // n + 1}, image {p % n + 1}: {cap} (test image #{int(test.index[r])}, "
+                      f"{CLASSES[test.labels[r]]})" for r, cap, p in zip(rows, captions, places)}
+    state.gallery_picker(list(labels), key, labels.__getitem__)
 
 
 def _cost(x: float, sign: bool = False) -> str:
@@ -156,11 +167,13 @@ def _exit_galleries(view):
                 st.write(title.split(". First row")[0] + ".")
             else:
                 st.plotly_chart(_gallery_figure(most, least, k, view, title), width="stretch", key=f"gallery_{k}")
-            _inspect_button(np.concatenate([most, least]), key=f"pick_{k}")
+            rows = np.concatenate([most, least]).astype(int)
+            _inspect_button(rows, [_caption(r, k, view) for r in rows], _places(len(most), len(least)), key=f"pick_{k}")
 
 
 def _overthinking(view):
-    st.subheader(f"Overthinking: {len(view.overthinking):,} images")
+    n_over = len(view.overthinking)
+    st.subheader(f"Overthinking: {n_over:,} image{'' if n_over == 1 else 's'}")
     st.caption("Images an earlier exit got right but that went on and left wrong: computing more made them worse "
                "(Kaya et al., 2019). The caption says the exit that was right first.")
     rows, first_right = logic.overthinking_gallery(view, test)
@@ -171,7 +184,7 @@ def _overthinking(view):
             imgs = entries.images(name, rows)
             fig = viz.gallery(imgs, caps, [False] * len(rows), cols=logic.GALLERY_SIZE, scale=_scale(imgs))
             st.plotly_chart(fig, width="stretch", key="overthinking")
-        _inspect_button(rows, key="pick_over")
+        _inspect_button(rows, caps, range(len(rows)), key="pick_over")
     else:
         st.write("None at this budget.")
 

@@ -127,7 +127,8 @@ def test_gallery_opens_the_image_in_the_inspector(app_zoo):
     at = start()
     pick = at.selectbox(key="pick_0")
     assert pick.value is None and len(pick.options) > 1  # nothing chosen yet: no page switch
-    index = int(pick.options[1].split("#")[1].split(":")[0])  # the box shows "test image #i: class"
+    index = int(pick.options[1].split("#")[1].split(",")[0])  # "row 1, image 2: ✓ Coat 97% (test image #i, Coat)"
+    assert pick.options[1].startswith("row 1, image 2: ")
     pick.select_index(1).run()
     ok(at)
     assert at.title[0].value == "Image inspector"

@@ -51,12 +51,14 @@ def test_exit_histogram_drops_costs_that_would_crowd_its_labels():
     """12 exits, or costs like 350,000: the tick labels are the exit numbers, the costs in the hover."""
     many = viz.exit_histogram([1] * 12, [0] * 12, [f"e{k}" for k in range(12)], costs=np.arange(1.0, 13.0))
     assert list(many.data[0].x) == [str(k) for k in range(1, 13)]
-    assert _titles(many)[0] == "exit (hover a bar for its cumulative MFLOPs)"
+    assert _titles(many)[0] == "exit (hover: its cost)"
+    assert many.layout.xaxis.type == "category"  # every bar labelled, not a numeric axis's round values
     assert many.data[0].customdata[11] == "e11 (12.00 MFLOPs)"
     huge = viz.exit_histogram([1] * 7, [0] * 7, list("abcdefg"), costs=np.linspace(5e4, 3.5e5, 7))
     assert huge.data[0].x[0] == "1"
     seven = viz.exit_histogram([1] * 7, [0] * 7, list("abcdefg"), costs=np.linspace(100.5, 145.2, 7))
     assert seven.data[0].x[6] == "7<br>145.2"  # the zoo's models keep their costs under the bars
+    assert len(viz.exit_histogram([], [], [], costs=[]).data[0].x) == 0
 
 
 def test_cost_figures_speak_the_unit_they_are_given():
