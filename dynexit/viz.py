@@ -166,8 +166,9 @@ def exit_histogram(histogram_correct: Sequence[int], histogram_wrong: Sequence[i
                customdata=full, hovertemplate=hover),
     ])
     fig.update_layout(barmode="stack")
-    # category: labels "1" ... "12" would otherwise make a numeric axis that labels only some bars
-    fig.update_xaxes(title=axis, tickfont=dict(size=11), type="category")  # tickangle left unset: plotly's "auto" tilts overlapping labels
+    # category: labels "1" ... "12" would otherwise make a numeric axis that labels only some bars;
+    # tickangle left unset: plotly's "auto" tilts overlapping labels
+    fig.update_xaxes(title=axis, tickfont=dict(size=11), type="category")
     fig.update_yaxes(title="images leaving here")
     return _layout(fig, title, height=360)
 

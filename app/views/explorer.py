@@ -34,7 +34,7 @@ def _caption(row: int, k: int, view) -> str:
 def _gallery_figure(most, least, k, view, title):
     """Most confident on the first row(s), least confident starting on a new row."""
     n = logic.GALLERY_SIZE
-    pad = (-len(most)) % n if len(least) else 0  # as _places
+    pad = _pad(len(most), len(least))
     rows = np.concatenate([most, least]).astype(int)
     imgs = entries.images(name, rows)
     imgs = np.concatenate([imgs[:len(most)], np.full((pad, *imgs.shape[1:]), np.nan), imgs[len(most):]])
@@ -48,13 +48,17 @@ def _scale(imgs) -> int:
     return max(1, 84 // max(imgs.shape[1:3]))
 
 
+def _pad(n_most: int, n_least: int) -> int:
+    """Empty tiles after a gallery's most confident images, so the least confident start a new row."""
+    return (-n_most) % logic.GALLERY_SIZE if n_least else 0
+
+
 def _places(n_most: int, n_least: int) -> list[int]:
     """Tile positions in a gallery: the most confident first, the least confident from a new row."""
-    pad = (-n_most) % logic.GALLERY_SIZE if n_least else 0
-    return list(range(n_most)) + [n_most + pad + j for j in range(n_least)]
+    return list(range(n_most)) + [n_most + _pad(n_most, n_least) + j for j in range(n_least)]
 
 
-def _inspect_button(rows, captions, places, key):
+def _picker(rows, captions, places, key):
     """Choosing one image of a gallery opens it in the image inspector: one box, no button (fewer elements
     for the browser to redraw on each slider move: benchmarks/app_slider.py, issue 18). Each choice names
     its tile as the gallery shows it (row, place, caption), so two tiles with the same caption differ."""
@@ -168,7 +172,7 @@ def _exit_galleries(view):
             else:
                 st.plotly_chart(_gallery_figure(most, least, k, view, title), width="stretch", key=f"gallery_{k}")
             rows = np.concatenate([most, least]).astype(int)
-            _inspect_button(rows, [_caption(r, k, view) for r in rows], _places(len(most), len(least)), key=f"pick_{k}")
+            _picker(rows, [_caption(r, k, view) for r in rows], _places(len(most), len(least)), key=f"pick_{k}")
 
 
 def _overthinking(view):
@@ -184,7 +188,7 @@ def _overthinking(view):
             imgs = entries.images(name, rows)
             fig = viz.gallery(imgs, caps, [False] * len(rows), cols=logic.GALLERY_SIZE, scale=_scale(imgs))
             st.plotly_chart(fig, width="stretch", key="overthinking")
-        _inspect_button(rows, caps, range(len(rows)), key="pick_over")
+        _picker(rows, caps, range(len(rows)), key="pick_over")
     else:
         st.write("None at this budget.")
 
